@@ -1,0 +1,269 @@
+"""The ``activecrl`` command: a thin typer/rich layer over the library.
+
+Each command parses options, builds a config dataclass, calls one library function and renders
+the result. Everything here can be done from a notebook with the same functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import ActiveCRLError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
+console = Console()
+
+PAPER_SCALE_NOTE = "AURC, E-AURC ×10³; NLL ×10; others in %"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+
+
+def _train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed, compile_) -> dict:
+    return {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, rank_target=rank_target,
+                                     crl_weight=crl_weight, seed=seed, compile=compile_).items() if v is not None}
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
+    from .metrics import METRIC_NAMES, PAPER_SCALE
+
+    table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
+    table.add_column("run")
+    for name in METRIC_NAMES:
+        table.add_column(name, justify="right")
+    for label, metrics in rows:
+        scale = PAPER_SCALE if paper_scale else {}
+        table.add_row(label, *(f"{metrics[m] * scale.get(m, 1):.2f}" if paper_scale else f"{metrics[m]:.4f}"
+                               for m in METRIC_NAMES))
+    return table
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"),
+    model: str = typer.Option("small_cnn", help="registered model name (see `activecrl list`)"),
+    trainer: str = typer.Option("baseline", help="baseline | crl | a registered trainer"),
+    rank_target: Optional[str] = typer.Option(None, help="CRL confidence: softmax | entropy | margin"),
+    crl_weight: Optional[float] = typer.Option(None, help="lambda for CRL (default 1.0)"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (paper: 300)"),
+    batch_size: Optional[int] = typer.Option(None, help="mini-batch size (paper: 128)"),
+    lr: Optional[float] = typer.Option(None, help="initial learning rate (paper: 0.1)"),
+    dropout: float = typer.Option(0.0, help="dropout before the classifier"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)"),
+    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (else $ACTIVECRL_DATA, else ~/.cache/activecrl)"),
+    out: Path = typer.Option(..., help="run folder for metrics.json, predictions.npz, model.pt"),
+    overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Train one model on a dataset and report the eight confidence metrics on its test split."""
+    from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
+    from .io import prepare_out_dir
+    from .trainers import TrainConfig
+
+    _setup_logging(verbose)
+    train_cfg = TrainConfig().updated(**_train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed,
+                                                           compile_ or None))
+    config = TrainRunConfig(dataset=dataset, model=model, trainer=trainer, dropout=dropout,
+                            data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg)
+    prepare_out_dir(out, marker="metrics.json", overwrite=overwrite)  # fail before training, not after
+    with _epoch_progress(f"{model} / {trainer}", train_cfg.epochs) as on_epoch:
+        result = train_and_evaluate(config, progress=on_epoch)
+    save_train_run(result, out, overwrite=True)
+    console.print(metrics_table(f"{dataset} · {model} · {trainer} · {train_cfg.epochs} epochs "
+                                f"({result.train_seconds:.0f}s)", [(trainer, result.metrics)]))
+    console.print(f"saved to [bold]{out}[/]")
+
+
+class _epoch_progress:
+    """A rich progress bar fed by the trainer's per-epoch callback."""
+
+    def __init__(self, label: str, epochs: int):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(label, total=epochs, loss="-")
+
+    def __enter__(self):
+        self.progress.start()
+        return lambda info: self.progress.update(self.task, completed=info.epoch, loss=f"{info.loss:.4f}")
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+
+@app.command()
+def run(
+    dataset: Optional[str] = typer.Option(None, help="digits (default) | cifar10 | cifar100 | svhn | a path"),
+    model: Optional[str] = typer.Option(None, help="model name (default small_cnn)"),
+    trainer: Optional[str] = typer.Option(None, help="baseline | crl (default crl)"),
+    strategy: Optional[str] = typer.Option(None, help="strategy name or package.module:Class (default least_conf)"),
+    initial: Optional[int] = typer.Option(None, help="size of the random seed set"),
+    budget: Optional[int] = typer.Option(None, help="labels queried per stage"),
+    stages: Optional[int] = typer.Option(None, help="models trained per trial"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per stage"),
+    trials: Optional[int] = typer.Option(None, help="independent trials (seeds seed, seed+1, …)"),
+    seed: Optional[int] = typer.Option(None, help="base seed"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    pool_subset: Optional[int] = typer.Option(None, help="score only this many random pool samples per stage"),
+    dropout: Optional[float] = typer.Option(None, help="dropout before the classifier (MC dropout default 0.3)"),
+    rank_target: Optional[str] = typer.Option(None, help="CRL confidence: softmax | entropy | margin"),
+    batch_size: Optional[int] = typer.Option(None, help="mini-batch size"),
+    lr: Optional[float] = typer.Option(None, help="initial learning rate"),
+    warm_start: Optional[bool] = typer.Option(None, "--warm-start/--retrain", help="fine-tune instead of retraining"),
+    data_dir: Optional[Path] = typer.Option(None, help="dataset folder"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
+    config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Run an active-learning experiment. With no options: a one-minute offline demo on digits."""
+    from .config import load_toml, merge
+    from .loop import ALConfig, run_active_learning
+    from .results import load_run, plot_curves
+
+    _setup_logging(verbose)
+    values = load_toml(config) if config else {}
+    values = merge(values, dict(dataset=dataset, model=model, trainer=trainer, strategy=strategy, initial=initial,
+                                budget=budget, stages=stages, trials=trials, seed=seed, device=device,
+                                pool_subset=pool_subset, dropout=dropout, warm_start=warm_start,
+                                data_dir=str(data_dir) if data_dir else None,
+                                train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None)))
+    if not values.get("train"):
+        values.pop("train", None)
+    al_config = ALConfig.from_dict(values)
+    if resume and out is None:
+        raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
+    if out is None:
+        out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
+                             f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
+    callbacks = _RichLoop(al_config)
+    with callbacks.progress:
+        run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
+    summary = load_run(out)
+    console.print(_summary_table(summary))
+    plot = plot_curves([summary], out / "curves.png")
+    console.print(f"results: [bold]{out / 'results.jsonl'}[/]   plot: [bold]{plot}[/]")
+
+
+class _RichLoop:
+    def __init__(self, config):
+        from .loop import LoopCallbacks  # noqa: F401  (duck-typed; documented interface)
+
+        self.config = config
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self.stage_task = self.progress.add_task("stages", total=config.trials * config.stages, info="")
+        self.epoch_task = self.progress.add_task("epochs", total=config.train.epochs, info="")
+
+    def trial_start(self, trial, n_trials):
+        pass
+
+    def stage_start(self, trial, stage, n_labeled):
+        self.progress.update(self.stage_task, info=f"trial {trial + 1}/{self.config.trials}, "
+                                                   f"stage {stage + 1}/{self.config.stages}, {n_labeled} labels")
+        self.progress.reset(self.epoch_task, total=self.config.train.epochs, info="training")
+
+    def epoch(self, info):
+        self.progress.update(self.epoch_task, completed=info.epoch, info=f"loss {info.loss:.4f}")
+
+    def query_start(self, trial, stage, n_pool):
+        self.progress.update(self.epoch_task, info=f"querying {self.config.budget} of {n_pool}")
+
+    def stage_end(self, record):
+        self.progress.advance(self.stage_task)
+        self.progress.console.print(f"trial {record['trial'] + 1} stage {record['stage'] + 1}: "
+                                    f"{record['n_labeled']} labels → accuracy {record['accuracy']:.4f}, "
+                                    f"AURC {record['aurc'] * 1e3:.2f}")
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: mean ± std over trials",
+                  caption="AURC ×10³")
+    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "ECE", "train s", "query s"):
+        table.add_column(col, justify="right")
+    m, s = summary.mean, summary.std
+    for i, n in enumerate(summary.n_labeled):
+        table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
+                      f"{m['accuracy'][i] * 100:.2f}±{s['accuracy'][i] * 100:.2f}",
+                      f"{m['aurc'][i] * 1e3:.1f}±{s['aurc'][i] * 1e3:.1f}",
+                      f"{m['eaurc'][i] * 1e3:.1f}±{s['eaurc'][i] * 1e3:.1f}",
+                      f"{m['ece'][i] * 100:.2f}", f"{m['train_seconds'][i]:.1f}", f"{m['query_seconds'][i]:.2f}")
+    table.add_section()
+    table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
+                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "")
+    return table
+
+
+@app.command()
+def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`"),
+         output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="image file to write")):
+    """Plot accuracy and AURC against labeled-set size (mean ± std over trials) for each run."""
+    from .results import load_run, plot_curves
+
+    path = plot_curves([load_run(r) for r in runs], output)
+    console.print(f"wrote [bold]{path}[/]")
+
+
+@app.command()
+def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`")):
+    """Per-stage table (mean ± std over trials) and the area under each budget curve."""
+    from .results import load_run
+
+    loaded = [load_run(r) for r in runs]
+    for s in loaded:
+        console.print(_summary_table(s))
+    if len(loaded) > 1:
+        table = Table(title="area under the budget curve (mean over the label range)")
+        for col in ("run", "folder", "accuracy %", "AURC ×10³"):
+            table.add_column(col)
+        for s in loaded:
+            table.add_row(s.label, str(s.path), f"{s.area_under_curve('accuracy') * 100:.2f}",
+                          f"{s.area_under_curve('aurc') * 1e3:.1f}")
+        console.print(table)
+
+
+@app.command("list")
+def list_registered():
+    """Show the registered datasets, models, trainers and strategies."""
+    from .data import DATASETS
+    from .models import MODELS
+    from .trainers import TRAINERS
+
+    rows = [("datasets", DATASETS.names()), ("models", MODELS.names()), ("trainers", TRAINERS.names())]
+    try:
+        from strategies import STRATEGIES
+
+        rows.append(("strategies", STRATEGIES.names()))
+    except ImportError:  # pragma: no cover - the package ships both
+        pass
+    table = Table(title="activecrl registries")
+    table.add_column("kind")
+    table.add_column("names")
+    for kind, names in rows:
+        table.add_row(kind, ", ".join(names))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one red line instead of a traceback."""
+    try:
+        app()
+    except ActiveCRLError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")
+        raise SystemExit(130)

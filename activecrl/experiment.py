@@ -1,0 +1,167 @@
+"""Train one model on a dataset's training split and evaluate it on the test split.
+
+This is the library function behind ``activecrl train`` (the paper's classification benchmark,
+Table 1). Results go to a run folder: ``metrics.json``, ``predictions.npz`` and ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import from_dict
+from .errors import ConfigError, DataError
+from .inference import predict
+from .io import atomic_savez, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from .metrics import classification_metrics
+from .runtime import configure_backends, resolve_device, seed_everything
+from .trainers import EpochInfo, TrainConfig, build_trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRunConfig:
+    dataset: str = "digits"
+    model: str = "small_cnn"
+    trainer: str = "baseline"
+    dropout: float = 0.0  # dropout before the classifier
+    data_dir: str | None = None
+    download: bool = True
+    device: str = "auto"
+    eval_batch_size: int = 1024
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TrainRunResult:
+    config: TrainRunConfig
+    model: nn.Module
+    metrics: dict[str, float]
+    probs: np.ndarray  # (n_test, n_classes) float32
+    logits: np.ndarray  # (n_test, n_classes) float32
+    labels: np.ndarray  # (n_test,) int64
+    confidence: np.ndarray  # (n_test,) the score the ranking metrics used
+    train_seconds: float
+    eval_seconds: float
+    model_info: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "activecrl_version": __version__,
+            "config": dataclasses.asdict(self.config),
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "n_test": int(self.labels.shape[0]),
+            "metrics": self.metrics,
+        }
+
+
+def model_info_for(dataset, model_name: str, dropout: float) -> dict:
+    """What ``load_trained`` needs to rebuild the model and its input pipeline."""
+    return {
+        "model": model_name,
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.in_channels,
+        "image_size": dataset.image_size,
+        "dropout": float(dropout),
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "mean": [float(m) for m in dataset.mean],
+        "std": [float(s) for s in dataset.std],
+        "augment": bool(dataset.augment),
+    }
+
+
+def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
+                       progress: Callable[[EpochInfo], None] | None = None) -> TrainRunResult:
+    """Train ``config.model`` with ``config.trainer`` on the training split; evaluate on test."""
+    from .data import device_split, load_dataset
+    from .models import build_model
+
+    device = resolve_device(config.device)
+    configure_backends(device)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    trainer = build_trainer(config.trainer, config.train)  # validates the name before any work
+    channels_last = device.type == "cuda" and config.train.channels_last
+    train_data = device_split(dataset, "train", device, channels_last=channels_last)
+    test_data = device_split(dataset, "test", device, channels_last=channels_last)
+
+    seed_everything(config.train.seed)
+    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size, dropout=config.dropout)
+    logger.info("training %s with %s on %s (%d images, device %s)", config.model, config.trainer,
+                dataset.name, dataset.n_train, device)
+    fit = trainer.fit(model, train_data, progress=progress)
+
+    start = time.perf_counter()
+    outputs = predict(model, test_data, batch_size=config.eval_batch_size, features=False)
+    logits = outputs.logits.numpy()
+    probs = torch.softmax(outputs.logits.double(), dim=1).numpy()
+    labels = dataset.test_labels[outputs.indices].numpy()
+    conf = probs.max(axis=1)
+    metrics = classification_metrics(probs, labels, conf)
+    eval_seconds = time.perf_counter() - start
+    return TrainRunResult(config, model, metrics, probs.astype(np.float32), logits, labels, conf,
+                          fit.train_seconds, eval_seconds, model_info_for(dataset, config.model, config.dropout))
+
+
+def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Write ``metrics.json``, ``predictions.npz`` and ``model.pt`` into ``out_dir``."""
+    out = prepare_out_dir(Path(out_dir), marker="metrics.json", overwrite=overwrite)
+    atomic_savez(out / "predictions.npz", probs=result.probs, confidence=result.confidence,
+                 labels=result.labels, logits=result.logits)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    atomic_torch_save(out / "model.pt", {
+        "state_dict": state,
+        "model_info": to_jsonable(result.model_info),
+        "config": to_jsonable(dataclasses.asdict(result.config)),
+        "activecrl_version": __version__,
+    })
+    # metrics.json last: its presence marks a complete run
+    atomic_write_json(out / "metrics.json", result.to_json())
+    return out
+
+
+def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
+    """Rebuild a model saved by ``save_train_run``: returns ``(model, model_info, config_dict)``."""
+    from .models import build_model
+
+    path = Path(run_dir)
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"no saved model at {path}; pass the --out folder of an `activecrl train` run")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path} is not a model saved by activecrl ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or "model_info" not in blob:
+        raise DataError(f"{path} is not a model saved by activecrl (missing state_dict/model_info)")
+    info = blob["model_info"]
+    model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                        image_size=info["image_size"], dropout=info.get("dropout", 0.0))
+    model.load_state_dict(blob["state_dict"])
+    model.to(resolve_device(device)).eval()
+    return model, info, blob.get("config", {})
+
+
+def config_from_dict(values: dict) -> TrainRunConfig:
+    return from_dict(TrainRunConfig, values)
+
+
+def read_metrics(run_dir: Path | str) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no metrics.json; pass the --out folder of a finished `activecrl train` run")
+    return json.loads(path.read_text())

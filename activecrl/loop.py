@@ -1,0 +1,324 @@
+"""The active-learning stage loop (Moon et al. 2020, section 4.3).
+
+For each trial: draw a random seed set; then for each stage train a model on the labeled set,
+evaluate it on the test split, score the unlabeled pool with one forward pass, let the strategy
+pick ``budget`` indices, and label them. The loop knows nothing about losses or optimisers (the
+trainer's job) and strategies know nothing about training.
+
+Crash safety without a state file: every random choice of stage ``s`` of trial ``t`` comes from
+a generator seeded by ``(seed, t, s)``, so the labeled set and RNG state of any stage can be
+rebuilt from ``results.jsonl`` alone (seed set + the indices queried so far). A line is appended
+only once its stage is complete, so a run killed at any moment loses at most that stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import from_dict
+from .errors import ConfigError
+from .inference import predict
+from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from .metrics import classification_metrics
+from .outputs import PoolOutputs
+from .runtime import configure_backends, resolve_device, seed_everything
+from .trainers import EpochInfo, TrainConfig, build_trainer
+
+logger = logging.getLogger(__name__)
+
+# Dropout rate put before the classifier when a strategy needs stochastic passes and the user
+# set none (0.3 is a common choice for MC dropout heads; the paper does not state its rate).
+DEFAULT_MC_DROPOUT = 0.3
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "config.json"
+
+
+def _al_train_config() -> TrainConfig:
+    # the paper's active-learning schedule is 200 epochs with lr/10 at 120 and 160; the library
+    # default is a short CPU-sized run, the presets in configs/ hold the paper's protocol.
+    return TrainConfig(epochs=30, milestones=(0.6, 0.8))
+
+
+@dataclass
+class ALConfig:
+    """One active-learning experiment. Defaults: the offline demo on ``digits``."""
+
+    dataset: str = "digits"
+    model: str = "small_cnn"
+    trainer: str = "crl"
+    strategy: str = "least_conf"
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    initial: int = 100  # size of the random seed set
+    budget: int = 100  # labels queried after each stage but the last
+    stages: int = 6  # models trained per trial (the paper: 10)
+    trials: int = 3
+    seed: int = 0
+    pool_subset: int | None = None  # score only a random subset of the pool per stage
+    warm_start: bool = False  # continue from the previous stage's weights instead of retraining
+    dropout: float | None = None  # None: 0, or DEFAULT_MC_DROPOUT for strategies that need it
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = True
+    eval_batch_size: int = 1024
+    train: TrainConfig = field(default_factory=_al_train_config)
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = from_dict(TrainConfig, self.train)
+        for name, minimum in (("initial", 1), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
+        if self.pool_subset is not None and (not isinstance(self.pool_subset, int) or self.pool_subset < 1):
+            raise ConfigError(f"pool_subset must be a positive integer or None, got {self.pool_subset!r} instead")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
+
+    def to_dict(self) -> dict:
+        return to_jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ALConfig":
+        return from_dict(cls, values)
+
+
+class LoopCallbacks:
+    """Progress hooks; the CLI renders them with rich, a notebook may print or ignore them."""
+
+    def trial_start(self, trial: int, n_trials: int) -> None: ...
+    def stage_start(self, trial: int, stage: int, n_labeled: int) -> None: ...
+    def epoch(self, info: EpochInfo) -> None: ...
+    def query_start(self, trial: int, stage: int, n_pool: int) -> None: ...
+    def stage_end(self, record: dict) -> None: ...
+
+
+def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
+    """The generator for all random choices of one stage (stage -1: the seed set)."""
+    return np.random.default_rng([seed, trial, stage + 1])
+
+
+def torch_seed(seed: int, trial: int, stage: int) -> int:
+    return int(np.random.SeedSequence([seed, trial, stage + 1, 7]).generate_state(1)[0])
+
+
+def read_records(out_dir: Path) -> list[dict]:
+    """Complete records of ``results.jsonl``; a torn last line (crash mid-write) is ignored."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                logger.warning("ignoring a torn last line in %s (the run stopped while writing it)", path)
+                continue
+            raise ConfigError(f"{path} line {number} is not valid JSON; the file was edited or corrupted") from None
+    return records
+
+
+def _append_record(path: Path, record: dict) -> None:
+    line = (json.dumps(to_jsonable(record)) + "\n").encode()
+    with open(path, "ab") as handle:  # one write + fsync: the line is all there or (torn) ignored
+        if handle.tell() > 0:
+            _repair_tail(path, handle)
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _repair_tail(path: Path, handle) -> None:
+    with open(path, "rb") as reader:
+        reader.seek(-1, os.SEEK_END)
+        if reader.read(1) != b"\n":  # a torn line from a crash: drop it before appending
+            data = path.read_bytes()
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.seek(0, os.SEEK_END)
+
+
+def resolve_dropout(config: ALConfig, strategy) -> float:
+    if config.dropout is not None:
+        if strategy.requires_dropout and config.dropout == 0:
+            raise ConfigError(
+                f"strategy {strategy.name!r} needs dropout before the classifier, got dropout 0 instead; "
+                f"omit --dropout (default {DEFAULT_MC_DROPOUT}) or set a rate in (0, 1)"
+            )
+        return float(config.dropout)
+    if strategy.requires_dropout:
+        logger.info("strategy %r samples dropout: training with dropout %.2f before the classifier "
+                    "(set dropout to change)", strategy.name, DEFAULT_MC_DROPOUT)
+        return DEFAULT_MC_DROPOUT
+    return 0.0
+
+
+def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
+                        callbacks: LoopCallbacks | None = None) -> list[dict]:
+    """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
+    from strategies import get_strategy
+
+    from .data import device_split, load_dataset
+    from .models import build_model
+
+    out = Path(out_dir)
+    cb = callbacks or LoopCallbacks()
+    if resume:
+        config = _check_resume(config, out)
+    # fail on a bad name or option before creating anything
+    strategy = get_strategy(config.strategy, **config.strategy_params)
+    build_trainer(config.trainer, config.train)
+    dropout = resolve_dropout(config, strategy)
+    if not resume:
+        prepare_out_dir(out, marker=CONFIG_FILE)
+    device = resolve_device(config.device)
+    configure_backends(device)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    n_train = dataset.n_train
+    if config.initial > n_train:
+        raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
+    if not resume:
+        atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
+                                              "n_train": n_train, **config.to_dict()})
+    channels_last = device.type == "cuda" and config.train.channels_last
+    train_data = device_split(dataset, "train", device, channels_last=channels_last)
+    test_data = device_split(dataset, "test", device, channels_last=channels_last)
+    test_labels = dataset.test_labels.numpy()
+
+    def new_model():
+        return build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size, dropout=dropout)
+
+    records = read_records(out)
+    done = {(r["trial"], r["stage"]) for r in records}
+    results_path = out / RESULTS_FILE
+    for trial in range(config.trials):
+        cb.trial_start(trial, config.trials)
+        trial_seed = config.seed + trial
+        labeled = _labeled_after(records, trial, config, n_train)
+        for stage in range(config.stages):
+            if (trial, stage) in done:
+                labeled = _labeled_after(records, trial, config, n_train, through_stage=stage)
+                continue
+            if len(labeled) == 0:
+                break
+            previous_state = None
+            if config.warm_start and stage > 0:
+                previous_state = _load_warm_state(out, trial, stage - 1)
+            cb.stage_start(trial, stage, len(labeled))
+            seed_everything(torch_seed(config.seed, trial, stage))
+            model = new_model()
+            if previous_state is not None:
+                model.load_state_dict(previous_state)
+            stage_train = config.train.updated(seed=torch_seed(config.seed, trial, stage))
+            fit = build_trainer(config.trainer, stage_train).fit(
+                model, train_data, torch.from_numpy(labeled), progress=cb.epoch)
+
+            test_out = predict(model, test_data, batch_size=config.eval_batch_size, features=False)
+            probs = torch.softmax(test_out.logits.double(), dim=1).numpy()
+            metrics = classification_metrics(probs, test_labels[test_out.indices.numpy()])
+
+            queried = np.empty(0, dtype=np.int64)
+            query_seconds = 0.0
+            if stage < config.stages - 1:
+                rng = stage_rng(config.seed, trial, stage)
+                start = time.perf_counter()
+                pool = np.setdiff1d(np.arange(n_train), labeled)  # computed, never stored
+                if config.pool_subset is not None and config.pool_subset < len(pool):
+                    pool = np.sort(rng.choice(pool, config.pool_subset, replace=False))
+                cb.query_start(trial, stage, len(pool))
+                queried = _query(strategy, model, train_data, pool, labeled, config, rng, device)
+                query_seconds = time.perf_counter() - start
+            record = {"trial": trial, "seed": trial_seed, "stage": stage, "n_labeled": int(len(labeled)),
+                      **metrics, "train_seconds": fit.train_seconds, "query_seconds": query_seconds,
+                      "final_train_loss": fit.epoch_losses[-1], "queried": queried.tolist()}
+            if stage == 0:
+                record["initial"] = labeled.tolist()
+            if config.warm_start and stage < config.stages - 1:
+                # named by stage: a crash between this save and the record below must not let a
+                # rerun of this stage start from its own weights
+                atomic_torch_save(_warm_path(out, trial, stage),
+                                  {k: v.detach().cpu() for k, v in model.state_dict().items()})
+            _append_record(results_path, record)
+            _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
+            records.append(record)
+            cb.stage_end(record)
+            logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, len(labeled), metrics["accuracy"])
+            labeled = np.union1d(labeled, queried)
+    return read_records(out)
+
+
+def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> np.ndarray:
+    from strategies import QueryContext
+
+    budget = min(config.budget, len(pool))
+    if budget == 0:
+        return np.empty(0, dtype=np.int64)
+    # one forward pass: pool rows first, then (for feature-based strategies) the labeled rows
+    rows = np.concatenate([pool, labeled]) if strategy.needs_features else pool
+    outputs = predict(model, train_data, torch.from_numpy(rows), batch_size=config.eval_batch_size,
+                      features=True)
+    n = len(pool)
+    pool_out = outputs.subset(torch.arange(n))
+    labeled_out = outputs.subset(torch.arange(n, len(rows))) if strategy.needs_features else None
+    context = QueryContext(pool=pool_out, labeled=labeled_out, model=model, data=train_data, device=device,
+                           batch_size=config.eval_batch_size)
+    picked = np.asarray(strategy.query(context, budget, rng), dtype=np.int64)
+    # the loop's own guard, whatever the strategy: only unlabeled pool indices, unique, exact count
+    if len(picked) != budget or len(np.unique(picked)) != budget or not np.isin(picked, pool).all():
+        raise ConfigError(f"strategy {strategy.name!r} returned an invalid query (must be {budget} unique "
+                          f"unlabeled pool indices)")
+    return np.sort(picked)
+
+
+def _labeled_after(records: list[dict], trial: int, config: ALConfig, n_train: int,
+                   through_stage: int | None = None) -> np.ndarray:
+    """Labeled set at the start of ``through_stage + 1`` (or the seed set), rebuilt from records."""
+    mine = sorted((r for r in records if r["trial"] == trial), key=lambda r: r["stage"])
+    if mine and "initial" in mine[0]:
+        labeled = np.asarray(mine[0]["initial"], dtype=np.int64)
+    else:
+        rng = stage_rng(config.seed, trial, -1)
+        labeled = np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
+    if through_stage is not None:
+        for r in mine:
+            if r["stage"] <= through_stage:
+                labeled = np.union1d(labeled, np.asarray(r["queried"], dtype=np.int64))
+    return labeled
+
+
+def _warm_path(out: Path, trial: int, stage: int) -> Path:
+    return out / f"warm_trial{trial}_stage{stage}.pt"
+
+
+def _load_warm_state(out: Path, trial: int, stage: int):
+    path = _warm_path(out, trial, stage)
+    if not path.exists():
+        raise ConfigError(f"warm start needs {path} from the previous stage, but it is missing; rerun without --resume")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _check_resume(config: ALConfig, out: Path) -> ALConfig:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
+    saved = json.loads(path.read_text())
+    for key in ("activecrl_version", "dropout_used", "n_train"):
+        saved.pop(key, None)
+    saved_config = ALConfig.from_dict(saved)
+    return dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir)

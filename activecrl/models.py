@@ -1,0 +1,420 @@
+"""Named image classifiers for confidence-aware active learning.
+
+``MODELS`` maps a name to a factory ``fn(*, num_classes, in_channels, image_size, dropout)``
+returning a :class:`ConfidenceModel`; add your own with ``@register_model("name")`` (timm style)
+or through the ``activecrl.models`` entry-point group. Use :func:`build_model` to construct one:
+it validates the arguments and raises :class:`~activecrl.errors.ConfigError` for bad ones.
+
+Every model splits into a *body* (``forward_features``: image -> pooled penultimate features)
+and a *head* (``classifier``: ``Dropout`` then ``Linear``). Keeping dropout in the head only lets
+MC-dropout sample many heads on features computed once (``head_only_dropout``), and lets core-set
+and Mahalanobis strategies reuse the same features (``features``, ``feature_maps``).
+
+The built-ins follow the paper (Moon et al., 2020: VGG-16, PreAct-ResNet110, DenseNet-BC
+k=12 d=100) and the CIFAR ResNet-18 used in the active-learning experiments, plus ``small_cnn``
+for quick CPU runs. All adapt to the dataset's channels, image size and class count: they end in
+adaptive average pooling, so 8x8 digits and 32x32 CIFAR both work. Forward passes have no
+data-dependent Python control flow (ceil-mode pooling handles tiny maps instead of size branches),
+so they run under ``torch.compile``, ``channels_last`` and bfloat16 autocast.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataError
+from .registry import Registry
+
+__all__ = [
+    "MODELS", "register_model", "build_model", "ConfidenceModel",
+    "ResNet18", "PreActResNet", "VGG", "DenseNetBC", "SmallCNN",
+]
+
+ModelFactory = Callable[..., "ConfidenceModel"]
+MODELS: Registry[ModelFactory] = Registry("model", "activecrl.models")
+
+#: Smallest image side build_model accepts. The built-ins run on any size (padded stride-2 convs
+#: and ceil-mode pools map 1x1 to 1x1), so this only catches mistakes; a third-party factory may
+#: set a ``min_image_size`` attribute to ask for more.
+MIN_IMAGE_SIZE = 4
+
+
+def register_model(name: str):
+    """Decorator: ``@register_model("name")`` on a factory ``fn(*, num_classes, in_channels,
+    image_size, dropout) -> ConfidenceModel``. Registering a taken name raises RegistryError."""
+    return MODELS.register(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers: every bad value becomes a ConfigError saying what was expected.
+
+
+def _check_int(name: str, value, minimum: int, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead{hint}")
+    return int(value)
+
+
+def _check_dropout(p) -> float:
+    ok = isinstance(p, numbers.Real) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p < 1
+    if not ok:
+        raise ConfigError(
+            f"dropout must be a number in [0, 1), got {p!r} instead; use 0 for no dropout"
+        )
+    return float(p)
+
+
+# --------------------------------------------------------------------------------------------
+# Base class
+
+
+class ConfidenceModel(nn.Module):
+    """A classifier split into a body (``forward_features``) and a dropout+linear head.
+
+    Subclasses build their layers, then call ``self._init_head(feature_dim, num_classes,
+    dropout)`` last. A subclass that keeps its blocks in ``self.stages`` (an ``nn.ModuleList``
+    whose last output has ``feature_dim`` channels) gets ``feature_maps`` and
+    ``forward_features`` for free; others override both.
+    """
+
+    supports_dropout = True
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C, 1, 1)
+
+    def _init_head(self, feature_dim: int, num_classes: int, dropout: float) -> None:
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        # The Dropout module exists even at p=0 so set_dropout() can switch it on later.
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)  # weight: PyTorch's default uniform init
+
+    # -- body ---------------------------------------------------------------------------------
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the main blocks/stages (4-D tensors), e.g. for Mahalanobis ensembles."""
+        stages = getattr(self, "stages", None)
+        if stages is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement feature_maps()")
+        self._check_input(x)
+        maps = []
+        for stage in stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features after global pooling, shape (B, feature_dim)."""
+        if getattr(self, "stages", None) is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement forward_features()")
+        return torch.flatten(self.pool(self.feature_maps(x)[-1]), 1)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        # Shape checks only (no data-dependent branching): torch.compile turns them into guards.
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise DataError(
+                f"input must be a (batch, {self.in_channels}, height, width) tensor for this "
+                f"model, got shape {tuple(x.shape)} instead; build the model with in_channels "
+                f"matching the dataset"
+            )
+
+    # -- public API -----------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = self.forward_features(x)
+        logits = self.classifier(feats)
+        return (logits, feats) if return_features else logits
+
+    @property
+    def dropout_rate(self) -> float:
+        return float(self.classifier[0].p)
+
+    def set_dropout(self, p: float) -> None:
+        """Change the head's dropout probability (e.g. to enable MC dropout after training)."""
+        self.classifier[0].p = _check_dropout(p)
+
+    @property
+    def head_only_dropout(self) -> bool:
+        """True iff every dropout module lives in ``classifier``, so MC dropout can sample the
+        head on cached features instead of re-running the body."""
+        in_head = {id(m) for m in self.classifier.modules()}
+        return all(
+            id(m) in in_head
+            for m in self.modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd)  # Dropout, Dropout2d, AlphaDropout...
+        )
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet-18, CIFAR variant (Yoo & Kweon 2019 / Sener & Savarese 2018 code, after kuangliu's
+# pytorch-cifar): a 3x3 stride-1 stem and no max-pool, since 32x32 inputs are already small.
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()  # identity unless the shape changes
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(ConfidenceModel):
+    def __init__(self, *, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+                 blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512)):
+        super().__init__(in_channels)
+        stages = [nn.Sequential(*_conv_bn_relu(in_channels, widths[0]))]
+        c_in = widths[0]
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            layers = []
+            for j in range(n):
+                layers.append(BasicBlock(c_in, width, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = width
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)  # stem, layer1..layer4 -> 5 feature maps
+        self._init_head(c_in, num_classes, dropout)
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-activation ResNet for CIFAR (He et al., 2016, "Identity mappings"): depth 6n+2 with n basic
+# blocks per stage at widths 16-32-64; BN-ReLU come before each conv, so the network needs a
+# final BN-ReLU before pooling.
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        # A projection shortcut shares the pre-activation (He et al. 2016, appendix).
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(ConfidenceModel):
+    def __init__(self, *, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+                 depth: int = 110, widths=(16, 32, 64)):
+        super().__init__(in_channels)
+        if depth < 8 or (depth - 2) % 6:
+            raise ConfigError(f"PreActResNet depth must be 6n+2 (e.g. 20, 56, 110), got {depth} instead")
+        n = (depth - 2) // 6
+        stages = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]
+        c_in = widths[0]
+        for i, width in enumerate(widths):
+            layers = []
+            for j in range(n):
+                layers.append(PreActBlock(c_in, width, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = width
+            stages.append(nn.Sequential(*layers))
+        # The final BN-ReLU belongs to the last stage so its feature map is post-activation.
+        stages[-1].append(nn.BatchNorm2d(c_in))
+        stages[-1].append(nn.ReLU(inplace=True))
+        self.stages = nn.ModuleList(stages)  # stem, stage1..stage3 -> 4 feature maps
+        self._init_head(c_in, num_classes, dropout)
+
+
+# --------------------------------------------------------------------------------------------
+# VGG-16 with batch norm, CIFAR style: conv features then a single linear layer on 512 features
+# (no 4096-wide FC layers). Dropout is only in the head so MC dropout can reuse body features.
+
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(ConfidenceModel):
+    def __init__(self, *, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+                 cfg=VGG16_CFG):
+        super().__init__(in_channels)
+        stages, layers, c_in = [], [], in_channels
+        for v in cfg:
+            if v == "M":
+                # ceil_mode: a pool on a 1x1 map returns it unchanged instead of failing, so the
+                # pools that would shrink small inputs below 1x1 (the last two on 8x8 digits)
+                # are skipped without any size branch in forward. On even sizes it equals the
+                # usual floor pooling.
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                stages.append(nn.Sequential(*layers))
+                layers = []
+            else:
+                layers += _conv_bn_relu(c_in, v)
+                c_in = v
+        if layers:
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)  # one feature map per pooling block (5 for VGG-16)
+        self._init_head(c_in, num_classes, dropout)
+
+
+# --------------------------------------------------------------------------------------------
+# DenseNet-BC (Huang et al., 2017): three dense blocks of (depth-4)/6 bottleneck layers
+# (BN-ReLU-1x1 conv to 4k, BN-ReLU-3x3 conv to k), transitions compress channels by 0.5 and
+# halve the resolution. k=12, depth 100 gives 342 output channels.
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, c_in: int, growth: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return torch.cat([x, out], 1)
+
+
+class Transition(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.AvgPool2d(2, ceil_mode=True),  # ceil: a 1x1 map passes through (tiny inputs)
+        )
+
+
+class DenseNetBC(ConfidenceModel):
+    def __init__(self, *, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+                 depth: int = 100, growth: int = 12, compression: float = 0.5):
+        super().__init__(in_channels)
+        if depth < 10 or (depth - 4) % 6:
+            raise ConfigError(f"DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190), got {depth} instead")
+        _check_int("growth", growth, 1)
+        if not 0 < compression <= 1:
+            raise ConfigError(f"compression must be in (0, 1], got {compression!r} instead")
+        n = (depth - 4) // 6  # bottleneck layers per block (each layer = 2 convs)
+        c = 2 * growth
+        stages = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)]
+        for block in range(3):
+            layers = []
+            for _ in range(n):
+                layers.append(DenseLayer(c, growth))
+                c += growth
+            if block < 2:
+                c_out = int(math.floor(c * compression))
+                layers.append(Transition(c, c_out))
+                c = c_out
+            else:
+                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]  # final BN-ReLU
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)  # stem, block1..block3 -> 4 feature maps
+        self._init_head(c, num_classes, dropout)
+
+
+# --------------------------------------------------------------------------------------------
+# Small CNN for CPU runs: three conv-BN-ReLU layers with early pooling. The pool right after the
+# first conv keeps the expensive 32->64 and 64->128 convs at 16x16 and 8x8, which is what makes
+# it fast on a few CPU cores (full-resolution convs cost ~5x more).
+
+
+class SmallCNN(ConfidenceModel):
+    def __init__(self, *, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
+                 widths=(32, 64, 128)):
+        super().__init__(in_channels)
+        a, b, c = widths
+        self.stages = nn.ModuleList([
+            nn.Sequential(*_conv_bn_relu(in_channels, a), nn.MaxPool2d(2, ceil_mode=True)),
+            nn.Sequential(*_conv_bn_relu(a, b), nn.MaxPool2d(2, ceil_mode=True)),
+            nn.Sequential(*_conv_bn_relu(b, c)),
+        ])
+        self._init_head(c, num_classes, dropout)
+
+
+# --------------------------------------------------------------------------------------------
+# Registered factories. They all take the same keyword arguments; the built-ins ignore image_size
+# (they adapt to any size), which is there for models that need it, e.g. a ViT's patch grid.
+
+
+@register_model("resnet18")
+def resnet18(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return ResNet18(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+
+
+@register_model("preact_resnet110")
+def preact_resnet110(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return PreActResNet(num_classes=num_classes, in_channels=in_channels, dropout=dropout, depth=110)
+
+
+@register_model("vgg16")
+def vgg16(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return VGG(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+
+
+@register_model("densenet_bc")
+def densenet_bc(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return DenseNetBC(num_classes=num_classes, in_channels=in_channels, dropout=dropout,
+                      depth=100, growth=12)
+
+
+@register_model("small_cnn")
+def small_cnn(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return SmallCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                dropout: float = 0.0) -> ConfidenceModel:
+    """Build the registered model ``name`` for a dataset's class count, channels and size.
+
+    Raises RegistryError for an unknown name (listing the valid ones) and ConfigError for bad
+    arguments. The returned model carries ``build_config`` (the arguments, for checkpoints).
+    """
+    factory = MODELS.get(name)
+    num_classes = _check_int("num_classes", num_classes, 2, "; a classifier needs at least 2 classes")
+    in_channels = _check_int("in_channels", in_channels, 1, " (1 for grayscale, 3 for RGB)")
+    min_size = max(MIN_IMAGE_SIZE, int(getattr(factory, "min_image_size", MIN_IMAGE_SIZE)))
+    image_size = _check_int("image_size", image_size, min_size, f" for model {name!r}")
+    dropout = _check_dropout(dropout)
+    model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                    dropout=dropout)
+    if not isinstance(model, ConfidenceModel):
+        raise ConfigError(
+            f"model factory {name!r} must return a ConfidenceModel, got {type(model).__name__} "
+            f"instead; subclass activecrl.models.ConfidenceModel"
+        )
+    model.build_config = dict(name=name, num_classes=num_classes, in_channels=in_channels,
+                              image_size=image_size, dropout=dropout)
+    return model

@@ -1,0 +1,85 @@
+"""Reading finished (or running) active-learning runs: per-stage summaries and learning curves."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .loop import CONFIG_FILE, read_records
+from .metrics import METRIC_NAMES
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    label: str  # "least_conf (crl)"
+    config: dict
+    n_labeled: np.ndarray  # (n_stages,)
+    n_trials: np.ndarray  # (n_stages,) how many trials reached each stage
+    mean: dict[str, np.ndarray]  # metric -> (n_stages,)
+    std: dict[str, np.ndarray]  # metric -> (n_stages,), population std (ddof=0) over trials
+
+    def area_under_curve(self, metric: str = "accuracy") -> float:
+        """Normalised area under the budget curve (trapezoid): the mean metric over the label range."""
+        x, y = self.n_labeled.astype(float), self.mean[metric]
+        if len(x) < 2:
+            return float(y[0]) if len(y) else float("nan")
+        return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+
+
+def load_run(path: Path | str) -> RunSummary:
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"{path} is not an activecrl run folder (no {CONFIG_FILE}); pass the --out of `activecrl run`")
+    config = json.loads(config_path.read_text())
+    records = read_records(path)
+    if not records:
+        raise ConfigError(f"{path} has no completed stage yet (results.jsonl is empty)")
+    stages = sorted({r["stage"] for r in records})
+    n_labeled, counts = [], []
+    mean = {m: [] for m in (*METRIC_NAMES, "train_seconds", "query_seconds")}
+    std = {m: [] for m in mean}
+    for stage in stages:
+        rows = [r for r in records if r["stage"] == stage]
+        n_labeled.append(int(np.mean([r["n_labeled"] for r in rows])))
+        counts.append(len(rows))
+        for m in mean:
+            values = np.array([np.nan if r.get(m) is None else r[m] for r in rows], dtype=float)
+            mean[m].append(float(np.mean(values)))
+            std[m].append(float(np.std(values)))
+    label = f"{config.get('strategy', '?')} ({config.get('trainer', '?')})"
+    return RunSummary(path, label, config, np.array(n_labeled), np.array(counts),
+                      {k: np.array(v) for k, v in mean.items()}, {k: np.array(v) for k, v in std.items()})
+
+
+def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy", "aurc")) -> Path:
+    """Metric against labeled-set size, mean +/- std over trials, one curve per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for run in runs:
+            x, y, s = run.n_labeled, run.mean[metric], run.std[metric]
+            (line,) = ax.plot(x, y, marker="o", markersize=3, label=run.label)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("labeled training samples")
+        ax.set_ylabel(metric.upper() if metric != "accuracy" else "test accuracy")
+        ax.grid(alpha=0.3)
+    datasets = sorted({str(r.config.get("dataset")) for r in runs})
+    trials = sorted({int(t) for r in runs for t in r.n_trials})
+    fig.suptitle(f"{', '.join(datasets)}: mean ± std over {'/'.join(map(str, trials))} trial(s)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,297 @@
+"""The query-strategy contract: ``QueryContext`` in, training-split indices out.
+
+A strategy is a small class in the scikit-learn habit: ``__init__`` only stores its parameters
+as attributes, and the work happens in ``select(context, budget, rng)``, which returns the
+training-split indices to label next (drawn from ``context.pool.indices``, unique, exactly
+``min(budget, len(pool))`` of them). Callers go through ``Strategy.query``, which validates the
+budget and then checks the returned indices against that contract, so a user-written strategy
+that breaks it fails with a message naming it instead of silently corrupting the labeled set.
+
+Strategies are found by name in ``STRATEGIES`` (filled by ``@register_strategy`` and by the
+``activecrl.strategies`` entry-point group) or loaded from ``"package.module:ClassName"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from activecrl.errors import ActiveCRLError, ConfigError, RegistryError
+from activecrl.outputs import PoolOutputs
+from activecrl.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "QueryContext",
+    "Strategy",
+    "StrategyError",
+    "STRATEGIES",
+    "register_strategy",
+    "get_strategy",
+    "select_top",
+]
+
+
+class StrategyError(ActiveCRLError, RuntimeError):
+    """A strategy returned indices that break the ``select`` contract."""
+
+
+@dataclass
+class QueryContext:
+    """Everything a strategy may read to choose the next samples to label.
+
+    ``pool``: outputs of one eval pass over the unlabeled candidates (``pool.indices`` are
+    training-split indices). ``labeled``: the same for the labeled set (core-set needs its
+    features), or None. ``model``/``data``/``device``/``batch_size``: for strategies that need
+    further passes (MC dropout); ``data`` is a ``DeviceData`` of the training split.
+    """
+
+    pool: PoolOutputs
+    labeled: PoolOutputs | None = None
+    model: nn.Module | None = None
+    data: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 1024
+
+    def __post_init__(self):
+        if not isinstance(self.pool, PoolOutputs):
+            raise ConfigError(f"pool must be a PoolOutputs, got {type(self.pool).__name__} instead")
+        if self.labeled is not None and not isinstance(self.labeled, PoolOutputs):
+            raise ConfigError(
+                f"labeled must be a PoolOutputs or None, got {type(self.labeled).__name__} instead"
+            )
+        self.device = torch.device(self.device)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
+                or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r} instead")
+        self.batch_size = int(self.batch_size)
+
+
+class Strategy:
+    """Base class of query strategies; subclass it and implement ``select``.
+
+    Class attributes: ``name`` (the registry name), ``requires_dropout`` (the loop then trains
+    the model with dropout before its classifier), ``needs_features`` (the pool and labeled
+    ``PoolOutputs`` must carry penultimate features).
+    """
+
+    name: str = "strategy"
+    requires_dropout: bool = False
+    needs_features: bool = False
+
+    def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
+        """Return ``min(budget, len(context.pool))`` unique indices from ``context.pool.indices``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement select(context, budget, rng)")
+
+    # ------------------------------------------------------------------ public wrapper
+    def query(self, context: QueryContext, budget: int, rng: np.random.Generator | int | None = None
+              ) -> np.ndarray:
+        """Validate ``budget``, call ``select`` and check what it returns (int64 ndarray)."""
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+            raise ConfigError(f"budget must be a non-negative integer, got {budget!r} instead")
+        budget = int(budget)
+        if not isinstance(context, QueryContext):
+            raise ConfigError(f"context must be a QueryContext, got {type(context).__name__} instead")
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        if self.needs_features:
+            _require_features(self._label(), context)
+        expected = min(budget, len(context.pool))
+        if expected == 0:
+            return np.empty(0, dtype=np.int64)
+        chosen = self.select(context, budget, rng)
+        return self._check_result(chosen, context, expected)
+
+    def _label(self) -> str:
+        return f"strategy {self.name!r} ({type(self).__module__}.{type(self).__qualname__})"
+
+    def _check_result(self, chosen, context: QueryContext, expected: int) -> np.ndarray:
+        who = self._label()
+        if isinstance(chosen, torch.Tensor):
+            chosen = chosen.detach().cpu().numpy()
+        chosen = np.asarray(chosen)
+        if chosen.ndim != 1 or not (np.issubdtype(chosen.dtype, np.integer) or chosen.size == 0):
+            raise StrategyError(
+                f"{who}: select must return a 1-D integer array of training-split indices, "
+                f"got shape {chosen.shape} and dtype {chosen.dtype} instead"
+            )
+        chosen = chosen.astype(np.int64, copy=False)
+        if chosen.size != expected:
+            raise StrategyError(
+                f"{who}: select must return exactly min(budget, len(pool)) = {expected} indices, "
+                f"got {chosen.size} instead"
+            )
+        uniq, counts = np.unique(chosen, return_counts=True)
+        if uniq.size != chosen.size:
+            dup = uniq[counts > 1][:5].tolist()
+            raise StrategyError(
+                f"{who}: select must return unique indices, got {chosen.size - uniq.size} duplicate(s) "
+                f"instead (e.g. {dup})"
+            )
+        pool_idx = context.pool.indices.numpy()
+        outside = ~np.isin(chosen, pool_idx)
+        if outside.any():
+            raise StrategyError(
+                f"{who}: select must return indices from context.pool.indices (training-split indices, "
+                f"not positions), got {int(outside.sum())} outside the pool instead "
+                f"(e.g. {chosen[outside][:5].tolist()})"
+            )
+        if context.labeled is not None and len(context.labeled):
+            again = np.isin(chosen, context.labeled.indices.numpy())
+            if again.any():
+                raise StrategyError(
+                    f"{who}: selected {int(again.sum())} already-labeled indices "
+                    f"(e.g. {chosen[again][:5].tolist()}); the pool and the labeled set overlap"
+                )
+        return chosen
+
+    # ------------------------------------------------------------------ sklearn-style params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._param_names() if hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def _require_features(who: str, context: QueryContext) -> None:
+    if context.pool.features is None:
+        raise ConfigError(
+            f"{who} needs penultimate features, got pool outputs with features=None instead; "
+            f"compute them with predict(model, data, indices, features=True)"
+        )
+    if context.labeled is not None and len(context.labeled) and context.labeled.features is None:
+        raise ConfigError(
+            f"{who} needs penultimate features of the labeled set too, got labeled outputs with "
+            f"features=None instead; compute them with predict(..., features=True)"
+        )
+    if context.labeled is not None and len(context.labeled) and \
+            context.labeled.features.shape[1] != context.pool.features.shape[1]:
+        raise ConfigError(
+            f"{who}: labeled features must have the pool's width {context.pool.features.shape[1]}, "
+            f"got {context.labeled.features.shape[1]} instead"
+        )
+
+
+def select_top(scores, pool_indices, budget: int) -> np.ndarray:
+    """Pool indices of the ``budget`` highest ``scores`` (ties: lower position first).
+
+    ``scores`` is a 1-D array aligned with ``pool_indices``; NaN scores are taken last.
+    """
+    s = np.asarray(scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else scores,
+                   dtype=np.float64)
+    idx = np.asarray(pool_indices.numpy() if isinstance(pool_indices, torch.Tensor) else pool_indices,
+                     dtype=np.int64)
+    if s.shape != idx.shape or s.ndim != 1:
+        raise ConfigError(f"scores must have shape {idx.shape} to match the pool, got {s.shape} instead")
+    k = min(int(budget), s.size)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    nan = np.isnan(s)
+    if nan.any():
+        logger.warning("%d of %d scores are NaN; they are selected last", int(nan.sum()), s.size)
+        s = np.where(nan, -np.inf, s)
+    # stable sort on the negated scores: equal scores keep their pool order
+    order = np.argsort(-s, kind="stable")[:k]
+    return idx[order]
+
+
+# ---------------------------------------------------------------------- registry
+STRATEGIES: Registry = Registry("strategy", "activecrl.strategies")
+
+
+def register_strategy(name: str):
+    """Class decorator: ``@register_strategy("entropy")`` registers a ``Strategy`` subclass."""
+
+    def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise RegistryError(
+                f"register_strategy expects a Strategy subclass, got {cls!r} instead"
+            )
+        if "name" not in cls.__dict__:
+            cls.name = name
+        return STRATEGIES.register(name)(cls)
+
+    return add
+
+
+def _load_by_path(spec: str) -> type:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"strategy path must look like 'package.module:ClassName', got {spec!r} instead")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(
+                f"strategy module {module_name!r} (from {spec!r}) could not be found; make sure it is "
+                f"importable (installed, or its folder on PYTHONPATH)"
+            ) from None
+        raise ConfigError(
+            f"strategy module {module_name!r} (from {spec!r}) failed to import: {exc}"
+        ) from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            found = sorted(k for k, v in vars(module).items()
+                           if isinstance(v, type) and issubclass(v, Strategy) and v is not Strategy)
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr!r} (from strategy {spec!r}); "
+                f"Strategy subclasses there: {', '.join(found) or 'none'}"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def get_strategy(spec: str, **params) -> Strategy:
+    """Instantiate a strategy from a registered name or ``"package.module:ClassName"``."""
+    if isinstance(spec, Strategy):
+        if params:
+            raise ConfigError("parameters cannot be given together with a Strategy instance")
+        return spec
+    if isinstance(spec, type):
+        cls = spec
+        label = f"{spec.__module__}.{spec.__qualname__}"
+    elif isinstance(spec, str) and spec.strip():
+        spec = spec.strip()
+        label = spec
+        if ":" in spec:
+            cls = _load_by_path(spec)
+        else:
+            try:
+                cls = STRATEGIES.get(spec)
+            except RegistryError as exc:
+                raise RegistryError(
+                    f"{exc}; or give a user strategy as 'package.module:ClassName'"
+                ) from None
+    else:
+        raise ConfigError(
+            f"strategy must be a registered name or 'package.module:ClassName', got {spec!r} instead"
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(
+            f"strategy {label!r} must be a subclass of strategies.Strategy, got {cls!r} instead; "
+            f"subclass Strategy and implement select(context, budget, rng)"
+        )
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError:
+        accepted = cls._param_names()
+        raise ConfigError(
+            f"strategy {label!r} accepts parameters {accepted or 'none'}, got {sorted(params)} instead"
+        ) from None
+    return cls(**params)

@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from activecrl.cli import app
+
+runner = CliRunner()
+
+
+def _ok(result):
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_list_shows_every_registry():
+    out = _ok(runner.invoke(app, ["list"]))
+    for name in ("digits", "cifar10", "resnet18", "small_cnn", "densenet_bc", "baseline", "crl", "least_conf",
+                 "coreset", "mc_dropout"):
+        assert name in out
+
+
+def test_train_writes_metrics_predictions_and_model(tmp_path):
+    out = tmp_path / "run"
+    text = _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "crl", "--epochs", "2",
+                                   "--device", "cpu", "--out", str(out)]))
+    assert "accuracy" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"accuracy", "aurc", "eaurc", "aupr_err", "fpr95", "ece", "nll", "brier"}
+    assert metrics["train_seconds"] > 0 and metrics["config"]["trainer"] == "crl"
+    preds = np.load(out / "predictions.npz")
+    n = preds["labels"].shape[0]
+    assert preds["probs"].shape == (n, 10) and preds["logits"].shape == (n, 10) and preds["confidence"].shape == (n,)
+    assert np.allclose(preds["probs"].sum(1), 1, atol=1e-5)
+    assert metrics["metrics"]["accuracy"] == np.mean(preds["probs"].argmax(1) == preds["labels"])
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert blob["model_info"]["model"] == "small_cnn"
+    from activecrl.experiment import load_trained
+
+    model, info, _ = load_trained(out)
+    assert info["num_classes"] == 10
+    # refuses to overwrite a finished run
+    again = runner.invoke(app, ["train", "--epochs", "1", "--device", "cpu", "--out", str(out)])
+    assert again.exit_code != 0 and "already holds a run" in str(again.exception)
+
+
+def test_run_plot_summary(tmp_path):
+    out = tmp_path / "al"
+    text = _ok(runner.invoke(app, ["run", "--dataset", "digits", "--initial", "40", "--budget", "40", "--stages", "2",
+                                   "--epochs", "1", "--trials", "1", "--device", "cpu", "--out", str(out)]))
+    assert "least_conf (crl)" in text and (out / "curves.png").exists()
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and len(json.loads(lines[0])["queried"]) == 40
+    _ok(runner.invoke(app, ["plot", str(out), str(out), "-o", str(tmp_path / "c.png")]))
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert "area under the budget curve" in _ok(runner.invoke(app, ["summary", str(out), str(out)]))
+
+
+def test_config_preset_and_override(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('dataset = "digits"\nstrategy = "entropy"\ninitial = 30\nbudget = 10\nstages = 2\n'
+                      'trials = 1\n[train]\nepochs = 1\nbatch_size = 16\n')
+    out = tmp_path / "al"
+    _ok(runner.invoke(app, ["run", "--config", str(preset), "--budget", "20", "--device", "cpu", "--out", str(out)]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategy"] == "entropy" and config["budget"] == 20 and config["train"]["batch_size"] == 16
+
+
+def test_user_errors_are_one_clear_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "activecrl", "run", "--strategy", "nope", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown strategy 'nope'" in proc.stdout and "least_conf" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

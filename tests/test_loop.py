@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+
+from activecrl.errors import ConfigError
+from activecrl.loop import ALConfig, LoopCallbacks, read_records, run_active_learning
+from activecrl.trainers import TrainConfig
+from tests.conftest import make_blobs_dataset
+
+TINY = dict(dataset="blobs", model="small_cnn", trainer="crl", strategy="least_conf", initial=20, budget=15,
+            stages=3, trials=2, seed=7, device="cpu", train=TrainConfig(epochs=2, batch_size=16, milestones=(0.6, 0.8)))
+
+
+def _config(**changes):
+    return ALConfig(**{**TINY, **changes})
+
+
+def test_loop_end_to_end(tmp_path):
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    records = run_active_learning(_config(), tmp_path / "run", dataset=ds)
+    assert [(r["trial"], r["stage"]) for r in records] == [(t, s) for t in range(2) for s in range(3)]
+    for trial in range(2):
+        mine = [r for r in records if r["trial"] == trial]
+        labeled = set(mine[0]["initial"])
+        assert len(labeled) == 20 and mine[0]["seed"] == 7 + trial
+        for r in mine:
+            assert r["n_labeled"] == len(labeled)
+            q = r["queried"]
+            if r["stage"] < 2:
+                assert len(q) == 15 and len(set(q)) == 15
+                assert not labeled & set(q)  # never an already-labeled index
+                assert all(0 <= i < 150 for i in q)  # training split only
+            else:
+                assert q == []
+            for key in ("accuracy", "aurc", "eaurc", "aupr_err", "fpr95", "ece", "nll", "brier",
+                        "train_seconds", "query_seconds"):
+                assert isinstance(r[key], float)
+            labeled |= set(q)
+    assert records[0]["initial"] != records[3]["initial"]  # trials differ
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["strategy"] == "least_conf" and config["train"]["epochs"] == 2
+
+
+def test_same_seed_same_queries(tmp_path):
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    a = run_active_learning(_config(trials=1), tmp_path / "a", dataset=ds)
+    b = run_active_learning(_config(trials=1), tmp_path / "b", dataset=ds)
+    assert [r["queried"] for r in a] == [r["queried"] for r in b]
+    assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
+
+
+def test_existing_out_is_never_overwritten(tmp_path):
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    run_active_learning(_config(trials=1, stages=1), tmp_path / "run", dataset=ds)
+    before = (tmp_path / "run" / "results.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_active_learning(_config(trials=1, stages=1), tmp_path / "run", dataset=ds)
+    assert (tmp_path / "run" / "results.jsonl").read_text() == before
+
+
+class _Crash(LoopCallbacks):
+    def __init__(self, after):
+        self.after, self.count = after, 0
+
+    def stage_end(self, record):
+        self.count += 1
+        if self.count == self.after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, warm_start):
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    cfg = _config(warm_start=warm_start)
+    full = run_active_learning(cfg, tmp_path / "full", dataset=ds)
+    with pytest.raises(KeyboardInterrupt):
+        run_active_learning(cfg, tmp_path / "cut", dataset=ds, callbacks=_Crash(after=4))
+    assert len(read_records(tmp_path / "cut")) == 4
+    # a torn line from a crash mid-write is ignored, then repaired on the next append
+    with open(tmp_path / "cut" / "results.jsonl", "a") as handle:
+        handle.write('{"trial": 1, "sta')
+    resumed = run_active_learning(ALConfig(device="cpu"), tmp_path / "cut", dataset=ds, resume=True)
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rs]
+
+    assert strip(resumed) == strip(full)
+
+
+def test_resume_needs_a_run(tmp_path):
+    with pytest.raises(ConfigError, match="--resume needs an earlier run"):
+        run_active_learning(_config(), tmp_path / "none", resume=True, dataset=make_blobs_dataset())
+
+
+def test_pool_subset_and_exhausted_pool(tmp_path):
+    ds = make_blobs_dataset(n_train=60, n_test=30)
+    records = run_active_learning(_config(strategy="entropy", initial=30, budget=20, stages=3, trials=1,
+                                          pool_subset=25), tmp_path / "r", dataset=ds)
+    assert [len(r["queried"]) for r in records] == [20, 10, 0]  # the last query takes what is left
+    assert records[-1]["n_labeled"] == 60
+
+
+def test_user_strategy_by_path(tmp_path, monkeypatch):
+    (tmp_path / "my_strats.py").write_text(
+        "import numpy as np\n"
+        "from strategies import Strategy\n"
+        "class Lowest(Strategy):\n"
+        "    name = 'lowest'\n"
+        "    def select(self, context, budget, rng):\n"
+        "        return np.sort(context.pool.indices.numpy())[:budget]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    records = run_active_learning(_config(strategy="my_strats:Lowest", trials=1, stages=2), tmp_path / "r", dataset=ds)
+    initial = set(records[0]["initial"])
+    expected = [i for i in range(150) if i not in initial][:15]
+    assert records[0]["queried"] == expected
+
+
+@pytest.mark.parametrize("bad", [dict(initial=0), dict(stages=0), dict(budget=-1), dict(pool_subset=0),
+                                 dict(dropout=1.5)])
+def test_config_validation(bad):
+    with pytest.raises(ConfigError, match="got"):
+        _config(**bad)
+
+
+def test_mc_dropout_requires_and_gets_dropout(tmp_path):
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    with pytest.raises(ConfigError, match="needs dropout"):
+        run_active_learning(_config(strategy="mc_dropout", dropout=0.0), tmp_path / "a", dataset=ds)
+    run_active_learning(_config(strategy="mc_dropout", trials=1, stages=2), tmp_path / "b", dataset=ds)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["dropout_used"] == pytest.approx(0.3)
+
+
+def test_coreset_in_the_loop(tmp_path):
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    records = run_active_learning(_config(strategy="coreset", trials=1, stages=2), tmp_path / "r", dataset=ds)
+    assert len(records[0]["queried"]) == 15 and not set(records[0]["queried"]) & set(records[0]["initial"])
+
+
+def test_results_summary_and_plot(tmp_path):
+    from activecrl.results import load_run, plot_curves
+
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    run_active_learning(_config(), tmp_path / "run", dataset=ds)
+    s = load_run(tmp_path / "run")
+    assert s.n_labeled.tolist() == [20, 35, 50] and s.n_trials.tolist() == [2, 2, 2]
+    records = read_records(tmp_path / "run")
+    stage0 = [r["accuracy"] for r in records if r["stage"] == 0]
+    assert s.mean["accuracy"][0] == pytest.approx(np.mean(stage0))
+    assert s.std["accuracy"][0] == pytest.approx(np.std(stage0))
+    x, y = s.n_labeled, s.mean["accuracy"]
+    assert s.area_under_curve() == pytest.approx(np.trapezoid(y, x) / (x[-1] - x[0]))
+    path = plot_curves([s], tmp_path / "c.png")
+    assert path.stat().st_size > 1000
