@@ -56,6 +56,7 @@ __all__ = [
     "load_dataset",
     "load_image_folder",
     "IMAGE_EXTENSIONS",
+    "channel_stats",
 ]
 
 DATASETS: Registry[Callable[[Path, bool], "ImageDataset"]] = Registry("dataset", "activecrl.datasets")
@@ -324,20 +325,31 @@ def _dataset_name_from_path(path: Path) -> str:
     return name or "dataset"
 
 
+def _walk_files(root: Path) -> Iterator[str]:
+    """Relative POSIX paths of all files below ``root``, following directory links once each."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link cycle or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for fname in sorted(filenames):
+            yield Path(os.path.relpath(os.path.join(dirpath, fname), root)).as_posix()
+
+
 def _fingerprint(path: Path, extra: str = "") -> str:
     """Short hash of the resolved path and the size/mtime of the file (or every file below it)."""
     h = hashlib.sha256()
     h.update(f"{_CACHE_FORMAT}\0{path}\0{extra}\0".encode())
     if path.is_dir():
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                full = os.path.join(dirpath, fname)
-                try:
-                    st = os.stat(full)
-                except OSError:
-                    continue
-                h.update(f"{os.path.relpath(full, path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        for rel in _walk_files(path):
+            try:
+                st = os.stat(path / rel)
+            except OSError:
+                continue
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     else:
         st = path.stat()
         h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
@@ -422,14 +434,7 @@ class _Source:
                             f"ImageFolder directory or an archive of one")
 
     def _scan_dir(self) -> list[str]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.path, followlinks=True):
-            dirnames.sort()
-            for fname in filenames:
-                rel = Path(os.path.relpath(os.path.join(dirpath, fname), self.path)).as_posix()
-                if not _skip_name(rel) and _is_image_name(rel):
-                    out.append(rel)
-        return sorted(out)
+        return sorted(rel for rel in _walk_files(self.path) if not _skip_name(rel) and _is_image_name(rel))
 
     def _scan_archive(self) -> list[str]:
         try:
@@ -518,8 +523,9 @@ def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int]
                 if size is not None and img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 return np.asarray(img)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-            raise DataError(f"cannot decode image {source.describe(rel)}: {exc}; delete or replace the file") from exc
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+            raise DataError(f"cannot decode image {source.describe(rel)} ({type(exc).__name__}: {exc}); "
+                            f"delete or replace the file") from exc
 
     def decode_chunk(chunk: Sequence[str]) -> list[np.ndarray]:
         return [decode_one(rel) for rel in chunk]
@@ -555,11 +561,14 @@ def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int]
                 put(pos, arr)
                 pos += 1
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for arrays in pool.map(decode_chunk, chunks):
                 for arr in arrays:
                     put(pos, arr)
                     pos += 1
+        finally:  # on an error, don't decode the rest just to throw it away
+            pool.shutdown(wait=True, cancel_futures=True)
     out = torch.from_numpy(buffer)
     if channels == 1 or (channels is None and all_gray):
         out = out[..., :1]
@@ -707,14 +716,21 @@ def digits(data_dir: Path, download: bool) -> ImageDataset:
     )
 
 
+_TORCHVISION_FILES = {
+    "cifar10": "cifar-10-python.tar.gz or the extracted cifar-10-batches-py/",
+    "cifar100": "cifar-100-python.tar.gz or the extracted cifar-100-python/",
+    "svhn": "train_32x32.mat and test_32x32.mat",
+}
+
+
 def _torchvision_missing(name: str, root: Path, download: bool, exc: Exception) -> DataError:
-    how = ("the download failed (no internet?)" if download else "download=False and the files are not there")
+    how = "the download failed (no internet?)" if download else "download is off and the files are not there"
     return DataError(
-        f"{name} is not available in {root}: {how} ({type(exc).__name__}: {exc}). Either run once on a "
-        f"machine with internet access with download enabled (e.g. `activecrl ... --download`, or "
-        f"load_dataset({name!r}, data_dir=..., download=True)) and copy {root} here, place torchvision's "
-        f"{name} files in {root} yourself, or pass an ImageFolder directory/archive path instead of the "
-        f"name (e.g. load_dataset('/path/to/{name}.tar.gz'))"
+        f"{name} is not available in {root}: {how} ({type(exc).__name__}: {exc}). To fix: load it once with "
+        f"download enabled (the default; load_dataset({name!r}, data_dir=..., download=True)) on a machine "
+        f"with internet access and copy that data directory here; or put torchvision's files "
+        f"({_TORCHVISION_FILES.get(name, 'as torchvision expects them')}) in {root}; or pass the path of an "
+        f"ImageFolder directory or archive instead of the name (e.g. load_dataset('/path/to/{name}.tar.gz'))"
     )
 
 
@@ -794,7 +810,8 @@ class DeviceData:
     on the device; ``eval_batches`` does the same in order without augmentation. Batches are
     ``(x, y, idx)``: ``x`` float32 (B, C, H, W) normalised with ``(x / 255 - mean) / std``
     (channels-last memory format when ``channels_last``), ``y`` int64 labels, ``idx`` int64
-    indices into this split. ``labels=None`` (an unlabeled set) gives labels of -1.
+    indices into this split. ``labels=None`` (an unlabeled set) gives labels of -1. The
+    constructor's ``augment`` flag is kept as ``augment_enabled`` (``augment`` is the method).
 
     Augmentation matches torchvision's ``RandomCrop(H, padding=pad)`` followed by
     ``RandomHorizontalFlip()``: zero-pad by ``pad``, take an HxW window at offsets drawn
@@ -909,6 +926,9 @@ class DeviceData:
             raise ConfigError(f"train_batches needs at least 2 indices (BatchNorm cannot train on one "
                               f"sample), got {idx.numel()} instead")
         self._check_generator(generator)
+        return self._train_iter(idx, batch_size, generator)  # arguments checked now, not at first next()
+
+    def _train_iter(self, idx: torch.Tensor, batch_size: int, generator):
         order = idx[torch.randperm(idx.numel(), generator=generator, device=self.device)]
         total = order.numel()
         for start in range(0, total, batch_size):
@@ -924,13 +944,16 @@ class DeviceData:
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``indices`` (default: all, ``0..n-1``) in the given order, unaugmented."""
         batch_size = _check_batch_size(batch_size, minimum=1)
-        if indices is None:
+        idx = None if indices is None else self._check_indices(indices)
+        return self._eval_iter(idx, batch_size)
+
+    def _eval_iter(self, idx: torch.Tensor | None, batch_size: int):
+        if idx is None:
             for start in range(0, self.n, batch_size):
                 stop = min(start + batch_size, self.n)
                 idx = torch.arange(start, stop, device=self.device)
                 yield self._finish(self.images[start:stop]), self.labels[start:stop], idx
             return
-        idx = self._check_indices(indices)
         for start in range(0, idx.numel(), batch_size):
             batch = idx[start:start + batch_size]
             yield self._finish(self.images[batch]), self.labels[batch], batch

@@ -230,6 +230,7 @@ class MCDropoutStrategy(Strategy):
     """Highest entropy of the mean softmax over ``n_samples`` MC dropout samples."""
 
     requires_dropout = True
+    _min_samples = 1
 
     def __init__(self, n_samples: int = 50):
         self.n_samples = n_samples
@@ -238,7 +239,8 @@ class MCDropoutStrategy(Strategy):
         return stats.predictive_entropy
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
-        stats = mc_dropout_stats(context.model, context, _check_n_samples(self.n_samples), seed=rng)
+        stats = mc_dropout_stats(context.model, context, _check_n_samples(self.n_samples, self._min_samples),
+                                 seed=rng)
         return select_top(self.scores(stats), context.pool.indices, budget)
 
 
@@ -246,6 +248,8 @@ class MCDropoutStrategy(Strategy):
 class BALDStrategy(MCDropoutStrategy):
     """Highest mutual information between prediction and weights (Houlsby et al. 2011):
     entropy of the mean softmax minus the mean of the per-sample entropies."""
+
+    _min_samples = 2  # one sample has zero mutual information everywhere
 
     def scores(self, stats: MCDropoutStats) -> torch.Tensor:
         return stats.mutual_information

@@ -1,6 +1,6 @@
 """Tests for activecrl.models: the registry, the ConfidenceModel contract, and the built-ins.
 
-Inputs are tiny (batch 2, 16x16 or 32x32) so the whole file runs in seconds on 2 CPU cores.
+Inputs are tiny (batch 2, 16x16 or smaller) so the whole file runs in seconds on 2 CPU cores.
 """
 
 import math
@@ -13,8 +13,6 @@ from activecrl.errors import ConfigError, DataError, RegistryError
 from activecrl.models import MODELS, ConfidenceModel, build_model, register_model
 
 BUILTINS = ["densenet_bc", "preact_resnet110", "resnet18", "small_cnn", "vgg16"]
-# The deep ones get 16x16 inputs to keep the forward passes cheap.
-HEAVY = {"preact_resnet110", "densenet_bc"}
 
 
 def _input(name, channels=3, size=None, batch=2, seed=0):
@@ -26,6 +24,16 @@ def _input(name, channels=3, size=None, batch=2, seed=0):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
+    # threads' spin-waiting doubles the run time.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_builtins_registered():
@@ -77,11 +85,23 @@ def test_adapts_to_grayscale_8x8(name):
     assert all(m.shape[-1] >= 1 for m in maps)
 
 
-def test_vgg_skips_pools_that_would_vanish():
-    assert sum(isinstance(m, nn.MaxPool2d) for m in build_model("vgg16", num_classes=10).modules()) == 5
-    small = build_model("vgg16", num_classes=10, in_channels=1, image_size=8)
-    assert sum(isinstance(m, nn.MaxPool2d) for m in small.modules()) == 3  # 8 -> 4 -> 2 -> 1
-    assert len(small.feature_maps(torch.zeros(2, 1, 8, 8))) == 5
+def test_vgg_pools_stop_at_1x1():
+    # 32x32 CIFAR halves five times; on 8x8 digits the last two pools leave the 1x1 map as is.
+    model = build_model("vgg16", num_classes=10, in_channels=1, image_size=8).eval()
+    with torch.no_grad():
+        sizes = [m.shape[-1] for m in model.feature_maps(torch.randn(2, 1, 8, 8))]
+        assert sizes == [4, 2, 1, 1, 1]
+        x = torch.randn(2, 1, 32, 32)
+        assert [m.shape[-1] for m in model.feature_maps(x)] == [16, 8, 4, 2, 1]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "vgg16", "densenet_bc"])
+@pytest.mark.parametrize("size", [5, 28])
+def test_odd_and_mismatched_input_sizes(name, size):
+    # Built for 32x32, fed something else: adaptive pooling and ceil-mode pools cope.
+    model = build_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -237,9 +257,8 @@ def _compile_full_graph(name):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "vgg16"])
-def test_torch_compile_full_graph(name):
-    _compile_full_graph(name)
+def test_torch_compile_full_graph():
+    _compile_full_graph("small_cnn")
 
 
 @pytest.mark.slow

@@ -97,7 +97,8 @@ def make_context(n_pool=60, n_labeled=20, seed=0):
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_contract_every_registered_strategy(name):
     ctx = make_context()
-    strategy = get_strategy(name)
+    # fewer MC samples keep the test quick on a busy machine; defaults are exercised elsewhere
+    strategy = get_strategy(name, **({"n_samples": 5} if name in ("mc_dropout", "bald") else {}))
     assert isinstance(strategy, Strategy)
     pool = set(ctx.pool.indices.tolist())
     labeled = set(ctx.labeled.indices.tolist())
@@ -254,17 +255,17 @@ def mc_setup(model_cls=HeadDropoutNet, p=0.5, seed=0):
 
 def test_mc_head_sampling_equals_full_passes():
     model, data, ctx = mc_setup()
-    head = mc_dropout_stats(model, ctx, n_samples=10, seed=123)
-    full = mc_dropout_stats(model, ctx, n_samples=10, seed=123, head_only=False)
+    head = mc_dropout_stats(model, ctx, n_samples=6, seed=123)
+    full = mc_dropout_stats(model, ctx, n_samples=6, seed=123, head_only=False)
     assert head.head_only and not full.head_only
     torch.testing.assert_close(head.mean_probs, full.mean_probs, rtol=0, atol=1e-6)
     torch.testing.assert_close(head.mean_entropy, full.mean_entropy, rtol=0, atol=1e-6)
     # the samples really are stochastic, and seeded
     assert (head.mutual_information > 1e-4).any()
-    other = mc_dropout_stats(model, ctx, n_samples=10, seed=124)
+    other = mc_dropout_stats(model, ctx, n_samples=6, seed=124)
     assert not torch.allclose(head.mean_probs, other.mean_probs)
     for name in ("mc_dropout", "bald"):
-        strategy = get_strategy(name, n_samples=10)
+        strategy = get_strategy(name, n_samples=6)
         picks_head = strategy.query(ctx, 12, np.random.default_rng(9))
         full_ctx = QueryContext(pool=PoolOutputs(ctx.pool.indices, ctx.pool.logits), model=model,
                                 data=data, batch_size=16)  # no features: full passes
@@ -288,6 +289,7 @@ def test_mc_zero_dropout_raises(p):
     if p is None:  # no Dropout module at all
         model.classifier = nn.Sequential(nn.Linear(D, K))
     for name in ("mc_dropout", "bald"):
+        assert get_strategy(name).n_samples == 50 and get_strategy(name).requires_dropout
         with pytest.raises(ConfigError, match="dropout rate 0; train with --dropout"):
             get_strategy(name).query(ctx, 3, np.random.default_rng(0))
 
@@ -306,10 +308,11 @@ def test_mc_keeps_batchnorm_in_eval_and_restores_modes_and_rng():
     assert torch.equal(torch.get_rng_state(), rng_state)
 
 
-@pytest.mark.parametrize("n_samples", [0, -2, 1.5])
-def test_mc_bad_n_samples(n_samples):
+@pytest.mark.parametrize("name, n_samples", [("mc_dropout", 0), ("mc_dropout", -2), ("mc_dropout", 1.5),
+                                             ("bald", 1)])
+def test_mc_bad_n_samples(name, n_samples):
     with pytest.raises(ConfigError, match="n_samples must be an integer"):
-        get_strategy("mc_dropout", n_samples=n_samples).query(make_context(), 3, np.random.default_rng(0))
+        get_strategy(name, n_samples=n_samples).query(make_context(), 3, np.random.default_rng(0))
 
 
 def test_mc_with_real_confidence_model():
