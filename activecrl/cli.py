@@ -60,7 +60,15 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="training epochs (paper: 300)"),
     batch_size: Optional[int] = typer.Option(None, help="mini-batch size (paper: 128)"),
     lr: Optional[float] = typer.Option(None, help="initial learning rate (paper: 0.1)"),
-    dropout: float = typer.Option(0.0, help="dropout before the classifier"),
+    dropout: float = typer.Option(0.0, help="dropout before the classifier (mc_dropout/aleatoric default 0.3)"),
+    method: str = typer.Option("plain", help="plain | mc_dropout | aleatoric | aes | ensemble"),
+    mc_samples: int = typer.Option(50, help="MC-dropout passes at test time (mc_dropout, aleatoric)"),
+    snapshots: int = typer.Option(10, help="AES snapshots k (paper: 10 and 30)"),
+    snapshot_start: float = typer.Option(0.5, help="AES takes its snapshots after this fraction of the epochs"),
+    members: int = typer.Option(5, help="ensemble members (seeds seed, seed+1, …)"),
+    temperature_scaling: bool = typer.Option(False, "--temperature-scaling",
+                                             help="fit a temperature on held-out training data"),
+    holdout_fraction: float = typer.Option(0.1, help="training fraction held out for --temperature-scaling"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)"),
@@ -69,7 +77,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
-    """Train one model on a dataset and report the eight confidence metrics on its test split."""
+    """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
     from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
     from .io import prepare_out_dir
     from .trainers import TrainConfig
@@ -78,13 +86,24 @@ def train(
     train_cfg = TrainConfig().updated(**_train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed,
                                                            compile_ or None))
     config = TrainRunConfig(dataset=dataset, model=model, trainer=trainer, dropout=dropout,
-                            data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg)
+                            data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg,
+                            method=method, mc_samples=mc_samples, snapshots=snapshots, snapshot_start=snapshot_start,
+                            members=members,
+                            temperature_scaling=temperature_scaling, holdout_fraction=holdout_fraction)
+    if method != "plain" or temperature_scaling:
+        from .methods import validate_method_config
+
+        validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite)  # fail before training, not after
-    with _epoch_progress(f"{model} / {trainer}", train_cfg.epochs) as on_epoch:
+    label = trainer if method == "plain" else f"{method} ({trainer})"
+    total = train_cfg.epochs * (members if method == "ensemble" else 1)
+    with _epoch_progress(f"{model} / {label}", total) as on_epoch:
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
-    console.print(metrics_table(f"{dataset} · {model} · {trainer} · {train_cfg.epochs} epochs "
-                                f"({result.train_seconds:.0f}s)", [(trainer, result.metrics)]))
+    console.print(metrics_table(f"{dataset} · {model} · {label} · {train_cfg.epochs} epochs "
+                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)]))
+    if "temperature" in result.method_info:
+        console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
     console.print(f"saved to [bold]{out}[/]")
 
 
@@ -235,9 +254,88 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
         console.print(table)
 
 
+@app.command()
+def ood(
+    run: Path = typer.Option(..., help="folder of an `activecrl train` run (its model.pt)"),
+    ood_set: str = typer.Option(..., "--ood", help="OOD test set: image folder/archive, dataset name, or noise"),
+    detector: str = typer.Option("msp", help="msp | odin | mahalanobis | energy"),
+    out: Path = typer.Option(..., help="folder for ood.json and scores.npz"),
+    ood_val: str = typer.Option("noise", help="OOD tuning data: noise | gaussian | uniform | smooth | fgsm | a path"),
+    tune_on_test_ood: bool = typer.Option(False, "--tune-on-test-ood",
+                                          help="paper protocol: tune on --n-tune samples of the test OOD set"),
+    n_tune: int = typer.Option(1000, help="tuning samples per side (excluded from the evaluation)"),
+    temperatures: Optional[str] = typer.Option(None, help="ODIN temperature grid, e.g. '1,10,100,1000'"),
+    epsilons: Optional[str] = typer.Option(None, help="perturbation grid, e.g. '0,0.0005,0.001,0.0014,0.002,0.005,0.01'"),
+    feature_ensemble: bool = typer.Option(False, "--feature-ensemble", help="Mahalanobis over every block"),
+    max_samples: Optional[int] = typer.Option(None, help="evaluate on at most N random samples per side"),
+    seed: int = typer.Option(0, help="seed of the tuning/evaluation split"),
+    batch_size: int = typer.Option(256, help="batch size of the scoring passes"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (default: the run's)"),
+    overwrite: bool = typer.Option(False, help="replace an existing result in --out"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
+    from .io import prepare_out_dir
+    from .ood import OODConfig, run_ood, save_ood
+
+    _setup_logging(verbose)
+    grids = {name: tuple(_floats(value, "--" + name)) for name, value in
+             (("temperatures", temperatures), ("epsilons", epsilons)) if value is not None}
+    config = OODConfig(run=str(run), ood=ood_set, detector=detector, data_dir=str(data_dir) if data_dir else None,
+                       ood_val=ood_val, tune_on_test_ood=tune_on_test_ood, n_tune=n_tune,
+                       feature_ensemble=feature_ensemble, max_samples=max_samples, seed=seed, batch_size=batch_size,
+                       device=device, **grids)
+    prepare_out_dir(out, marker="ood.json", overwrite=overwrite)  # fail before scoring, not after
+    with console.status("ood") as status:
+        result = run_ood(config, progress=lambda msg: status.update(msg))
+    save_ood(result, out, overwrite=True)
+    from .metrics import OOD_METRIC_NAMES
+
+    table = Table(title=f"{result.run_info['dataset']} vs {result.run_info['ood_set']} · {detector} · "
+                        f"{result.run_info['trainer']} ({result.run_info['method']})",
+                  caption=f"in %; {result.score_in.size} in / {result.score_out.size} out")
+    for name in OOD_METRIC_NAMES:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{result.metrics[m] * 100:.2f}" for m in OOD_METRIC_NAMES))
+    console.print(table)
+    if result.params:
+        console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
+    tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
+        f"tuned on {result.protocol.get('ood_tuning')}"
+    if detector in ("odin", "mahalanobis"):
+        console.print(tuned)
+    console.print(f"saved to [bold]{out}[/]")
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise ActiveCRLError(f"{option} must be comma-separated numbers, e.g. 1,10,100, got {text!r} instead") from None
+
+
+@app.command()
+def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` / `activecrl ood` runs"),
+           output: Path = typer.Option(Path("report.md"), "-o", "--output", help="Markdown file to write")):
+    """Paper-style tables (Table 1: train runs, Table 3: ood runs), mean ± std over seeds."""
+    from .report import write_report
+
+    result, path = write_report(runs, output)
+    for t in result.tables:
+        table = Table(title=t.title, caption=t.caption)
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="right" if i >= t.numeric_from else "left")
+        for row in t.rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"wrote [bold]{path}[/]")
+
+
 @app.command("list")
 def list_registered():
     """Show the registered datasets, models, trainers and strategies."""
+    from . import methods  # noqa: F401  (registers the aleatoric trainer)
     from .data import DATASETS
     from .models import MODELS
     from .trainers import TRAINERS

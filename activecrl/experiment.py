@@ -41,6 +41,16 @@ class TrainRunConfig:
     device: str = "auto"
     eval_batch_size: int = 1024
     train: TrainConfig = field(default_factory=TrainConfig)
+    # comparison methods and temperature scaling: see activecrl.methods
+    method: str = "plain"  # plain | mc_dropout | aleatoric | aes | ensemble
+    mc_samples: int = 50  # MC-dropout passes at test time (mc_dropout, aleatoric)
+    aleatoric_samples: int = 50  # Gaussian logit samples per example in the aleatoric loss
+    variance: str = "sample"  # aleatoric log-variance head: one per sample | one per class
+    snapshots: int = 10  # AES: k snapshots over the last (1 - snapshot_start) of training
+    snapshot_start: float = 0.5
+    members: int = 5  # ensemble size (seeds seed, seed + 1, ...)
+    temperature_scaling: bool = False  # fit T on a held-out part of the training split
+    holdout_fraction: float = 0.1
 
 
 @dataclass
@@ -55,9 +65,11 @@ class TrainRunResult:
     train_seconds: float
     eval_seconds: float
     model_info: dict = field(default_factory=dict)
+    method_info: dict = field(default_factory=dict)  # what the method did (metrics.json "method")
+    member_states: list[dict] | None = None  # ensemble members' weights (saved to members.pt)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "activecrl_version": __version__,
             "config": dataclasses.asdict(self.config),
             "train_seconds": self.train_seconds,
@@ -65,6 +77,9 @@ class TrainRunResult:
             "n_test": int(self.labels.shape[0]),
             "metrics": self.metrics,
         }
+        if self.method_info:
+            out["method"] = self.method_info
+        return out
 
 
 def model_info_for(dataset, model_name: str, dropout: float) -> dict:
@@ -85,10 +100,18 @@ def model_info_for(dataset, model_name: str, dropout: float) -> dict:
 
 def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
                        progress: Callable[[EpochInfo], None] | None = None) -> TrainRunResult:
-    """Train ``config.model`` with ``config.trainer`` on the training split; evaluate on test."""
+    """Train ``config.model`` with ``config.trainer`` on the training split; evaluate on test.
+
+    ``config.method`` other than ``plain`` (or ``temperature_scaling``) runs the comparison
+    method in ``activecrl.methods.train_and_evaluate_method``.
+    """
     from .data import device_split, load_dataset
     from .models import build_model
 
+    if config.method != "plain" or config.temperature_scaling or config.trainer == "aleatoric":
+        from .methods import train_and_evaluate_method
+
+        return train_and_evaluate_method(config, dataset=dataset, progress=progress)
     device = resolve_device(config.device)
     configure_backends(device)
     if dataset is None:
@@ -129,6 +152,9 @@ def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = F
         "config": to_jsonable(dataclasses.asdict(result.config)),
         "activecrl_version": __version__,
     })
+    if result.member_states:
+        atomic_torch_save(out / "members.pt", {"member_states": result.member_states,
+                                               "model_info": to_jsonable(result.model_info)})
     # metrics.json last: its presence marks a complete run
     atomic_write_json(out / "metrics.json", result.to_json())
     return out
@@ -151,6 +177,10 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     info = blob["model_info"]
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
                         image_size=info["image_size"], dropout=info.get("dropout", 0.0))
+    if info.get("variance_head"):  # an aleatoric run: the model carries a log-variance head
+        from .methods import add_variance_head
+
+        add_variance_head(model, per_class=info["variance_head"] == "class")
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})

@@ -269,6 +269,10 @@ def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> n
     budget = min(config.budget, len(pool))
     if budget == 0:
         return np.empty(0, dtype=np.int64)
+    if not strategy.needs_model_outputs:  # e.g. random: no forward pass at all
+        context = QueryContext(pool=PoolOutputs(torch.from_numpy(pool), torch.empty(len(pool), 0)),
+                               device=device, batch_size=config.eval_batch_size)
+        return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
     # one forward pass: pool rows first, then (for feature-based strategies) the labeled rows
     rows = np.concatenate([pool, labeled]) if strategy.needs_features else pool
     outputs = predict(model, train_data, torch.from_numpy(rows), batch_size=config.eval_batch_size,
@@ -278,8 +282,12 @@ def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> n
     labeled_out = outputs.subset(torch.arange(n, len(rows))) if strategy.needs_features else None
     context = QueryContext(pool=pool_out, labeled=labeled_out, model=model, data=train_data, device=device,
                            batch_size=config.eval_batch_size)
-    picked = np.asarray(strategy.query(context, budget, rng), dtype=np.int64)
-    # the loop's own guard, whatever the strategy: only unlabeled pool indices, unique, exact count
+    return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
+
+
+def _checked(strategy, picked, pool: np.ndarray, budget: int) -> np.ndarray:
+    """The loop's own guard, whatever the strategy: only unlabeled pool indices, unique, exact count."""
+    picked = np.asarray(picked, dtype=np.int64)
     if len(picked) != budget or len(np.unique(picked)) != budget or not np.isin(picked, pool).all():
         raise ConfigError(f"strategy {strategy.name!r} returned an invalid query (must be {budget} unique "
                           f"unlabeled pool indices)")

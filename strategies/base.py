@@ -80,12 +80,15 @@ class Strategy:
 
     Class attributes: ``name`` (the registry name), ``requires_dropout`` (the loop then trains
     the model with dropout before its classifier), ``needs_features`` (the pool and labeled
-    ``PoolOutputs`` must carry penultimate features).
+    ``PoolOutputs`` must carry penultimate features), ``needs_model_outputs`` (False: the
+    strategy reads only ``pool.indices``, so the loop skips the forward pass over the pool and
+    passes logits with zero columns).
     """
 
     name: str = "strategy"
     requires_dropout: bool = False
     needs_features: bool = False
+    needs_model_outputs: bool = True
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         """Return ``min(budget, len(context.pool))`` unique indices from ``context.pool.indices``."""

@@ -10,7 +10,7 @@ nearest center is kept, never an n x n or pool x labeled matrix:
   ``min_dist = minimum(min_dist, |x|^2 + |c|^2 - 2 x.c)`` (squared norms precomputed).
 
 Memory is O(n_pool * d) (the features themselves, once, on the device) plus O(n_pool).
-Squared Euclidean distances leave the argmax unchanged. Picked points are marked with -1 so
+Squared Euclidean distances leave the argmax unchanged. Picked points are marked with -inf so
 they are never picked again, even when every remaining distance is 0 (duplicate features).
 """
 
@@ -83,30 +83,57 @@ def k_center_greedy(pool_features: torch.Tensor, labeled_features: torch.Tensor 
     With no labeled points the first center is a pool point drawn with ``rng``.
     """
     device = torch.device(device)
-    x = pool_features.to(device, torch.float32)
+    x = pool_features.to(device, torch.float32).contiguous()
     n = x.shape[0]
     k = min(int(budget), n)
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    picks = torch.empty(k, dtype=torch.long, device=device)
     with _exact_fp32(device):
         sq = (x * x).sum(dim=1)
         if labeled_features is not None and labeled_features.shape[0] > 0:
             min_dist = nearest_center_sq_dist(x, labeled_features, device).to(device)
-            start = 0
+            first = None
         else:
             first = int(rng.integers(n))
-            picks[0] = first
-            min_dist = (sq + sq[first] - 2.0 * (x @ x[first])).clamp_min_(0)
-            min_dist[first] = -1.0
-            start = 1
-        for i in range(start, k):
-            j = torch.argmax(min_dist)  # first maximal position on ties
-            picks[i] = j
-            d_new = (sq + sq[j] - 2.0 * torch.mv(x, x[j])).clamp_min_(0)
-            torch.minimum(min_dist, d_new, out=min_dist)
-            min_dist[j] = -1.0  # picked: never again, even if all the rest are 0
+            min_dist = torch.full((n,), float("inf"), device=device)
+        if device.type == "cpu":
+            return _greedy_cpu(x, sq, min_dist, k, first)
+        return _greedy_torch(x, sq, min_dist, k, first)
+
+
+def _greedy_torch(x, sq, min_dist, k, first) -> np.ndarray:
+    """The greedy loop on an accelerator: no host synchronisation per pick."""
+    picks = torch.empty(k, dtype=torch.long, device=x.device)
+    for i in range(k):
+        j = torch.argmax(min_dist) if first is None or i > 0 else torch.tensor(first, device=x.device)
+        picks[i] = j
+        d_new = (sq + sq[j] - 2.0 * torch.mv(x, x[j])).clamp_min_(0)
+        torch.minimum(min_dist, d_new, out=min_dist)
+        min_dist[j] = float("-inf")  # picked: never again, even if all the rest are 0
     return picks.cpu().numpy()
+
+
+def _greedy_cpu(x, sq, min_dist, k, first) -> np.ndarray:
+    """The greedy loop on the CPU: the matrix-vector product through torch (BLAS, threaded), the
+    O(n) element-wise updates in numpy, single-threaded: torch's threaded element-wise kernels
+    pay a thread wake-up per call, which dominates on a busy machine."""
+    xt = x
+    sq = sq.numpy()
+    md = np.ascontiguousarray(min_dist.numpy(), dtype=np.float32)
+    dot_t = torch.empty(x.shape[0], dtype=torch.float32)
+    dot = dot_t.numpy()  # shares memory with dot_t
+    picks = np.empty(k, dtype=np.int64)
+    for i in range(k):
+        j = int(np.argmax(md)) if first is None or i > 0 else first  # first maximal position on ties
+        picks[i] = j
+        torch.mv(xt, xt[j], out=dot_t)
+        dot *= -2.0
+        dot += sq
+        dot += sq[j]
+        np.maximum(dot, 0.0, out=dot)
+        np.minimum(md, dot, out=md)
+        md[j] = -np.inf  # picked: never again, even if all the rest are 0
+    return picks
 
 
 @register_strategy("coreset")

@@ -11,6 +11,8 @@ from .base import QueryContext, Strategy, register_strategy
 class RandomStrategy(Strategy):
     """Label ``budget`` pool samples drawn uniformly without replacement from ``rng``."""
 
+    needs_model_outputs = False  # no forward pass over the pool
+
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         n = len(context.pool)
         positions = rng.choice(n, size=min(budget, n), replace=False)

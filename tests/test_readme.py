@@ -1,0 +1,47 @@
+"""The README's code must run as written."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from activecrl.outputs import PoolOutputs
+from strategies import STRATEGIES, QueryContext, get_strategy
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _block(marker: str) -> str:
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S):
+        if marker in block:
+            return block
+    raise AssertionError(f"no python block containing {marker!r} in README.md")
+
+
+def test_readme_strategy_example_runs(tmp_path, monkeypatch):
+    (tmp_path / "my_strategies.py").write_text(_block("# my_strategies.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        strategy = get_strategy("my_strategies:LowMarginFarFeatures")
+        assert "low_margin_features" in STRATEGIES
+        probs = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.45, 0.4, 0.15], [0.98, 0.01, 0.01]])
+        g = torch.Generator().manual_seed(0)
+        pool = PoolOutputs.from_probs(probs, indices=[10, 11, 12, 13], features=torch.randn(4, 5, generator=g))
+        labeled = PoolOutputs.from_probs(np.full((2, 3), 1 / 3), indices=[0, 1], features=torch.randn(2, 5, generator=g))
+        picked = strategy.query(QueryContext(pool=pool, labeled=labeled), 2, np.random.default_rng(0))
+        assert sorted(picked.tolist()) == [10, 12]  # the two smallest margins
+    finally:
+        STRATEGIES.unregister("low_margin_features")
+
+
+def test_readme_notebook_example_runs(tmp_path, monkeypatch):
+    code = _block("from activecrl.data import load_dataset")
+    code = code.replace("TrainConfig(epochs=20", "TrainConfig(epochs=1")
+    code = code.replace('ALConfig(strategy="entropy", trainer="baseline")',
+                        'ALConfig(strategy="entropy", trainer="baseline", stages=2, trials=1, device="cpu", '
+                        'train=TrainConfig(epochs=1))')
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["records"]) == 2

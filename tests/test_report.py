@@ -1,0 +1,85 @@
+"""Paper-style report tables from saved `activecrl train` / `activecrl ood` runs."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from activecrl.cli import app
+from activecrl.errors import ConfigError
+from activecrl.report import build_report, method_label
+
+runner = CliRunner()
+
+
+def _ok(result):
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def _fake_train_run(path, seed, acc, trainer="baseline", method="plain", **extra):
+    path.mkdir(parents=True)
+    config = {"dataset": "/data/cifar10.tar.gz", "model": "small_cnn", "trainer": trainer, "method": method,
+              "device": "cpu", "data_dir": f"/tmp/{seed}", "members": 5, "snapshots": 10,
+              "train": {"epochs": 30, "seed": seed, "crl_weight": 1.0, "rank_target": "softmax", **extra}}
+    metrics = {"accuracy": acc, "aurc": 0.01, "eaurc": 0.005, "aupr_err": 0.4, "fpr95": 0.4, "ece": 0.02,
+               "nll": 0.3, "brier": 0.1}
+    (path / "metrics.json").write_text(json.dumps({"config": config, "metrics": metrics}))
+
+
+def test_groups_seeds_and_scales(tmp_path):
+    _fake_train_run(tmp_path / "b0", 0, 0.90)
+    _fake_train_run(tmp_path / "b1", 1, 0.92)
+    _fake_train_run(tmp_path / "c0", 0, 0.93, trainer="crl")
+    _fake_train_run(tmp_path / "lr", 0, 0.80, lr=0.01)  # differs in more than the seed: its own row
+    (tmp_path / "notes.md").write_text("not a run")
+    report = build_report(sorted(tmp_path.iterdir()))
+    table = report.tables[0]
+    rows = {tuple(r[:3]): r for r in table.rows}
+    assert len(table.rows) == 3
+    base = [r for r in table.rows if r[2].startswith("Baseline [")]
+    assert len(base) == 2  # the lr=0.01 group and the two-seed group are told apart
+    two = next(r for r in base if r[3] == "2")
+    assert two[0] == "cifar10" and two[5] == "91.00±1.41"  # ACC in %, sample std
+    assert two[6] == "10.00±0.00" and two[11] == "3.00±0.00"  # AURC x 10^3, NLL x 10
+    assert ("cifar10", "small_cnn", "CRL-softmax") in rows
+    md = report.to_markdown()
+    assert "| Dataset | Model | Method |" in md and "---:" in md
+
+
+def test_method_labels():
+    cfg = {"trainer": "crl", "method": "ensemble", "members": 5, "train": {"crl_weight": 0.5, "rank_target": "softmax"}}
+    assert method_label(cfg) == "Ensemble×5 CRL-softmax (λ=0.5)"
+    assert method_label({"trainer": "baseline", "method": "aes", "snapshots": 30}) == "AES(k=30)"
+    assert method_label({"trainer": "aleatoric", "method": "aleatoric"}) == "Aleatoric+MC"
+    assert method_label({"trainer": "baseline", "method": "plain", "temperature_scaling": True}) == "Baseline +TS"
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_report([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="found no runs"):
+        build_report([tmp_path / "empty"])
+
+
+def test_cli_report_end_to_end(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / "train" / f"s{seed}"
+        _ok(runner.invoke(app, ["train", "--dataset", "digits", "--epochs", "1", "--seed", str(seed),
+                                "--device", "cpu", "--out", str(out)]))
+        runs.append(out)
+    for seed, run in enumerate(runs):
+        _ok(runner.invoke(app, ["ood", "--run", str(run), "--ood", "uniform", "--detector", "odin", "--n-tune", "40",
+                                "--temperatures", "1,1000", "--epsilons", "0,0.002", "--device", "cpu",
+                                "--out", str(tmp_path / "ood" / f"s{seed}")]))
+    report_md = tmp_path / "report.md"
+    text = _ok(runner.invoke(app, ["report", *map(str, runs), str(tmp_path / "ood"), "-o", str(report_md)]))
+    assert "Table 1 layout" in text and "Table 3 layout" in text
+    md = report_md.read_text()
+    assert "2 training run(s), 2 OOD run(s)" in md
+    train_rows = [line for line in md.splitlines() if line.startswith("| digits | small_cnn | Baseline |")]
+    assert len(train_rows) == 1 and "±" in train_rows[0] and "| 2 |" in train_rows[0]
+    ood_rows = [line for line in md.splitlines() if "| uniform | ODIN |" in line]
+    assert len(ood_rows) == 1 and "validation (noise)" in ood_rows[0]
