@@ -117,7 +117,7 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     trainer = build_trainer(config.trainer, config.train)  # validates the name before any work
-    channels_last = device.type == "cuda" and config.train.channels_last
+    channels_last = config.train.channels_last
     train_data = device_split(dataset, "train", device, channels_last=channels_last)
     test_data = device_split(dataset, "test", device, channels_last=channels_last)
 

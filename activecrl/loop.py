@@ -195,7 +195,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if not resume:
         atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
                                               "n_train": n_train, **config.to_dict()})
-    channels_last = device.type == "cuda" and config.train.channels_last
+    channels_last = config.train.channels_last
     train_data = device_split(dataset, "train", device, channels_last=channels_last)
     test_data = device_split(dataset, "test", device, channels_last=channels_last)
     test_labels = dataset.test_labels.numpy()

@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .loop import CONFIG_FILE, read_records
-from .metrics import METRIC_NAMES
+from .metrics import LOWER_IS_BETTER, METRIC_NAMES
 
 
 @dataclass
@@ -71,9 +71,10 @@ def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy
             (line,) = ax.plot(x, y, marker="o", markersize=3, label=run.label)
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("labeled training samples")
-        ax.set_ylabel(metric.upper() if metric != "accuracy" else "test accuracy")
+        ax.set_ylabel("test accuracy (higher is better)" if metric == "accuracy"
+                      else f"test {metric.upper()} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
         ax.grid(alpha=0.3)
-    datasets = sorted({str(r.config.get("dataset")) for r in runs})
+    datasets = sorted({Path(str(r.config.get("dataset"))).name for r in runs})  # a path: its file name
     trials = sorted({int(t) for r in runs for t in r.n_trials})
     fig.suptitle(f"{', '.join(datasets)}: mean ± std over {'/'.join(map(str, trials))} trial(s)")
     axes[0][0].legend(fontsize=8)

@@ -153,3 +153,16 @@ def test_results_summary_and_plot(tmp_path):
     assert s.area_under_curve() == pytest.approx(np.trapezoid(y, x) / (x[-1] - x[0]))
     path = plot_curves([s], tmp_path / "c.png")
     assert path.stat().st_size > 1000
+
+
+def test_random_skips_the_pool_forward_pass(tmp_path, monkeypatch):
+    import activecrl.loop as loop
+
+    calls = []
+    real_predict = loop.predict
+    monkeypatch.setattr(loop, "predict", lambda *a, **k: calls.append(len(a[2]) if len(a) > 2 and a[2] is not None
+                                                                       else None) or real_predict(*a, **k))
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    records = run_active_learning(_config(strategy="random", trials=1, stages=2), tmp_path / "r", dataset=ds)
+    assert calls == [None, None]  # only the two test-split evaluations, never the pool
+    assert len(records[0]["queried"]) == 15
