@@ -125,6 +125,19 @@ class Trainer:
         """Called after each optimiser step with that step's (detached) outputs."""
 
     # -- the loop ---------------------------------------------------------------------------
+    def train_step(self, forward, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   indices: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch; returns the detached loss (still on the device)."""
+        device = x.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and self.config.amp):
+            logits = forward(x)
+            loss = self.loss(logits.float(), y, indices)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.after_step(logits.detach().float(), y, indices)
+        return loss.detach()
+
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
@@ -160,14 +173,8 @@ class Trainer:
             total = torch.zeros((), device=device)
             count = 0
             for x, y, idx in data.train_batches(indices, c.batch_size, generator):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and c.amp):
-                    logits = forward(x)
-                    loss = self.loss(logits.float(), y, idx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                self.after_step(logits.detach().float(), y, idx)
-                total += loss.detach() * y.shape[0]
+                loss = self.train_step(forward, optimizer, x, y, idx)
+                total += loss * y.shape[0]
                 count += y.shape[0]
             scheduler.step()
             mean_loss = (total / max(count, 1)).item()  # the one host sync of the epoch

@@ -22,21 +22,11 @@ from activecrl.trainers import TrainConfig, build_trainer
 
 
 def make_step(trainer_name, model, x, y, idx, device, n_train):
+    """The trainer's own ``train_step`` on a fixed batch (the same code ``fit`` runs)."""
     trainer = build_trainer(trainer_name, TrainConfig())
-    trainer.setup(model, type("D", (), {"n": n_train})(), device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    cuda = device.type == "cuda"
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x)
-            loss = trainer.loss(logits.float(), y, idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        trainer.after_step(logits.detach().float(), y, idx)
-
-    return step
+    trainer.setup(model, type("SplitSize", (), {"n": n_train})(), device)
+    opt = trainer.make_optimizer(model)
+    return lambda: trainer.train_step(model, opt, x, y, idx)
 
 
 def timed(step, n, device):
@@ -66,14 +56,11 @@ def main():
     x = torch.randn(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     idx = torch.randperm(n_train, device=device)[: args.batch_size]
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # as DeviceData gives it (TrainConfig default)
     steps = {}
     for name in ("baseline", "crl"):
         torch.manual_seed(0)
-        model = build_model(args.model, num_classes=10, image_size=32).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        model = build_model(args.model, num_classes=10, image_size=32).to(device, memory_format=torch.channels_last)
         model.train()
         steps[name] = make_step(name, model, x, y, idx, device, n_train)
         timed(steps[name], 3, device)  # warm-up (allocator, cuDNN autotune)
