@@ -10,7 +10,8 @@ RandomHorizontalFlip + normalisation). A second comparison iterates batches with
 The reference DataLoader is timed with each ``--workers`` setting; the fastest counts as the
 reference, so the ratio is against the best the reference can do on this machine. Timings
 start after ``--warmup`` batches (worker start-up and first-touch costs excluded), and each is
-the fastest of ``--repeats`` runs.
+the fastest of ``--repeats`` rounds; a round times every path once, so a load spike from other
+jobs on a shared machine does not land on one path only.
 """
 
 from __future__ import annotations
@@ -148,13 +149,16 @@ def main(argv=None):
                    help="cache dir for load_dataset (default $ACTIVECRL_DATA or ~/.cache/activecrl)")
     p.add_argument("--synthetic", action="store_true", help="random uint8 images instead of CIFAR-10")
     p.add_argument("--synthetic-n", type=int, default=10000)
-    p.add_argument("--steps", type=int, default=40, help="timed training steps per data path")
-    p.add_argument("--data-batches", type=int, default=150, help="timed batches in the data-only comparison")
+    p.add_argument("--steps", type=int, default=25, help="timed training steps per data path")
+    p.add_argument("--data-batches", type=int, default=100, help="timed batches in the data-only comparison")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", default="0,2", help="DataLoader num_workers settings to try (comma-separated)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads in the main process (default: torch's choice); 1 is far "
+                        "steadier when other jobs share the cores")
     p.add_argument("--repeats", type=int, default=2,
                    help="time each measurement this many times and keep the fastest (shared machines are noisy)")
     args = p.parse_args(argv)
@@ -164,6 +168,8 @@ def main(argv=None):
         args.synthetic = True
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     name, images, labels, mean, std, load_s = get_data(args)
     model, model_name = make_model()
@@ -185,23 +191,23 @@ def main(argv=None):
     print(f"(reference: built {len(reference)} PIL images in {time.perf_counter() - t0:.1f} s, not timed)")
     fast = DeviceData(images, labels, mean, std, augment=True, device=device)
 
-    def best(make_batches, n, make_stepper=None):
-        return min(time_batches(make_batches(), n, args.warmup, make_stepper() if make_stepper else None)
-                   for _ in range(max(1, args.repeats)))
+    paths = [(f"DataLoader+PIL, num_workers={w}", lambda w=w: loader_batches(reference, bs, w, args.seed))
+             for w in workers]
+    paths.append(("DeviceData.train_batches", lambda: device_batches(fast, bs, args.seed)))
+    data_s = {label: float("inf") for label, _ in paths}
+    train_s = dict(data_s)
+    for _ in range(max(1, args.repeats)):  # rounds interleave the paths, so load changes hit all alike
+        for label, make_batches in paths:
+            data_s[label] = min(data_s[label], time_batches(make_batches(), args.data_batches, args.warmup))
+            train_s[label] = min(train_s[label], time_batches(make_batches(), args.steps, args.warmup,
+                                                              make_step(init_state, device)))
+    rows = [(label, args.data_batches * bs / data_s[label], args.steps * bs / train_s[label])
+            for label, _ in paths]
+    rows, ours = rows[:-1], rows[-1]
 
-    rows = []
-    for w in workers:
-        data_s = best(lambda: loader_batches(reference, bs, w, args.seed), args.data_batches)
-        train_s = best(lambda: loader_batches(reference, bs, w, args.seed), args.steps,
-                       lambda: make_step(init_state, device))
-        rows.append((f"DataLoader+PIL, num_workers={w}", args.data_batches * bs / data_s, args.steps * bs / train_s))
-    data_s = best(lambda: device_batches(fast, bs, args.seed), args.data_batches)
-    train_s = best(lambda: device_batches(fast, bs, args.seed), args.steps, lambda: make_step(init_state, device))
-    ours = ("DeviceData.train_batches", args.data_batches * bs / data_s, args.steps * bs / train_s)
-
-    print(f"\n{'path':<36}{'data only (img/s)':>20}{'train steps (img/s)':>22}")
+    print(f"\n{'path':<34}{'data only img/s':>16}{'(ms/batch)':>11}{'train img/s':>13}{'(ms/step)':>11}")
     for r in rows + [ours]:
-        print(f"{r[0]:<36}{r[1]:>20,.0f}{r[2]:>22,.0f}")
+        print(f"{r[0]:<34}{r[1]:>16,.0f}{1000 * bs / r[1]:>11.1f}{r[2]:>13,.0f}{1000 * bs / r[2]:>11.0f}")
     best_data = max(r[1] for r in rows)
     best_train = max(r[2] for r in rows)
     print(f"\nratio DeviceData / best DataLoader: data only {ours[1] / best_data:.1f}x, "
