@@ -166,3 +166,15 @@ def test_random_skips_the_pool_forward_pass(tmp_path, monkeypatch):
     records = run_active_learning(_config(strategy="random", trials=1, stages=2), tmp_path / "r", dataset=ds)
     assert calls == [None, None]  # only the two test-split evaluations, never the pool
     assert len(records[0]["queried"]) == 15
+
+
+def test_written_files_are_world_readable(tmp_path):
+    import os
+    import stat
+
+    from activecrl.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
+    assert mode == 0o666 & ~(os.umask(0o022) or 0o022) or mode & 0o044  # not mkstemp's private 0600
+    assert mode != 0o600
