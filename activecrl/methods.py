@@ -411,7 +411,7 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
     configure_backends(device)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    channels_last = device.type == "cuda" and config.train.channels_last
+    channels_last = config.train.channels_last
     train_data = device_split(dataset, "train", device, channels_last=channels_last)
     test_data = device_split(dataset, "test", device, channels_last=channels_last)
 

@@ -488,7 +488,7 @@ def run_ood(config: OODConfig, *, progress: Callable[[str], None] | None = None)
         perm_out = rng.permutation(ood.n)
         tune_out_idx, eval_out = np.sort(perm_out[:n_tune_out]), np.sort(perm_out[n_tune_out:])
         val_out = ood
-        protocol.update(name="test-ood (paper protocol, Lee et al. 2018)", tuned_on_test_ood=True,
+        protocol.update(name="test OOD (paper protocol, Lee et al. 2018)", tuned_on_test_ood=True,
                         ood_tuning=f"{n_tune_out} random images of the test OOD set {config.ood}, excluded from the "
                                    "evaluation")
     else:
@@ -518,7 +518,7 @@ def run_ood(config: OODConfig, *, progress: Callable[[str], None] | None = None)
                           + (" (synthetic)" if val_spec in SYNTHETIC_SETS else ""))
         val_out = device_data(val_images)
         tune_out_idx = _subset(rng, val_out.n, config.n_tune)
-        protocol.update(name=f"validation ({val_spec})", tuned_on_test_ood=False, ood_tuning=ood_tuning)
+        protocol.update(name=f"validation ({_ood_name(val_spec)})", tuned_on_test_ood=False, ood_tuning=ood_tuning)
     if not tunable:
         protocol["note"] = f"{config.detector} has no tuned hyper-parameters; the same evaluation split is used"
     eval_in = eval_in[_subset(rng, eval_in.size, config.max_samples)]
