@@ -246,11 +246,12 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
         console.print(_summary_table(s))
     if len(loaded) > 1:
         table = Table(title="area under the budget curve (mean over the label range)")
-        for col in ("run", "folder", "accuracy %", "AURC ×10³"):
+        for col in ("run", "folder", "trials", "accuracy %", "AURC ×10³"):
             table.add_column(col)
         for s in loaded:
-            table.add_row(s.label, str(s.path), f"{s.area_under_curve('accuracy') * 100:.2f}",
-                          f"{s.area_under_curve('aurc') * 1e3:.1f}")
+            acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
+            table.add_row(s.label, str(s.path), str(len(acc)), f"{acc.mean():.2f} ± {acc.std():.2f}",
+                          f"{aurc.mean():.1f} ± {aurc.std():.1f}")
         console.print(table)
 
 

@@ -23,12 +23,29 @@ class RunSummary:
     mean: dict[str, np.ndarray]  # metric -> (n_stages,)
     std: dict[str, np.ndarray]  # metric -> (n_stages,), population std (ddof=0) over trials
 
+    records: list[dict] | None = None
+
     def area_under_curve(self, metric: str = "accuracy") -> float:
-        """Normalised area under the budget curve (trapezoid): the mean metric over the label range."""
-        x, y = self.n_labeled.astype(float), self.mean[metric]
-        if len(x) < 2:
-            return float(y[0]) if len(y) else float("nan")
-        return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+        """Normalised area under the mean budget curve (trapezoid): the mean metric over the label range."""
+        return _normalised_area(self.n_labeled, self.mean[metric])
+
+    def area_by_trial(self, metric: str = "accuracy") -> np.ndarray:
+        """The same area for each trial that completed every stage (for a spread over trials)."""
+        n_stages = len(self.n_labeled)
+        areas = []
+        for trial in sorted({r["trial"] for r in self.records or []}):
+            rows = sorted((r for r in self.records if r["trial"] == trial), key=lambda r: r["stage"])
+            if len(rows) == n_stages:
+                areas.append(_normalised_area(np.array([r["n_labeled"] for r in rows]),
+                                              np.array([r[metric] for r in rows], dtype=float)))
+        return np.array(areas)
+
+
+def _normalised_area(x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return float(y[0]) if len(y) else float("nan")
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
 
 
 def load_run(path: Path | str) -> RunSummary:
@@ -54,7 +71,8 @@ def load_run(path: Path | str) -> RunSummary:
             std[m].append(float(np.std(values)))
     label = f"{config.get('strategy', '?')} ({config.get('trainer', '?')})"
     return RunSummary(path, label, config, np.array(n_labeled), np.array(counts),
-                      {k: np.array(v) for k, v in mean.items()}, {k: np.array(v) for k, v in std.items()})
+                      {k: np.array(v) for k, v in mean.items()}, {k: np.array(v) for k, v in std.items()},
+                      records)
 
 
 def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy", "aurc")) -> Path:

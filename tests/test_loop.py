@@ -151,6 +151,8 @@ def test_results_summary_and_plot(tmp_path):
     assert s.std["accuracy"][0] == pytest.approx(np.std(stage0))
     x, y = s.n_labeled, s.mean["accuracy"]
     assert s.area_under_curve() == pytest.approx(np.trapezoid(y, x) / (x[-1] - x[0]))
+    by_trial = s.area_by_trial()
+    assert len(by_trial) == 2 and by_trial.mean() == pytest.approx(s.area_under_curve())  # same x per trial
     path = plot_curves([s], tmp_path / "c.png")
     assert path.stat().st_size > 1000
 
