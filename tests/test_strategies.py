@@ -269,6 +269,72 @@ def test_coreset_duplicate_features_never_repicks():
     assert picks.tolist() == list(range(6))
 
 
+def clustered(n, d, n_clusters, seed, scale=6.0):
+    """Well-separated blobs, like penultimate features of a trained classifier."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=scale, size=(n_clusters, d))
+    return centers[rng.integers(n_clusters, size=n)] + rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("labeled", [True, False])
+def test_coreset_grouped_path_matches_brute_force_and_skips_work(monkeypatch, labeled):
+    """CPU pools >= _PRUNE_MIN_N take the grouped path; forced here on a small clustered pool:
+    it picks what float64 brute force picks, while skipping most rows and most labeled points."""
+    import strategies.coreset as cs
+    monkeypatch.setattr(cs, "_PRUNE_MIN_N", 1)
+    feats = clustered(960, 16, 6, seed=5)
+    pool_f, lab_f = feats[:900], (feats[900:] if labeled else None)
+    first = None if labeled else int(np.random.default_rng(3).integers(900))
+    picks = k_center_greedy(torch.as_tensor(pool_f, dtype=torch.float32),
+                            None if lab_f is None else torch.as_tensor(lab_f, dtype=torch.float32), 80,
+                            np.random.default_rng(3))
+    np.testing.assert_array_equal(picks, brute_force_k_center(pool_f, lab_f, 80, first=first))
+    x = torch.as_tensor(pool_f, dtype=torch.float32)
+    stats = {}
+    cs._k_center_grouped(x, (x * x).sum(1), None if lab_f is None else torch.as_tensor(lab_f, dtype=torch.float32),
+                         80, first, stats)
+    assert stats["groups"] == 30 and stats["rows_fraction"] < 0.5
+    if labeled:
+        assert stats["init_fraction"] < 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coreset_grouped_loop_is_the_plain_loop(seed):
+    """Given the same initial distances, the grouped loop picks exactly what _greedy_cpu picks
+    (the skipped rows could not have changed min_dist, rounding included), in the same order."""
+    import strategies.coreset as cs
+    feats = torch.as_tensor(clustered(3100, 24, 8, seed=seed, scale=2.0 + seed), dtype=torch.float32)
+    x, c = feats[:3000], feats[3000:]
+    sq = (x * x).sum(1)
+    init = cs.nearest_center_sq_dist(x, c, "cpu")
+    plain = cs._greedy_cpu(x, sq, init.clone(), 300, None)
+    stats = {}
+    grouped = cs._k_center_grouped(x, sq, None, 300, None, stats, min_dist=init.numpy())
+    np.testing.assert_array_equal(grouped, plain)
+    assert stats["rows_fraction"] < 0.9
+    # the grouped nearest-labeled search finds the same distances (up to float32 rounding)
+    groups = cs._Groups(x, 54)
+    found = cs._nearest_center_grouped(groups, c, cs._sq_dist_err(24, float(sq.max()) * 4), float(sq.max()) * 4)
+    exact = ((x.double()[:, None] - c.double()[None]) ** 2).sum(-1).min(1).values.numpy()
+    np.testing.assert_allclose(found, exact[groups.perm], rtol=1e-5, atol=1e-3)
+
+
+def test_coreset_grouped_ties_go_to_first_pool_position(monkeypatch):
+    """Equal distances across groups: the grouped path breaks ties by pool position, as the
+    plain loop (np.argmax) does, whatever order the groups are laid out in."""
+    import strategies.coreset as cs
+    monkeypatch.setattr(cs, "_PRUNE_MIN_N", 1)
+    a, b = np.zeros(4), np.r_[2.0, np.zeros(3)]
+    pool_f = np.stack([b if i % 3 else a for i in range(30)])  # duplicates of two points
+    lab_f = np.r_[1.0, np.zeros(3)][None]  # equidistant from both
+    x = torch.as_tensor(pool_f, dtype=torch.float32)
+    got = k_center_greedy(x, torch.as_tensor(lab_f, dtype=torch.float32), 8, np.random.default_rng(0))
+    want = cs._greedy_cpu(x, (x * x).sum(1), cs.nearest_center_sq_dist(x, torch.as_tensor(lab_f, dtype=torch.float32)),
+                          8, None)
+    np.testing.assert_array_equal(got, want)
+    assert got.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
 def test_coreset_needs_features():
     ctx = QueryContext(pool=PoolOutputs.from_probs(HAND, indices=HAND_IDX))
     with pytest.raises(ConfigError, match="needs penultimate features"):
