@@ -42,7 +42,6 @@ that is ``softmax(logits / T)``). T is recorded in ``metrics.json`` under ``meth
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -53,10 +52,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.dropout import _DropoutNd
 
 from .errors import ConfigError
 from .inference import predict
+from .mc_dropout import dropout_only_train, mc_dropout_stats
 from .metrics import classification_metrics
 from .runtime import configure_backends, resolve_device, seed_everything
 from .trainers import TRAINERS, EpochInfo, Trainer, TrainConfig, build_trainer, register_trainer
@@ -81,96 +80,23 @@ _MC_METHODS = ("mc_dropout", "aleatoric")
 # ============================================================================ MC dropout
 
 
-@contextlib.contextmanager
-def dropout_only_train(model: nn.Module):
-    """eval() everywhere, train() on Dropout modules only; every module's mode restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, _DropoutNd):
-            m.train()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-@contextlib.contextmanager
-def _seeded(device: torch.device, seed: int):
-    """Seed the RNG that dropout on ``device`` uses; the global RNG state is restored after."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        with torch.random.fork_rng(devices=[index], device_type="cuda"):
-            torch.manual_seed(seed)
-            yield
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-
-
 def _check_positive_int(value, name: str, minimum: int = 1, hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead{hint}")
     return int(value)
 
 
-def _dropouts(model: nn.Module) -> tuple[list[nn.Module], bool]:
-    """Active dropout modules, and whether all of them live in ``model.classifier``."""
-    active = [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
-    classifier = getattr(model, "classifier", None)
-    inside = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
-    return active, all(id(m) in inside for m in active)
-
-
-@torch.no_grad()
 def mc_dropout_probs(model: nn.Module, data, indices=None, *, n_samples: int = 50, seed: int = 0,
                      batch_size: int = 1024, head_only: bool | None = None, amp: bool = True) -> np.ndarray:
     """Mean softmax over ``n_samples`` MC-dropout passes over ``indices`` of ``data`` (a DeviceData).
 
-    Only the Dropout modules are stochastic (BatchNorm in eval mode). ``head_only=None`` samples
-    only ``model.classifier`` on features computed once when ``model.head_only_dropout`` holds,
-    else full passes; both draw their masks in the same order (pass by pass, batch by batch), so
-    with one seed they give the same result. Returns (n, K) float64 on the CPU.
+    (n, K) float64 on the CPU, rows in the order of ``indices``. ``head_only=None`` samples only
+    ``model.classifier`` on features computed once when ``model.head_only_dropout`` holds, else
+    full passes; see :mod:`activecrl.mc_dropout` for why both give the same result.
     """
     n_samples = _check_positive_int(n_samples, "mc_samples")
-    active, in_head = _dropouts(model)
-    if not active:
-        raise ConfigError("MC dropout needs a model with dropout, got dropout rate 0; build it with "
-                          "dropout > 0 (activecrl train --dropout 0.3)")
-    if head_only is None:
-        head_only = bool(getattr(model, "head_only_dropout", False)) and in_head
-    elif head_only and not in_head:
-        raise ConfigError("head-only MC dropout needs every Dropout module inside model.classifier, "
-                          "got dropout in the body instead; pass head_only=False")
-    device = data.device
-    cuda = device.type == "cuda"
-    acc = torch.float32 if device.type == "mps" else torch.float64
-    feats = None
-    if head_only:
-        feats = predict(model, data, indices, batch_size=batch_size, features=True, amp=amp).features.to(device)
-        n = feats.shape[0]
-    else:
-        n = data.n if indices is None else len(indices)
-    k = int(getattr(model, "num_classes", 0)) or None
-    total = None
-    with dropout_only_train(model), _seeded(device, int(seed)):
-        for _ in range(n_samples):
-            parts = []
-            if head_only:
-                for start in range(0, n, batch_size):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and amp):
-                        logits = model.classifier(feats[start:start + batch_size])
-                    parts.append(torch.softmax(logits.to(acc), dim=1))
-            else:
-                for x, _, _ in data.eval_batches(indices, batch_size):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and amp):
-                        logits = model(x)
-                    parts.append(torch.softmax(logits.to(acc), dim=1))
-            probs = torch.cat(parts) if parts else torch.zeros(0, k or 1, dtype=acc, device=device)
-            total = probs if total is None else total + probs
-    return (total / n_samples).double().cpu().numpy()
+    return mc_dropout_stats(model, data, indices, n_samples=n_samples, seed=seed, batch_size=batch_size,
+                            head_only=head_only, amp=amp).mean_probs.numpy()
 
 
 def negative_entropy(probs: np.ndarray) -> np.ndarray:
