@@ -69,29 +69,35 @@ def correctness_ranking_loss(confidence: torch.Tensor, correctness: torch.Tensor
 class CorrectnessHistory:
     """How often each training sample was seen, and predicted correctly, in a mini-batch.
 
-    Indices are indices into the training split. Counts are float32 tensors on ``device`` and are
-    updated in place with ``index_add_`` (safe with repeated indices), so no step ever waits for
-    the host.
+    Indices are indices into the training split. ``counts`` is one (2, n) float32 tensor on
+    ``device`` (row 0: times seen, row 1: times correct), so a step costs one gather and one
+    ``index_add_`` (safe with repeated indices) and never waits for the host.
     """
 
     def __init__(self, n_samples: int, device: torch.device | str = "cpu"):
         if n_samples <= 0:
             raise ConfigError(f"n_samples must be positive, got {n_samples} instead")
         self.n_samples = n_samples
-        self.seen = torch.zeros(n_samples, dtype=torch.float32, device=device)
-        self.correct = torch.zeros(n_samples, dtype=torch.float32, device=device)
+        self.counts = torch.zeros(2, n_samples, dtype=torch.float32, device=device)
+
+    @property
+    def seen(self) -> torch.Tensor:  # (n,)
+        return self.counts[0]
+
+    @property
+    def correct(self) -> torch.Tensor:  # (n,)
+        return self.counts[1]
 
     def correctness(self, indices: torch.Tensor) -> torch.Tensor:
-        """c_i = correct_i / seen_i for each index (0 for a sample never seen)."""
-        seen = self.seen[indices]
-        return torch.where(seen > 0, self.correct[indices] / seen.clamp_min(1), torch.zeros_like(seen))
+        """c_i = correct_i / seen_i for each index (0 for a sample never seen: then correct_i = 0 too)."""
+        seen, correct = self.counts[:, indices]
+        return correct / seen.clamp_min(1)
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, correct: torch.Tensor) -> None:
         """Record one step: ``correct`` is a bool/0-1 tensor aligned with ``indices``."""
-        ones = torch.ones(indices.shape[0], dtype=torch.float32, device=self.seen.device)
-        self.seen.index_add_(0, indices, ones)
-        self.correct.index_add_(0, indices, correct.to(torch.float32))
+        correct = correct.to(torch.float32)
+        self.counts.index_add_(1, indices, torch.stack((torch.ones_like(correct), correct)))
 
     def state_dict(self) -> dict:
         return {"seen": self.seen.cpu(), "correct": self.correct.cpu()}

@@ -220,7 +220,7 @@ class CRLTrainer(Trainer):
 
     def loss(self, logits, labels, indices):
         ce = F.cross_entropy(logits, labels)
-        kappa = confidence(logits, self.config.rank_target)
+        kappa = confidence(logits, self.config.rank_target)  # differentiable: CRL shapes the confidences
         ranking = correctness_ranking_loss(kappa, self.history_.correctness(indices))
         return ce + self.config.crl_weight * ranking
 
