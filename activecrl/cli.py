@@ -168,8 +168,7 @@ def run(
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
-    callbacks = _RichLoop(al_config)
-    with callbacks.progress:
+    with _RichLoop(al_config) as callbacks:
         run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
     summary = load_run(out)
     console.print(_summary_table(summary))
@@ -187,8 +186,14 @@ class _RichLoop:
         self.stage_task = self.progress.add_task("stages", total=config.trials * config.stages, info="")
         self.epoch_task = self.progress.add_task("epochs", total=config.train.epochs, info="")
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
     def trial_start(self, trial, n_trials):
-        pass
+        self.progress.start()  # only once the run is under way: a bad option prints no empty bars
 
     def stage_start(self, trial, stage, n_labeled):
         self.progress.update(self.stage_task, info=f"trial {trial + 1}/{self.config.trials}, "

@@ -173,26 +173,28 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     from strategies import get_strategy
 
     from .data import device_split, load_dataset
-    from .models import build_model
+    from .models import MODELS, build_model
 
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
     if resume:
         config = _check_resume(config, out)
-    # fail on a bad name or option before creating anything
+    # fail on a bad name, option or dataset before creating anything in ``out``
     strategy = get_strategy(config.strategy, **config.strategy_params)
     build_trainer(config.trainer, config.train)
     dropout = resolve_dropout(config, strategy)
-    if not resume:
-        prepare_out_dir(out, marker=CONFIG_FILE)
+    MODELS.get(config.model)
     device = resolve_device(config.device)
     configure_backends(device)
+    if not resume and (out / CONFIG_FILE).exists():
+        prepare_out_dir(out, marker=CONFIG_FILE)  # raises: never overwrite a run
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     n_train = dataset.n_train
     if config.initial > n_train:
         raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
     if not resume:
+        prepare_out_dir(out, marker=CONFIG_FILE)
         atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
                                               "n_train": n_train, **config.to_dict()})
     channels_last = config.train.channels_last

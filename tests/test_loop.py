@@ -182,3 +182,11 @@ def test_written_files_are_world_readable(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644  # not mkstemp's private 0600
+
+
+@pytest.mark.parametrize("bad", [dict(model="resnet99"), dict(strategy="nope"), dict(trainer="nope"),
+                                 dict(initial=10_000)])
+def test_bad_options_create_nothing(tmp_path, bad):
+    with pytest.raises(Exception, match="valid|must be at most"):
+        run_active_learning(_config(**bad), tmp_path / "run", dataset=make_blobs_dataset())
+    assert not (tmp_path / "run").exists()  # the same --out works once the option is fixed
