@@ -94,7 +94,7 @@ def train(
         from .methods import validate_method_config
 
         validate_method_config(config)  # fail before training, not after
-    prepare_out_dir(out, marker="metrics.json", overwrite=overwrite)  # fail before training, not after
+    prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = trainer if method == "plain" else f"{method} ({trainer})"
     total = train_cfg.epochs * (members if method == "ensemble" else 1)
     with _epoch_progress(f"{model} / {label}", total) as on_epoch:
@@ -292,7 +292,7 @@ def ood(
                        ood_val=ood_val, tune_on_test_ood=tune_on_test_ood, n_tune=n_tune,
                        feature_ensemble=feature_ensemble, max_samples=max_samples, seed=seed, batch_size=batch_size,
                        device=device, **grids)
-    prepare_out_dir(out, marker="ood.json", overwrite=overwrite)  # fail before scoring, not after
+    prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))
     save_ood(result, out, overwrite=True)

@@ -72,8 +72,12 @@ def atomic_savez(path: Path, **arrays) -> None:
     _atomic(path, lambda h: np.savez_compressed(h, **arrays))
 
 
-def prepare_out_dir(out: Path, *, marker: str, overwrite: bool = False) -> Path:
-    """Create ``out``; refuse to reuse one that already holds ``marker`` unless ``overwrite``."""
+def prepare_out_dir(out: Path, *, marker: str, overwrite: bool = False, create: bool = True) -> Path:
+    """Create ``out``; refuse to reuse one that already holds ``marker`` unless ``overwrite``.
+
+    ``create=False`` only checks, so a command can fail on a finished run before it does any
+    work without leaving an empty folder behind when something else goes wrong first.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out must be a directory, got the existing file {out} instead")
@@ -82,5 +86,6 @@ def prepare_out_dir(out: Path, *, marker: str, overwrite: bool = False) -> Path:
             f"{out} already holds a run ({marker} exists); choose another --out, "
             f"or pass --resume / --overwrite where the command offers it"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out

@@ -186,8 +186,8 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     MODELS.get(config.model)
     device = resolve_device(config.device)
     configure_backends(device)
-    if not resume and (out / CONFIG_FILE).exists():
-        prepare_out_dir(out, marker=CONFIG_FILE)  # raises: never overwrite a run
+    if not resume:
+        prepare_out_dir(out, marker=CONFIG_FILE, create=False)  # never overwrite a run
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     n_train = dataset.n_train
