@@ -19,11 +19,25 @@ from rich.table import Table
 
 from .errors import ActiveCRLError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
 
 PAPER_SCALE_NOTE = "AURC, E-AURC ×10³; NLL ×10; others in %"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"activecrl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """Deep active learning with confidence-aware training (CRL, Moon et al. 2020)."""
 
 
 def _setup_logging(verbose: bool) -> None:

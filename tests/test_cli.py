@@ -75,3 +75,11 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "unknown strategy 'nope'" in proc.stdout and "least_conf" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_version_and_help():
+    from activecrl import __version__
+
+    assert __version__ in _ok(runner.invoke(app, ["--version"]))
+    for command in ("train", "run", "plot", "summary", "ood", "report", "list"):
+        assert command in runner.invoke(app, []).output
