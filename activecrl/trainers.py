@@ -152,9 +152,9 @@ class Trainer:
         """
         c = self.config
         device = data.device
-        indices = _check_indices(indices, data.n, device)
-        if indices.numel() < 2:
-            raise ConfigError(f"need at least 2 training samples to fit, got {indices.numel()} instead")
+        # DeviceData.train_batches validates the indices (range, dtype, at least 2) before any step
+        indices = torch.arange(data.n, device=device) if indices is None else indices
+        data.train_batches(indices, c.batch_size)  # checks now, so a bad call fails before setup
         cuda = device.type == "cuda"
         model.to(device)
         if c.channels_last:
@@ -231,17 +231,3 @@ class CRLTrainer(Trainer):
 def build_trainer(name: str, config: TrainConfig | None = None, **overrides) -> Trainer:
     """A trainer by registered name (``baseline``, ``crl``, or a plugin's)."""
     return TRAINERS.get(name)(config, **overrides)
-
-
-def _check_indices(indices, n: int, device: torch.device) -> torch.Tensor:
-    if indices is None:
-        return torch.arange(n, device=device)
-    idx = torch.as_tensor(indices)
-    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or idx.ndim != 1:
-        raise ConfigError(f"indices must be a 1-D integer array, got dtype {idx.dtype} and shape {tuple(idx.shape)} instead")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ConfigError(
-            f"indices must lie in [0, {n}) (the training split), got values in "
-            f"[{int(idx.min())}, {int(idx.max())}] instead"
-        )
-    return idx.to(device=device, dtype=torch.long)
