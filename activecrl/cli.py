@@ -6,6 +6,7 @@ the result. Everything here can be done from a notebook with the same functions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -156,6 +158,8 @@ def run(
     batch_size: Optional[int] = typer.Option(None, help="mini-batch size"),
     lr: Optional[float] = typer.Option(None, help="initial learning rate"),
     warm_start: Optional[bool] = typer.Option(None, "--warm-start/--retrain", help="fine-tune instead of retraining"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="CUDA: deterministic kernels, "
+                                                 "so the same seed gives the same queries (slower)"),
     data_dir: Optional[Path] = typer.Option(None, help="dataset folder"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
     config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file"),
@@ -164,21 +168,30 @@ def run(
 ):
     """Run an active-learning experiment. With no options: a one-minute offline demo on digits."""
     from .config import load_toml, merge
-    from .loop import ALConfig, run_active_learning
+    from .loop import ALConfig, load_saved_config, run_active_learning
     from .results import load_run, plot_curves
 
     _setup_logging(verbose)
-    values = load_toml(config) if config else {}
-    values = merge(values, dict(dataset=dataset, model=model, trainer=trainer, strategy=strategy, initial=initial,
-                                budget=budget, stages=stages, trials=trials, seed=seed, device=device,
-                                pool_subset=pool_subset, dropout=dropout, warm_start=warm_start,
-                                data_dir=str(data_dir) if data_dir else None,
-                                train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None)))
-    if not values.get("train"):
-        values.pop("train", None)
-    al_config = ALConfig.from_dict(values)
-    if resume and out is None:
-        raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
+    experiment = dict(dataset=dataset, model=model, trainer=trainer, strategy=strategy, initial=initial,
+                      budget=budget, stages=stages, trials=trials, seed=seed, pool_subset=pool_subset,
+                      dropout=dropout, warm_start=warm_start, deterministic=deterministic, config=config,
+                      train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None) or None)
+    if resume:
+        if out is None:
+            raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
+        given = sorted(k for k, v in experiment.items() if v is not None)
+        if given:  # silently ignoring them would let a user believe they changed the run
+            raise ActiveCRLError(f"--resume continues the run saved in {out}/config.json; drop "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in given)} (only --device and "
+                                 f"--data-dir may change), or start a new run with another --out")
+        al_config = load_saved_config(out)
+    else:
+        values = merge(load_toml(config) if config else {},
+                       {**experiment, "config": None, "device": device, "data_dir": str(data_dir) if data_dir else None})
+        al_config = ALConfig.from_dict(values)
+    if resume:
+        al_config = dataclasses.replace(al_config, device=device or al_config.device,
+                                        data_dir=str(data_dir) if data_dir else al_config.data_dir)
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -380,7 +393,7 @@ def main() -> None:
     try:
         app()
     except ActiveCRLError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message may hold "[nan, ...]"
         raise SystemExit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")

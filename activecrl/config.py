@@ -62,7 +62,9 @@ def from_dict(cls: type[C], values: dict[str, Any]) -> C:
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"bad {cls.__name__} options: {exc}") from None
 
 

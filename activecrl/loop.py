@@ -69,6 +69,7 @@ class ALConfig:
     warm_start: bool = False  # continue from the previous stage's weights instead of retraining
     dropout: float | None = None  # None: 0, or DEFAULT_MC_DROPOUT for strategies that need it
     device: str = "auto"
+    deterministic: bool = False  # CUDA: deterministic kernels, no autotuning (same seed -> same queries)
     data_dir: str | None = None
     download: bool = True
     eval_batch_size: int = 1024
@@ -77,12 +78,18 @@ class ALConfig:
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = from_dict(TrainConfig, self.train)
-        for name, minimum in (("initial", 1), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
+        # initial >= 2: BatchNorm cannot train on a single sample
+        for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r} instead")
         if self.pool_subset is not None and (not isinstance(self.pool_subset, int) or self.pool_subset < 1):
             raise ConfigError(f"pool_subset must be a positive integer or None, got {self.pool_subset!r} instead")
+        if self.pool_subset is not None and self.pool_subset < self.budget:
+            raise ConfigError(f"pool_subset must be at least the budget ({self.budget}) so a stage can query it "
+                              f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
 
@@ -161,8 +168,9 @@ def resolve_dropout(config: ALConfig, strategy) -> float:
             )
         return float(config.dropout)
     if strategy.requires_dropout:
-        logger.info("strategy %r samples dropout: training with dropout %.2f before the classifier "
-                    "(set dropout to change)", strategy.name, DEFAULT_MC_DROPOUT)
+        # a warning, not info: the user did not ask for dropout and the CLI shows warnings by default
+        logger.warning("strategy %r samples dropout: training with dropout %.2f before the classifier "
+                       "(set --dropout to change)", strategy.name, DEFAULT_MC_DROPOUT)
         return DEFAULT_MC_DROPOUT
     return 0.0
 
@@ -185,7 +193,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     dropout = resolve_dropout(config, strategy)
     MODELS.get(config.model)
     device = resolve_device(config.device)
-    configure_backends(device)
+    configure_backends(device, config.deterministic)
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, create=False)  # never overwrite a run
     if dataset is None:
@@ -323,12 +331,18 @@ def _load_warm_state(out: Path, trial: int, stage: int):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _check_resume(config: ALConfig, out: Path) -> ALConfig:
-    path = out / CONFIG_FILE
+def load_saved_config(out: Path | str) -> ALConfig:
+    """The ``ALConfig`` saved in a run folder's ``config.json``."""
+    path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
     saved = json.loads(path.read_text())
     for key in ("activecrl_version", "dropout_used", "n_train"):
         saved.pop(key, None)
-    saved_config = ALConfig.from_dict(saved)
+    return ALConfig.from_dict(saved)
+
+
+def _check_resume(config: ALConfig, out: Path) -> ALConfig:
+    """Resume uses the saved experiment; only where it runs (device, data folder) may change."""
+    saved_config = load_saved_config(out)
     return dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir)

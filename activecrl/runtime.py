@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -40,9 +41,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_backends(device: torch.device) -> None:
-    """Fast defaults on CUDA: TF32 matmuls/convs and cuDNN autotuning (inputs have fixed shapes)."""
-    if device.type == "cuda":
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
+    """Fast CUDA defaults (TF32, cuDNN autotuning for fixed shapes), or bit-reproducible ones.
+
+    Autotuning may pick a different (non-deterministic) convolution algorithm from run to run, so
+    ``deterministic=True`` turns it off and asks torch for deterministic kernels: the same seed
+    then gives the same weights and queries on the same GPU, at some cost in speed. CPU runs are
+    reproducible either way.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True

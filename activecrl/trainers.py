@@ -61,6 +61,8 @@ class TrainConfig:
                 raise ConfigError(f"{what}, got {value!r} instead")
 
         need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1", self.epochs)
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+             "seed must be an integer in [0, 2**63)", self.seed)
         need(isinstance(self.batch_size, int) and self.batch_size >= 2,
              "batch_size must be an integer >= 2 (BatchNorm needs two samples)", self.batch_size)
         need(self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number", self.lr)
@@ -188,6 +190,12 @@ class Trainer:
             logger.debug("epoch %d/%d loss %.4f", epoch, c.epochs, mean_loss)
             if progress is not None:
                 progress(info)
+        # the epoch-mean check misses weights that blow up on the last step: check them once here
+        if not torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all():
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite during training ({self.name} trainer, lr {c.lr:g}); "
+                f"lower --lr or check the data for NaNs"
+            )
         if cuda:
             torch.cuda.synchronize(device)
         self.fit_result_ = FitResult(time.perf_counter() - start, losses)

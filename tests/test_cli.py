@@ -83,3 +83,30 @@ def test_version_and_help():
     assert __version__ in _ok(runner.invoke(app, ["--version"]))
     for command in ("train", "run", "plot", "summary", "ood", "report", "list"):
         assert command in runner.invoke(app, []).output
+
+
+def test_resume_refuses_changed_options_and_continues(tmp_path):
+    out = tmp_path / "al"
+    base = ["run", "--dataset", "digits", "--initial", "40", "--budget", "40", "--stages", "2", "--epochs", "1",
+            "--trials", "1", "--device", "cpu", "--out", str(out)]
+    _ok(runner.invoke(app, base))
+    refused = runner.invoke(app, ["run", "--resume", "--out", str(out), "--stages", "3", "--strategy", "entropy"])
+    assert refused.exit_code != 0 and "drop --stages, --strategy" in str(refused.exception)
+    assert "trials" in _ok(runner.invoke(app, ["run", "--resume", "--out", str(out), "--device", "cpu"]))
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2  # nothing left to do, nothing redone
+
+
+def test_error_messages_keep_brackets(tmp_path, capsys):
+    from activecrl import cli
+
+    def boom():
+        raise cli.ActiveCRLError("probs must be finite, got [nan, nan] in row 0")
+
+    original = cli.app
+    cli.app = boom
+    try:
+        with __import__("pytest").raises(SystemExit):
+            cli.main()
+    finally:
+        cli.app = original
+    assert "[nan, nan]" in capsys.readouterr().out

@@ -190,3 +190,11 @@ def test_bad_options_create_nothing(tmp_path, bad):
     with pytest.raises(Exception, match="valid|must be at most"):
         run_active_learning(_config(**bad), tmp_path / "run", dataset=make_blobs_dataset())
     assert not (tmp_path / "run").exists()  # the same --out works once the option is fixed
+
+
+@pytest.mark.parametrize("bad, message", [(dict(initial=1), "initial must be an integer >= 2"),
+                                          (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*63\)"),
+                                          (dict(budget=20, pool_subset=10), "pool_subset must be at least the budget")])
+def test_more_config_validation(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(**bad)

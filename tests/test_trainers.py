@@ -132,3 +132,22 @@ def test_trainer_registry():
     finally:
         TRAINERS.unregister("half_ce_test")
     assert dataclasses.is_dataclass(TrainConfig)
+
+
+def test_weights_blowing_up_on_the_last_step_are_caught(blobs):
+    class LastStepNaN(BaselineTrainer):
+        name = "last_step_nan"
+
+        def after_step(self, logits, labels, indices):
+            self.steps_ = getattr(self, "steps_", 0) + 1
+            if self.steps_ == 4:  # the last step of the only epoch: the epoch's mean loss stays finite
+                with torch.no_grad():
+                    next(self.model_.parameters()).fill_(float("nan"))
+
+        def setup(self, model, data, device):
+            self.model_ = model
+
+    with pytest.raises(TrainingDiverged, match="weights became NaN"):
+        LastStepNaN(TrainConfig(epochs=1, batch_size=32)).fit(_model(blobs), device_split(blobs, "train", "cpu"))
+    with pytest.raises(ConfigError, match="seed must be"):
+        TrainConfig(seed=-1)
