@@ -22,6 +22,18 @@ Seeding never touches global RNG state. :func:`seeded` forks the RNG of the CPU 
 CUDA device used (``torch.random.fork_rng``) and seeds only the generator that dropout on that
 device draws from; on exit both are restored. Runs are reproducible from ``seed`` alone, and code
 after a query or an evaluation sees the RNG state it would have seen without it.
+
+Logit sampling (``logit_noise=True``, the ``aleatoric`` method, Kendall & Gal 2017). The model
+also has ``model.log_var_head``, a Linear on the penultimate features giving log sigma^2 (per
+sample or per class). In each pass the mean logits mu_t (the classifier, under that pass's
+dropout mask) and sigma_t (the variance head on the same pass's features) give one draw
+``mu_t + sigma_t * eps_t``, ``eps_t ~ N(0, I)`` per row, and the softmax of that draw is what is
+averaged. The variance head sits on the features, before the classifier's Dropout, exactly as in
+training (``methods._MeanAndLogVar``), so on the head-only path sigma is computed once per row
+and only the classifier is resampled. ``eps`` comes from its own ``torch.Generator`` (on the CPU,
+seeded from ``seed``, one (n, K) draw per pass, indexed by row), never from the generator dropout
+uses: the dropout masks are the ones plain MC dropout draws with the same seed, so sigma -> 0
+gives plain MC dropout, and the noise does not depend on the batch size, the path or the device.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ class MCDropoutStats:
     mean_entropy: torch.Tensor  # (n,) float64 CPU: mean over samples of each sample's entropy
     n_samples: int
     head_only: bool  # True when only the classifier head was resampled
+    logit_noise: bool = False  # True when each pass sampled its logits from N(mu, sigma^2)
 
     @property
     def predictive_entropy(self) -> torch.Tensor:
@@ -123,6 +136,13 @@ def _seed_from(seed) -> int:
     return int(seed)
 
 
+def _noise_seed(seed: int) -> int:
+    """Seed of the logit-noise generator: derived from ``seed`` but not equal to it, so the noise
+    stream is not the (CPU) dropout stream seeded with ``seed``."""
+    state = np.random.SeedSequence([seed % 2**64, 0x4B656E64616C6C]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
 def _resolve_head_only(model: nn.Module, head_only: bool | None) -> bool:
     in_head = dropout_only_in_head(model)
     if head_only is None:
@@ -140,7 +160,7 @@ def _resolve_head_only(model: nn.Module, head_only: bool | None) -> bool:
 @torch.no_grad()
 def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Tensor | None = None,
                      n_samples: int = 50, seed=0, batch_size: int = 1024, head_only: bool | None = None,
-                     amp: bool = True) -> MCDropoutStats:
+                     amp: bool = False, logit_noise: bool = False) -> MCDropoutStats:
     """Mean softmax and mean per-sample entropy over ``n_samples`` dropout samples of ``indices``
     (default: all rows) of ``data`` (a ``DeviceData``, or anything with ``eval_batches``).
 
@@ -148,8 +168,11 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
     and all dropout is in the classifier, else full passes; True/False force one path.
     ``features``: cached eval-mode penultimate features of ``indices`` for the head path; when
     None they are computed once here with ``predict``. ``seed``: int or ``np.random.Generator``
-    (one int is drawn from it). ``amp``: bfloat16 autocast on CUDA, as in ``predict``. Rows come
-    out in the order of ``indices``.
+    (one int is drawn from it). ``amp``: bfloat16 autocast on CUDA, off by default as in ``predict`` (bf16 ties). Rows come
+    out in the order of ``indices``. ``logit_noise``: in each pass sample the logits once from
+    N(mu, sigma^2) with log sigma^2 = ``model.log_var_head(features)`` and average the softmax of
+    that sample (Kendall & Gal 2017; see the module docstring); needs ``model.features``,
+    ``model.classifier`` and ``model.log_var_head``.
     """
     n_samples = check_n_samples(n_samples)
     batch_size = check_n_samples(batch_size, name="batch_size")
@@ -159,6 +182,12 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
             f"MC dropout needs a model with dropout before its classifier, got dropout rate "
             f"{max(rates, default=0.0):g}; train with --dropout 0.3 (build_model(..., dropout=0.3))"
         )
+    if logit_noise and not (isinstance(getattr(model, "log_var_head", None), nn.Module)
+                            and isinstance(getattr(model, "classifier", None), nn.Module)
+                            and callable(getattr(model, "features", None))):
+        raise ConfigError(f"logit sampling needs a model with features(), classifier and log_var_head, got "
+                          f"{type(model).__name__} without them; call activecrl.methods.add_variance_head(model) "
+                          "first, or use logit_noise=False")
     head_only = _resolve_head_only(model, head_only)
     if data is None and not (head_only and features is not None):
         raise ConfigError(
@@ -182,10 +211,21 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
     sums = []  # [sum of softmax (n, K), sum of entropies (n,)], allocated once K is known
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
-    def accumulate(logits, where):
+    seed = _seed_from(seed)
+    noise_gen = None
+    if logit_noise:
+        noise_gen = torch.Generator(device="cpu")
+        noise_gen.manual_seed(_noise_seed(seed))
+    noise = [None]  # this pass's (n, K) standard-normal draws; drawn on the pass's first batch
+
+    def accumulate(logits, where, log_var=None):
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         z = logits.to(acc)
+        if log_var is not None:
+            if noise[0] is None:
+                noise[0] = torch.randn((n, z.shape[1]), generator=noise_gen, dtype=torch.float64).to(device, acc)
+            z = z + torch.exp(0.5 * log_var.to(acc)) * noise[0][where]
         p, logp = torch.softmax(z, dim=1), torch.log_softmax(z, dim=1)
         h = -(p * logp).sum(dim=1)
         if not sums:
@@ -198,20 +238,26 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
             sums[0].index_add_(0, where, p)
             sums[1].index_add_(0, where, h)
 
-    with dropout_only_train(model), seeded(device, _seed_from(seed)):
+    with dropout_only_train(model), seeded(device, seed):
         if head_only:
             feats = features.to(device)
+            log_vars = None
+            if logit_noise:  # the variance head is not behind the dropout: one sigma per row for all passes
+                with autocast:
+                    log_vars = [model.log_var_head(feats[start:start + batch_size]) for start in range(0, n, batch_size)]
             for _ in range(n_samples):
-                for start in range(0, n, batch_size):
+                noise[0] = None
+                for i, start in enumerate(range(0, n, batch_size)):
                     with autocast:
                         logits = model.classifier(feats[start:start + batch_size])
-                    accumulate(logits, slice(start, start + batch_size))
+                    accumulate(logits, slice(start, start + batch_size), None if log_vars is None else log_vars[i])
         else:
             # eval_batches yields the rows in the given order; map them back by index anyway, so
             # the rows land where they belong and a data object that skips some is caught
             sorter = torch.argsort(idx_all)
             sorted_idx = idx_all[sorter]
             for t in range(n_samples):
+                noise[0] = None
                 seen = 0
                 for x, _, idx in data.eval_batches(indices, batch_size):
                     x = x.to(device, non_blocking=True)
@@ -220,16 +266,22 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
                     if t == 0 and not torch.equal(idx_all[pos], idx):
                         raise ConfigError("data.eval_batches yielded indices that are not among the indices "
                                           "asked for; data must be the split the indices refer to")
+                    log_var = None
                     with autocast:
-                        logits = model(x)
-                    accumulate(logits, pos)
+                        if logit_noise:  # both heads on this pass's features, as in training
+                            feats = model.features(x)
+                            logits, log_var = model.classifier(feats), model.log_var_head(feats)
+                        else:
+                            logits = model(x)
+                    accumulate(logits, pos, log_var)
                     seen += idx.numel()
                 if seen != n:
                     raise ConfigError(f"data.eval_batches must cover the {n} indices asked for, got {seen} instead")
     if not sums:  # no rows
         k = int(getattr(model, "num_classes", 0) or 1)
         sums = [torch.zeros((0, k), dtype=acc), torch.zeros(0, dtype=acc)]
-    logger.debug("MC dropout: %d samples of %d rows (%s)", n_samples, n, "head only" if head_only else "full passes")
+    logger.debug("MC dropout: %d samples of %d rows (%s%s)", n_samples, n, "head only" if head_only else "full passes",
+                 ", logits sampled from N(mu, sigma^2)" if logit_noise else "")
     return MCDropoutStats(mean_probs=(sums[0] / n_samples).double().cpu(),
                           mean_entropy=(sums[1] / n_samples).double().cpu(),
-                          n_samples=n_samples, head_only=head_only)
+                          n_samples=n_samples, head_only=head_only, logit_noise=bool(logit_noise))

@@ -19,8 +19,15 @@ how its test predictions and confidence are formed. Every method writes the same
     sample, or one per class with ``variance="class"``; see :func:`add_variance_head`) and is
     trained by the ``aleatoric`` trainer with the sampled-softmax loss
     ``-log mean_t softmax(logits + sigma * eps_t)_y`` over ``aleatoric_samples`` (50) draws
-    ``eps_t ~ N(0, I)`` (:func:`sampled_softmax_loss`). Evaluated like ``mc_dropout`` on the mean
-    logits (the variance head is a training device; test-time samples are dropout samples only).
+    ``eps_t ~ N(0, I)`` (:func:`sampled_softmax_loss`). At test time it is Kendall & Gal's combined
+    model: ``mc_samples`` MC-dropout passes as for ``mc_dropout``, and in each pass t one draw of the
+    logits ``mu_t + sigma_t * eps_t`` (``eps_t ~ N(0, I)`` per sample, from its own seeded generator,
+    so the dropout masks are those of ``mc_dropout`` with the same seed); the probabilities are the
+    mean over passes of ``softmax`` of those draws, so they carry the aleatoric part as well as the
+    epistemic one. The variance head reads the features before the classifier's Dropout (as in
+    training), so the head-only fast path computes features and sigma once and resamples only the
+    classifier. Confidence = negative entropy of the mean; ``metrics.json`` records
+    ``test_logit_samples: 1`` (per pass).
 ``aes`` (Averaged Early Stopping, Geifman et al. 2019)
     One training run; ``snapshots`` (k = 10 or 30) copies of the weights are taken after evenly
     spaced epochs of the last ``1 - snapshot_start`` of training, ending with the final epoch:
@@ -87,16 +94,20 @@ def _check_positive_int(value, name: str, minimum: int = 1, hint: str = "") -> i
 
 
 def mc_dropout_probs(model: nn.Module, data, indices=None, *, n_samples: int = 50, seed: int = 0,
-                     batch_size: int = 1024, head_only: bool | None = None, amp: bool = True) -> np.ndarray:
+                     batch_size: int = 1024, head_only: bool | None = None, amp: bool = False,
+                     logit_noise: bool = False) -> np.ndarray:
     """Mean softmax over ``n_samples`` MC-dropout passes over ``indices`` of ``data`` (a DeviceData).
 
     (n, K) float64 on the CPU, rows in the order of ``indices``. ``head_only=None`` samples only
     ``model.classifier`` on features computed once when ``model.head_only_dropout`` holds, else
     full passes; see :mod:`activecrl.mc_dropout` for why both give the same result.
+    ``logit_noise=True`` (Aleatoric + MC dropout, for a model with ``log_var_head``): each pass
+    averages ``softmax(mu_t + sigma_t * eps_t)`` for one draw ``eps_t ~ N(0, I)`` per row instead of
+    ``softmax(mu_t)``; the dropout masks stay those of plain MC dropout with the same seed.
     """
     n_samples = _check_positive_int(n_samples, "mc_samples")
     return mc_dropout_stats(model, data, indices, n_samples=n_samples, seed=seed, batch_size=batch_size,
-                            head_only=head_only, amp=amp).mean_probs.numpy()
+                            head_only=head_only, amp=amp, logit_noise=logit_noise).mean_probs.numpy()
 
 
 def negative_entropy(probs: np.ndarray) -> np.ndarray:
@@ -114,7 +125,8 @@ def add_variance_head(model: nn.Module, per_class: bool = False) -> nn.Module:
 
     One value per sample (``per_class=False``) or one per class. ``model.forward`` is unchanged
     (it still returns the mean logits), so ``predict``, MC dropout and checkpoints work as usual;
-    the head only enters training through :class:`AleatoricTrainer`. Returns ``model``.
+    the head enters training through :class:`AleatoricTrainer` and evaluation through
+    ``mc_dropout_probs(..., logit_noise=True)``. Returns ``model``.
     """
     feature_dim = getattr(model, "feature_dim", None)
     num_classes = getattr(model, "num_classes", None)
@@ -391,7 +403,8 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
             return torch.softmax(out.logits.double(), dim=1).numpy(), out.logits.double().numpy()
         if method in _MC_METHODS:
             return mc_dropout_probs(models[0], data, indices, n_samples=config.mc_samples,
-                                    seed=config.train.seed, batch_size=bs), None
+                                    seed=config.train.seed, batch_size=bs,
+                                    logit_noise=method == "aleatoric"), None
         if method == "aes":
             scratch = copy.deepcopy(models[0])
             total = None
@@ -426,7 +439,10 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
         info.update(confidence="negative entropy of the mean probabilities", mc_samples=config.mc_samples,
                     head_only=bool(getattr(models[0], "head_only_dropout", False)), dropout=dropout)
         if method == "aleatoric":
-            info.update(aleatoric_samples=config.aleatoric_samples, variance=config.variance)
+            info.update(aleatoric_samples=config.aleatoric_samples, variance=config.variance,
+                        test_logit_samples=1,
+                        test_sampling="per MC-dropout pass, one draw of the logits from N(mu, sigma^2); "
+                                      "probs = mean over passes of its softmax")
     else:
         conf = probs.max(axis=1)
         info.update(confidence="max probability" + (" of the average" if method in ("aes", "ensemble") else ""))

@@ -25,7 +25,7 @@ __all__ = ["MCDropoutStats", "mc_dropout_stats", "mc_probs", "MCDropoutStrategy"
 
 
 def mc_dropout_stats(model: nn.Module | None, context: QueryContext, n_samples: int = 50, seed=0,
-                     head_only: bool | None = None, amp: bool = True) -> MCDropoutStats:
+                     head_only: bool | None = None, amp: bool = False) -> MCDropoutStats:
     """Mean softmax and mean per-sample entropy over ``n_samples`` dropout samples of the pool.
 
     ``head_only``: None samples the head on ``context.pool.features`` when the model promises

@@ -97,12 +97,62 @@ def test_aleatoric_run_saves_and_reloads(blobs, tmp_path):
                                 dataset=blobs)
     _check_result(result, blobs.n_test, 3)
     assert result.config.trainer == "aleatoric" and result.model.log_var_head.out_features == 3
+    assert result.method_info["test_logit_samples"] == 1 and result.method_info["mc_samples"] == 4
+    np.testing.assert_allclose(result.confidence, negative_entropy(result.probs.astype(np.float64)), rtol=1e-5)
+    # the stored probabilities are the logit-sampled ones, not plain MC dropout's
+    test = device_split(blobs, "test", "cpu")
+    sampled = mc_dropout_probs(result.model, test, n_samples=4, seed=0, logit_noise=True)
+    np.testing.assert_allclose(result.probs, sampled, atol=1e-6)
+    assert not np.allclose(result.probs, mc_dropout_probs(result.model, test, n_samples=4, seed=0), atol=1e-6)
     save_train_run(result, tmp_path / "run")
     model, info, config = load_trained(tmp_path / "run")
     assert info["variance_head"] == "class" and hasattr(model, "log_var_head")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"]["test_logit_samples"] == 1
     assert config["method"] == "aleatoric"
     with pytest.raises(ConfigError, match="trainer must be baseline or aleatoric"):
         train_and_evaluate(_cfg(method="aleatoric", trainer="crl"), dataset=blobs)
+
+
+def _aleatoric_model(blobs, log_var: float, per_class: bool = False):
+    """An untrained small CNN made confident (peaked classifier bias) with a constant log sigma^2."""
+    model = add_variance_head(_model(blobs), per_class=per_class)
+    with torch.no_grad():
+        model.classifier[1].bias.copy_(torch.tensor([4.0, 0.0, -4.0]))
+        model.log_var_head.weight.zero_()
+        model.log_var_head.bias.fill_(log_var)
+    return model
+
+
+def _entropy(p):
+    return -negative_entropy(p)
+
+
+def test_aleatoric_test_time_logit_sampling(blobs):
+    data = device_split(blobs, "test", "cpu")
+    kw = dict(n_samples=50, seed=3, batch_size=16)
+    # sigma = 5: the averaged softmax of sampled logits is flatter than plain MC dropout (same masks)
+    model = _aleatoric_model(blobs, log_var=math.log(25.0))
+    plain = mc_dropout_probs(model, data, **kw)
+    rng_state = torch.get_rng_state()
+    noisy = mc_dropout_probs(model, data, **kw, logit_noise=True)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # global RNG untouched
+    assert noisy.shape == (blobs.n_test, 3) and np.allclose(noisy.sum(1), 1)
+    assert (_entropy(noisy) > _entropy(plain) + 0.1).all()
+    # reproducible from the seed, different with another seed; the head-only path equals full passes
+    np.testing.assert_array_equal(noisy, mc_dropout_probs(model, data, **kw, logit_noise=True))
+    assert not np.allclose(noisy, mc_dropout_probs(model, data, **{**kw, "seed": 4}, logit_noise=True))
+    full = mc_dropout_probs(model, data, **kw, logit_noise=True, head_only=False)
+    np.testing.assert_allclose(noisy, full, rtol=1e-5, atol=1e-6)
+    # the noise is keyed by row, not by batch
+    np.testing.assert_allclose(noisy, mc_dropout_probs(model, data, **{**kw, "batch_size": 7}, logit_noise=True),
+                               rtol=1e-10, atol=1e-12)
+    # sigma -> 0 (per class too): exactly plain MC dropout, i.e. the same dropout masks
+    for per_class in (False, True):
+        tiny = _aleatoric_model(blobs, log_var=-60.0, per_class=per_class)
+        np.testing.assert_allclose(mc_dropout_probs(tiny, data, **kw, logit_noise=True),
+                                   mc_dropout_probs(tiny, data, **kw), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ConfigError, match="log_var_head"):
+        mc_dropout_probs(_model(blobs), data, n_samples=2, logit_noise=True)
 
 
 def test_variance_head_keeps_forward(blobs):
