@@ -14,6 +14,7 @@ standard deviation; a single seed shows the value alone).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -123,7 +124,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _group_key(config: dict) -> dict:
-    return {k: v for k, v in _flatten(config).items() if k.split(".")[-1] not in _IGNORED}
+    # options a run's config.json lacks (saved by an older version) take today's defaults, so a
+    # run is grouped with its newer seeds instead of standing alone
+    from .experiment import TrainRunConfig
+
+    defaults = _flatten(dataclasses.asdict(TrainRunConfig())) if "train" in config else {}
+    full = {**defaults, **_flatten(config)}
+    return {k: v for k, v in full.items() if k.split(".")[-1] not in _IGNORED}
 
 
 def dataset_label(spec) -> str:

@@ -83,3 +83,18 @@ def test_cli_report_end_to_end(tmp_path):
     assert len(train_rows) == 1 and "±" in train_rows[0] and "| 2 |" in train_rows[0]
     ood_rows = [line for line in md.splitlines() if "| uniform | ODIN |" in line]
     assert len(ood_rows) == 1 and "validation (noise)" in ood_rows[0]
+
+
+def test_runs_saved_before_new_options_group_with_newer_seeds(tmp_path):
+    from activecrl.experiment import TrainRunConfig
+
+    defaults = {k: v for k, v in __import__("dataclasses").asdict(TrainRunConfig()).items() if k != "train"}
+    old = tmp_path / "old"
+    _fake_train_run(old, 0, 0.90)
+    new = tmp_path / "new"
+    _fake_train_run(new, 1, 0.92)
+    blob = json.loads((new / "metrics.json").read_text())
+    blob["config"] = {**defaults, **blob["config"]}  # a newer run records every option
+    (new / "metrics.json").write_text(json.dumps(blob))
+    rows = build_report([old, new]).tables[0].rows
+    assert len(rows) == 1 and rows[0][3] == "2"
