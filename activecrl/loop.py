@@ -201,18 +201,25 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     n_train = dataset.n_train
     if config.initial > n_train:
         raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
-    if not resume:
-        prepare_out_dir(out, marker=CONFIG_FILE)
-        atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                              "n_train": n_train, **config.to_dict()})
     channels_last = config.train.channels_last
     train_data = device_split(dataset, "train", device, channels_last=channels_last)
     test_data = device_split(dataset, "test", device, channels_last=channels_last)
     test_labels = dataset.test_labels.numpy()
 
     def new_model():
-        return build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                           image_size=dataset.image_size, dropout=dropout)
+        model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                            image_size=dataset.image_size, dropout=dropout)
+        if dropout > 0 and not getattr(model, "supports_dropout", True):
+            raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
+                              f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
+                              f"model that supports it (see `activecrl list`)")
+        return model
+
+    new_model()  # a model that cannot serve this run fails here, before anything is written
+    if not resume:
+        prepare_out_dir(out, marker=CONFIG_FILE)
+        atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
+                                              "n_train": n_train, **config.to_dict()})
 
     records = read_records(out)
     done = {(r["trial"], r["stage"]) for r in records}

@@ -198,3 +198,21 @@ def test_bad_options_create_nothing(tmp_path, bad):
 def test_more_config_validation(bad, message):
     with pytest.raises(ConfigError, match=message):
         _config(**bad)
+
+
+def test_model_without_dropout_support_is_refused_for_mc_dropout(tmp_path):
+    from activecrl.models import MODELS, SmallCNN, register_model
+
+    class NoDropoutCNN(SmallCNN):
+        supports_dropout = False
+
+    register_model("no_dropout_cnn_test")(lambda *, num_classes, in_channels, image_size, dropout:
+                                          NoDropoutCNN(num_classes=num_classes, in_channels=in_channels,
+                                                       dropout=dropout))
+    try:
+        with pytest.raises(ConfigError, match="cannot take dropout"):
+            run_active_learning(_config(model="no_dropout_cnn_test", strategy="mc_dropout"), tmp_path / "r",
+                                dataset=make_blobs_dataset())
+        assert not (tmp_path / "r").exists()
+    finally:
+        MODELS.unregister("no_dropout_cnn_test")
