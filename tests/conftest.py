@@ -10,7 +10,16 @@ from activecrl.data import ImageDataset
 def _private_data_dir(tmp_path_factory, monkeypatch):
     # never touch the user's ~/.cache during tests; one shared dir so digits is decoded once
     monkeypatch.setenv("ACTIVECRL_DATA", str(tmp_path_factory.getbasetemp() / "data"))
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The tests use tiny tensors: intra-op threads only add wake-up latency, which on a shared
+    # 2-core machine doubles the run time.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_blobs_dataset(n_train=120, n_test=60, n_classes=3, size=8, channels=1, seed=0, noise=60):
