@@ -1,0 +1,25 @@
+"""Out-of-distribution detection with a model saved by ``activecrl train`` (the paper's Table 3).
+
+Detectors ``msp``, ``odin``, ``mahalanobis`` and ``energy``; every score is "higher = more
+in-distribution". ODIN's (T, eps) and Mahalanobis' eps (and layer combiner) are tuned on validation
+data that is never the test OOD set unless ``tune_on_test_ood`` asks for the paper's protocol.
+
+- ``scores.py``: the scores themselves (MSP, energy, the ODIN score grid, Mahalanobis: class
+  Gaussian, whitening and ``MahalanobisScorer``), and what each detector computes.
+- ``data.py``: OOD images (synthetic noise sets, FGSM validation images, an OOD set converted to the
+  model's channels and size by ``load_ood_images``).
+- ``run.py``: ``OODConfig`` / ``OODResult``, the tuning protocol (split, grid, ``select_best``),
+  ``run_ood`` (one function per detector family) and ``save_ood`` / ``read_ood``.
+"""
+
+from .data import SYNTHETIC_SETS, fgsm_images, load_ood_images, synthetic_images
+from .run import (DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, DETECTORS, OODConfig, OODResult, read_ood, run_ood,
+                  save_ood, select_best)
+from .scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,
+                     odin_score_grid)
+
+__all__ = [
+    "DETECTORS", "SYNTHETIC_SETS", "OODConfig", "OODResult",
+    "msp_score", "energy_score", "odin_score_grid", "class_gaussian", "mahalanobis_sq", "MahalanobisScorer",
+    "synthetic_images", "fgsm_images", "select_best", "run_ood", "save_ood", "read_ood",
+]

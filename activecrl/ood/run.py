@@ -1,0 +1,436 @@
+"""``run_ood``: load a run, split tuning / evaluation data, tune and score one detector; ``save_ood`` / ``read_ood``.
+
+Tuning protocol (ODIN's T and eps, Mahalanobis' eps and combiner). By default it never touches the
+test OOD set: the in-distribution tuning samples are ``n_tune`` (1,000) random images of the
+in-distribution *test* split (seeded; the model was trained on the whole training split, so held-out
+training images do not exist) and the OOD tuning samples come from ``ood_val``: synthetic noise
+images (``noise``: a third each of Gaussian, uniform and smooth low-frequency noise), FGSM
+adversarial images made from other in-distribution test images (``fgsm``, Lee et al.'s
+"validation on adversarial samples"), or a user-given folder / dataset. The paper follows Lee et al.
+and tunes on 1,000 samples of the test OOD set itself; that is available only on request
+(``tune_on_test_ood``) and is labelled so in ood.json. Tuning samples, in-distribution and (when
+drawn from it) OOD, are excluded from the evaluation for every detector, so all detectors of one
+protocol are scored on the same images. The setting with the lowest FPR at 95 % TPR on the tuning
+data wins (ties: lower detection error, then higher AUROC, then the earlier grid entry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import ConfigError, DataError
+from ..io import atomic_savez, atomic_write_json, prepare_out_dir, to_jsonable
+from ..metrics import ood_metrics
+from .data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_images
+from .scores import MahalanobisScorer, _logits, energy_score, msp_score
+
+logger = logging.getLogger(__name__)
+
+DETECTORS = ("msp", "odin", "mahalanobis", "energy")
+DEFAULT_TEMPERATURES = (1.0, 10.0, 100.0, 1000.0)
+DEFAULT_EPSILONS = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)  # Lee et al.'s grid
+
+
+# ============================================================================ config / result
+
+@dataclass
+class OODConfig:
+    run: str  # folder of an `activecrl train` run (model.pt)
+    ood: str  # test OOD set: image folder/archive, registered dataset name, or a synthetic set
+    detector: str = "msp"
+    data_dir: str | None = None  # where datasets/caches live (default: the run's, else $ACTIVECRL_DATA)
+    ood_val: str = "noise"  # OOD tuning data: noise | gaussian | uniform | smooth | fgsm | a path | a dataset
+    tune_on_test_ood: bool = False  # paper protocol (Lee et al.): tune on n_tune samples of the test OOD set
+    n_tune: int = 1000
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    epsilons: tuple[float, ...] = DEFAULT_EPSILONS
+    energy_temperature: float = 1.0
+    feature_ensemble: bool = False  # Mahalanobis over every block of model.feature_maps + logistic regression
+    fgsm_epsilon: float = 0.05  # pixel-space step of the FGSM validation images (ood_val = fgsm)
+    max_samples: int | None = None  # evaluate on at most this many random in / out samples each
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.temperatures = tuple(float(t) for t in self.temperatures)
+        self.epsilons = tuple(float(e) for e in self.epsilons)
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r} instead")
+        if not self.temperatures or any(not math.isfinite(t) or t <= 0 for t in self.temperatures):
+            raise ConfigError(f"temperatures must be positive numbers, e.g. 1 10 100 1000, got {self.temperatures} "
+                              "instead")
+        if not self.epsilons or any(not math.isfinite(e) or e < 0 for e in self.epsilons):
+            raise ConfigError(f"epsilons must be numbers >= 0, e.g. 0 0.001 0.002, got {self.epsilons} instead")
+        if not math.isfinite(self.energy_temperature) or self.energy_temperature <= 0:
+            raise ConfigError(f"energy_temperature must be positive, got {self.energy_temperature!r} instead")
+        for name, minimum in (("n_tune", 2), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
+        if self.max_samples is not None and (isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int)
+                                             or self.max_samples < 2):
+            raise ConfigError(f"max_samples must be an integer >= 2 or None (all), got {self.max_samples!r} instead")
+        if not 0 < self.fgsm_epsilon < 1:
+            raise ConfigError(f"fgsm_epsilon must be in (0, 1) (pixel scale), got {self.fgsm_epsilon!r} instead")
+
+
+@dataclass
+class OODResult:
+    config: OODConfig
+    metrics: dict[str, float]
+    score_in: np.ndarray
+    score_out: np.ndarray
+    index_in: np.ndarray  # test-split indices of the in-distribution evaluation samples
+    index_out: np.ndarray  # indices into the OOD set of the evaluated OOD samples
+    params: dict  # the detector's (tuned) hyper-parameters
+    protocol: dict  # how they were tuned
+    tuning: list[dict]  # tuning metrics of every candidate setting
+    run_info: dict  # the run: dataset, model, trainer, method, seed
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "activecrl_version": __version__,
+            **self.metrics,  # fpr95, detection_error, auroc, aupr_in, aupr_out (fractions)
+            "detector": self.config.detector,
+            "metrics": self.metrics,
+            "params": self.params,
+            "protocol": self.protocol,
+            "in_distribution": self.run_info.get("dataset"),
+            "ood_set": self.run_info.get("ood_set"),
+            "n_in": int(self.score_in.size),
+            "n_out": int(self.score_out.size),
+            "max_samples": self.config.max_samples,
+            "run": self.run_info,
+            "tuning": self.tuning,
+            "seconds": self.seconds,
+            "config": dataclasses.asdict(self.config),
+        }
+
+
+# ============================================================================ tuning helpers
+
+def _criterion(metrics: dict) -> tuple:
+    return (metrics["fpr95"], metrics["detection_error"], -metrics["auroc"])
+
+
+def select_best(candidates: list[dict]) -> int:
+    """Index of the best candidate by (fpr95, detection_error, -auroc); ties go to the earlier one."""
+    if not candidates:
+        raise ConfigError("no candidate settings to tune over; give at least one temperature and epsilon")
+    return min(range(len(candidates)), key=lambda i: (_criterion(candidates[i]["metrics"]), i))
+
+
+def _fit_combiner(scores_in: np.ndarray, scores_out: np.ndarray, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([scores_in, scores_out])
+    y = np.concatenate([np.ones(len(scores_in)), np.zeros(len(scores_out))])
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(x, y)
+
+
+
+def _subset(rng: np.random.Generator, n: int, k: int | None) -> np.ndarray:
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+# ============================================================================ the run
+
+
+@dataclass
+class _Inputs:
+    """What every detector needs: the frozen model, the in-distribution test split and the OOD set on
+    the device, plus what ``_split`` needs to load validation images the same way."""
+    model: nn.Module
+    info: dict  # the model's saved metadata (classes, channels, size, mean / std, dataset)
+    run_cfg: dict  # the run's saved config
+    ds_spec: str
+    data_dir: str | None
+    dataset: object  # the loaded in-distribution dataset (train split for Mahalanobis' Gaussians)
+    device_data: Callable  # uint8 images (+ labels) -> normalised DeviceData, no augmentation
+    test: object  # DeviceData of the in-distribution test split
+    ood: object  # DeviceData of the test OOD set
+
+
+@dataclass
+class _Split:
+    """Tuning and evaluation indices, and the protocol text that describes them in ood.json."""
+    tune_in: np.ndarray  # into the in-distribution test split
+    tune_out: np.ndarray  # into val_out
+    val_out: object  # DeviceData the OOD tuning samples come from (the test OOD set or validation images)
+    eval_in: np.ndarray
+    eval_out: np.ndarray
+    protocol: dict
+
+
+def _load(config: OODConfig, say: Callable[[str], None]) -> _Inputs:
+    """Load the trained model and check that the in-distribution dataset matches it; load the OOD set."""
+    from ..data import DeviceData, load_dataset
+    from ..experiment import load_trained
+    from ..runtime import configure_backends, resolve_device
+
+    device = resolve_device(config.device)
+    configure_backends(device)
+    model, info, run_cfg = load_trained(config.run, device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # only input gradients are needed
+    data_dir = config.data_dir or run_cfg.get("data_dir")
+    ds_spec = run_cfg.get("dataset") or info.get("dataset")
+    say(f"loading in-distribution data {ds_spec}")
+    dataset = load_dataset(ds_spec, data_dir=data_dir)
+    c, size, k = int(info["in_channels"]), int(info["image_size"]), int(info["num_classes"])
+    if dataset.num_classes != k or dataset.in_channels != c or dataset.image_size != size:
+        raise DataError(f"dataset {ds_spec!r} must match the model ({k} classes, {c}x{size}x{size}), got "
+                        f"{dataset.num_classes} classes, {dataset.in_channels}x{dataset.image_size}x{dataset.image_size} "
+                        "instead; pass --data-dir of the run's data")
+    mean, std = info["mean"], info["std"]
+
+    def device_data(images, labels=None):
+        return DeviceData(images, labels, mean, std, augment=False, device=device)
+
+    test = device_data(dataset.test_images, dataset.test_labels)
+    say(f"loading OOD set {config.ood}")
+    ood_images = load_ood_images(config.ood, channels=c, size=size, data_dir=data_dir,
+                                 n_synthetic=dataset.n_test, seed=config.seed + 1)
+    return _Inputs(model, info, run_cfg, ds_spec, data_dir, dataset, device_data, test, device_data(ood_images))
+
+
+def _validation_ood(config: OODConfig, inp: _Inputs, rest_in: np.ndarray) -> tuple[torch.Tensor, str, np.ndarray]:
+    """OOD tuning images from ``config.ood_val`` (never the test OOD set), their protocol text, and the
+    in-distribution evaluation indices (FGSM spends some of ``rest_in`` on its source images)."""
+    c, size = int(inp.info["in_channels"]), int(inp.info["image_size"])
+    val_spec = config.ood_val
+    eval_in = rest_in
+    if val_spec == "fgsm":
+        # adversarial images made from in-distribution test images that are neither tuned on nor evaluated
+        n_adv = min(config.n_tune, rest_in.size // 2)
+        adv_src, eval_in = np.sort(rest_in[:n_adv]), np.sort(rest_in[n_adv:])
+        val_images = fgsm_images(inp.model, inp.test, torch.from_numpy(adv_src), config.fgsm_epsilon,
+                                 batch_size=config.batch_size)
+        ood_tuning = (f"{n_adv} FGSM images (pixel step {config.fgsm_epsilon}) of other in-distribution test "
+                      "images, excluded from the evaluation")
+        return val_images, ood_tuning, eval_in
+    if val_spec in SYNTHETIC_SETS and config.ood in SYNTHETIC_SETS:
+        logger.warning("the OOD tuning set (%s) and the test OOD set (%s) are both synthetic noise: other "
+                       "samples, but possibly the same distribution", val_spec, config.ood)
+    if val_spec not in SYNTHETIC_SETS:
+        same = Path(val_spec).expanduser().resolve() == Path(config.ood).expanduser().resolve()
+        if same or val_spec == config.ood:
+            raise ConfigError("ood_val must differ from the test OOD set, got the same "
+                              f"{val_spec!r} for both; to tune on the test OOD set use --tune-on-test-ood "
+                              "(the paper's protocol)")
+    val_images = load_ood_images(val_spec, channels=c, size=size, data_dir=inp.data_dir,
+                                 n_synthetic=config.n_tune, seed=config.seed + 2)
+    ood_tuning = (f"{min(config.n_tune, val_images.shape[0])} images of {val_spec}"
+                  + (" (synthetic)" if val_spec in SYNTHETIC_SETS else ""))
+    return val_images, ood_tuning, eval_in
+
+
+def _split(config: OODConfig, inp: _Inputs) -> _Split:
+    """Draw the tuning samples (excluded from the evaluation) and the evaluation samples.
+
+    One generator seeded with ``config.seed`` draws everything, in a fixed order, so the split depends
+    on the seed and the data only, not on the detector: all detectors are scored on the same images.
+    """
+    rng = np.random.default_rng(config.seed)
+    n_test = inp.dataset.n_test
+    n_tune_in = min(config.n_tune, n_test // 2)
+    if n_tune_in < config.n_tune:
+        logger.warning("n_tune %d reduced to %d: half of the %d in-distribution test images", config.n_tune,
+                       n_tune_in, n_test)
+    perm = rng.permutation(n_test)
+    tune_in, eval_in = np.sort(perm[:n_tune_in]), np.sort(perm[n_tune_in:])
+    protocol: dict = {
+        "in_distribution_tuning": f"{n_tune_in} random images of the in-distribution test split (seed {config.seed}), "
+                                  "excluded from the evaluation",
+    }
+    if config.tune_on_test_ood:
+        n_tune_out = min(config.n_tune, inp.ood.n // 2)
+        perm_out = rng.permutation(inp.ood.n)
+        tune_out, eval_out = np.sort(perm_out[:n_tune_out]), np.sort(perm_out[n_tune_out:])
+        val_out = inp.ood
+        protocol.update(name="test OOD (paper protocol, Lee et al. 2018)", tuned_on_test_ood=True,
+                        ood_tuning=f"{n_tune_out} random images of the test OOD set {config.ood}, excluded from the "
+                                   "evaluation")
+    else:
+        eval_out = np.arange(inp.ood.n)
+        val_images, ood_tuning, eval_in = _validation_ood(config, inp, eval_in)
+        val_out = inp.device_data(val_images)
+        tune_out = _subset(rng, val_out.n, config.n_tune)
+        protocol.update(name=f"validation ({_ood_name(config.ood_val)})", tuned_on_test_ood=False,
+                        ood_tuning=ood_tuning)
+    if config.detector not in ("odin", "mahalanobis"):
+        protocol["note"] = f"{config.detector} has no tuned hyper-parameters; the same evaluation split is used"
+    eval_in = eval_in[_subset(rng, eval_in.size, config.max_samples)]
+    eval_out = eval_out[_subset(rng, eval_out.size, config.max_samples)]
+    protocol["criterion"] = "lowest FPR at 95% TPR on the tuning data (ties: detection error, AUROC, grid order)"
+    if config.max_samples is not None:
+        protocol["max_samples"] = f"evaluation on at most {config.max_samples} random samples per side"
+    return _Split(tune_in, tune_out, val_out, eval_in, eval_out, protocol)
+
+
+# Each detector returns (score_in, score_out, params, tuning) and may add its grid to split.protocol.
+
+
+def _score_fixed(config: OODConfig, inp: _Inputs, split: _Split, say) -> tuple:
+    """MSP or energy: scores of the logits, nothing to tune."""
+    bs = config.batch_size
+    e_in, e_out = torch.from_numpy(split.eval_in), torch.from_numpy(split.eval_out)
+    if config.detector == "msp":
+        say("scoring (MSP)")
+        score, params = msp_score, {}
+    else:
+        say("scoring (energy)")
+        t = config.energy_temperature
+        score, params = (lambda logits: energy_score(logits, t)), {"temperature": t}
+    score_in = score(_logits(inp.model, inp.test, e_in, bs)).double().numpy()
+    score_out = score(_logits(inp.model, inp.ood, e_out, bs)).double().numpy()
+    return score_in, score_out, params, []
+
+
+def _run_odin(config: OODConfig, inp: _Inputs, split: _Split, say) -> tuple:
+    """Tune ODIN's (temperature, epsilon) on the tuning data, then score the evaluation data with the best."""
+    # looked up on the package at call time so that patching activecrl.ood.odin_score_grid (tests) takes effect
+    from . import odin_score_grid
+
+    bs = config.batch_size
+    model, tune_in, tune_out = inp.model, split.tune_in, split.tune_out
+    grid = list(itertools.product(config.temperatures, config.epsilons))
+    split.protocol["grid"] = {"temperature": list(config.temperatures), "epsilon": list(config.epsilons)}
+    say(f"tuning ODIN over {len(grid)} settings on {len(tune_in)} + {len(tune_out)} images")
+    s_in = odin_score_grid(model, inp.test, torch.from_numpy(tune_in), grid, batch_size=bs)
+    s_out = odin_score_grid(model, split.val_out, torch.from_numpy(tune_out), grid, batch_size=bs)
+    tuning = [{"params": {"temperature": t, "epsilon": e}, "metrics": ood_metrics(a, b)}
+              for (t, e), a, b in zip(grid, s_in, s_out)]
+    best = tuning[select_best(tuning)]["params"]
+    say(f"scoring (ODIN T={best['temperature']:g}, eps={best['epsilon']:g})")
+    setting = [(best["temperature"], best["epsilon"])]
+    score_in = odin_score_grid(model, inp.test, torch.from_numpy(split.eval_in), setting, batch_size=bs)[0]
+    score_out = odin_score_grid(model, inp.ood, torch.from_numpy(split.eval_out), setting, batch_size=bs)[0]
+    return score_in, score_out, dict(best), tuning
+
+
+def _tune_mahalanobis(config: OODConfig, g_in: dict, g_out: dict, combine: bool) -> list[dict]:
+    """Tuning metrics per epsilon of the per-layer tuning scores ``g_in`` / ``g_out`` ({eps: (n, L)}).
+
+    With several layers the combiner is fitted on one half of the tuning data and epsilon judged on
+    the other half, so the choice is not flattered by the combiner's own fit.
+    """
+    n_in, n_out = len(next(iter(g_in.values()))), len(next(iter(g_out.values())))
+    if combine:
+        ha = np.random.default_rng(config.seed).permutation(n_in) < n_in // 2
+        hb = np.random.default_rng(config.seed + 1).permutation(n_out) < n_out // 2
+    tuning = []
+    for e in config.epsilons:
+        e = float(e)
+        if combine:
+            lr = _fit_combiner(g_in[e][ha], g_out[e][hb], config.seed)
+            m = ood_metrics(lr.decision_function(g_in[e][~ha]), lr.decision_function(g_out[e][~hb]))
+        else:
+            m = ood_metrics(g_in[e][:, 0], g_out[e][:, 0])
+        tuning.append({"params": {"epsilon": e}, "metrics": m})
+    return tuning
+
+
+def _run_mahalanobis(config: OODConfig, inp: _Inputs, split: _Split, say) -> tuple:
+    """Fit class Gaussians on the training split, tune epsilon (and the layer combiner), then score."""
+    bs = config.batch_size
+    scorer = MahalanobisScorer(inp.model, "all" if config.feature_ensemble else "penultimate")
+    say("fitting class means and tied covariance on the training split")
+    scorer.fit(inp.device_data(inp.dataset.train_images, inp.dataset.train_labels), batch_size=max(bs, 512))
+    split.protocol["grid"] = {"epsilon": list(config.epsilons)}
+    tune_in, tune_out = split.tune_in, split.tune_out
+    say(f"tuning Mahalanobis over {len(config.epsilons)} epsilons on {len(tune_in)} + {len(tune_out)} images")
+    g_in = scorer.score_grid(inp.test, torch.from_numpy(tune_in), config.epsilons, batch_size=bs)
+    g_out = scorer.score_grid(split.val_out, torch.from_numpy(tune_out), config.epsilons, batch_size=bs)
+    combine = scorer.n_layers_ > 1
+    if combine:
+        split.protocol["combiner"] = ("logistic regression on standardised per-layer scores, fitted on half of the "
+                                      "tuning data (epsilon chosen on the other half), then refitted on all of it")
+    tuning = _tune_mahalanobis(config, g_in, g_out, combine)
+    eps = tuning[select_best(tuning)]["params"]["epsilon"]
+    params = {"epsilon": eps, "layers": "all feature maps" if combine else "penultimate",
+              "n_layers": scorer.n_layers_}
+    say(f"scoring (Mahalanobis eps={eps:g})")
+    l_in = scorer.score_grid(inp.test, torch.from_numpy(split.eval_in), [eps], batch_size=bs)[eps]
+    l_out = scorer.score_grid(inp.ood, torch.from_numpy(split.eval_out), [eps], batch_size=bs)[eps]
+    if not combine:
+        return l_in[:, 0], l_out[:, 0], params, tuning
+    lr = _fit_combiner(g_in[eps], g_out[eps], config.seed)  # refit on all the tuning data
+    params["combiner_weights"] = lr[-1].coef_.ravel().tolist()
+    return lr.decision_function(l_in), lr.decision_function(l_out), params, tuning
+
+
+_DETECTOR_RUNS = {"msp": _score_fixed, "energy": _score_fixed, "odin": _run_odin, "mahalanobis": _run_mahalanobis}
+
+
+def _run_info(config: OODConfig, inp: _Inputs) -> dict:
+    """The run that was scored (for report.py's tables), plus the OOD set's name."""
+    run_cfg = inp.run_cfg
+    train = run_cfg.get("train", {}) if isinstance(run_cfg.get("train"), dict) else {}
+    return {
+        "run": str(config.run),
+        "dataset": inp.info.get("dataset") or inp.ds_spec,
+        "dataset_spec": inp.ds_spec,
+        "model": inp.info.get("model"),
+        "trainer": run_cfg.get("trainer"),
+        "method": run_cfg.get("method", "plain"),
+        "crl_weight": train.get("crl_weight"),
+        "rank_target": train.get("rank_target"),
+        "epochs": train.get("epochs"),
+        "seed": train.get("seed"),
+        "ood_set": _ood_name(config.ood),
+        "ood_spec": str(config.ood),
+        "config": run_cfg,
+    }
+
+
+def run_ood(config: OODConfig, *, progress: Callable[[str], None] | None = None) -> OODResult:
+    """Score the run's in-distribution test split and the OOD set with ``config.detector``."""
+    say = progress or (lambda msg: None)
+    start = time.perf_counter()
+    inp = _load(config, say)
+    split = _split(config, inp)
+    score_in, score_out, params, tuning = _DETECTOR_RUNS[config.detector](config, inp, split, say)
+    metrics = ood_metrics(score_in, score_out)
+    run_info = _run_info(config, inp)
+    logger.info("%s on %s vs %s: %s", config.detector, run_info["dataset"], run_info["ood_set"], metrics)
+    return OODResult(config, metrics, np.asarray(score_in, np.float64), np.asarray(score_out, np.float64),
+                     split.eval_in, split.eval_out, params, split.protocol, tuning, run_info,
+                     time.perf_counter() - start)
+
+
+def save_ood(result: OODResult, out: Path | str, *, overwrite: bool = False) -> Path:
+    """Write ``scores.npz`` and ``ood.json`` (last: its presence marks a finished run) into ``out``."""
+    out = prepare_out_dir(Path(out), marker="ood.json", overwrite=overwrite)
+    atomic_savez(out / "scores.npz", score_in=result.score_in, score_out=result.score_out,
+                 index_in=result.index_in, index_out=result.index_out)
+    atomic_write_json(out / "ood.json", to_jsonable(result.to_json()))
+    return out
+
+
+def read_ood(run_dir: Path | str) -> dict:
+    import json
+
+    path = Path(run_dir) / "ood.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no ood.json; pass the --out folder of a finished `activecrl ood` run")
+    return json.loads(path.read_text())
