@@ -373,7 +373,11 @@ def list_registered():
     from .models import MODELS
     from .trainers import TRAINERS
 
-    rows = [("datasets", DATASETS.names()), ("models", MODELS.names()), ("trainers", TRAINERS.names())]
+    from .methods import METHODS
+    from .ood import DETECTORS
+
+    rows = [("datasets", DATASETS.names()), ("models", MODELS.names()), ("trainers", TRAINERS.names()),
+            ("train --method", list(METHODS)), ("ood --detector", list(DETECTORS))]
     try:
         from strategies import STRATEGIES
 
