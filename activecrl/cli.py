@@ -38,8 +38,14 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                      help="Print the version and exit.")):
+                                      help="Print the version and exit."),
+         threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                               help="CPU threads for torch (1 is fastest on a busy, shared CPU)")):
     """Deep active learning with confidence-aware training (CRL, Moon et al. 2020)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _setup_logging(verbose: bool) -> None:

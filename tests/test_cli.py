@@ -110,3 +110,13 @@ def test_error_messages_keep_brackets(tmp_path, capsys):
     finally:
         cli.app = original
     assert "[nan, nan]" in capsys.readouterr().out
+
+
+def test_threads_option_sets_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        _ok(runner.invoke(app, ["--threads", "1", "list"]))
+        assert torch.get_num_threads() == 1
+        assert runner.invoke(app, ["--threads", "0", "list"]).exit_code != 0
+    finally:
+        torch.set_num_threads(before)
