@@ -172,7 +172,7 @@ def run(
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
-    """Run an active-learning experiment. With no options: a one-minute offline demo on digits."""
+    """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
     from .config import load_toml, merge
     from .loop import ALConfig, load_saved_config, run_active_learning
     from .results import load_run, plot_curves
