@@ -105,7 +105,7 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     ``config.method`` other than ``plain`` (or ``temperature_scaling``) runs the comparison
     method in ``activecrl.methods.train_and_evaluate_method``.
     """
-    from .data import device_split, load_dataset
+    from .data import device_splits, load_dataset
     from .models import build_model
 
     if config.method != "plain" or config.temperature_scaling or config.trainer == "aleatoric":
@@ -117,9 +117,7 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     trainer = build_trainer(config.trainer, config.train)  # validates the name before any work
-    channels_last = config.train.channels_last
-    train_data = device_split(dataset, "train", device, channels_last=channels_last)
-    test_data = device_split(dataset, "test", device, channels_last=channels_last)
+    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
 
     seed_everything(config.train.seed)
     model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,

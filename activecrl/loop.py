@@ -180,7 +180,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
     from strategies import get_strategy
 
-    from .data import device_split, load_dataset
+    from .data import device_splits, load_dataset
     from .models import MODELS, build_model
 
     out = Path(out_dir)
@@ -201,9 +201,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     n_train = dataset.n_train
     if config.initial > n_train:
         raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
-    channels_last = config.train.channels_last
-    train_data = device_split(dataset, "train", device, channels_last=channels_last)
-    test_data = device_split(dataset, "test", device, channels_last=channels_last)
+    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
     def new_model():

@@ -330,7 +330,7 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
     Returns a ``TrainRunResult`` whose ``method_info`` (written to metrics.json as ``method``)
     says what was done: snapshot epochs, member seeds, MC samples, fitted temperature, ...
     """
-    from .data import device_split, load_dataset
+    from .data import device_splits, load_dataset
     from .experiment import TrainRunResult, model_info_for
     from .models import build_model
 
@@ -349,9 +349,7 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
     configure_backends(device)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    channels_last = config.train.channels_last
-    train_data = device_split(dataset, "train", device, channels_last=channels_last)
-    test_data = device_split(dataset, "test", device, channels_last=channels_last)
+    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
 
     info: dict = {"name": method}
     fit_idx = holdout_idx = None

@@ -22,7 +22,7 @@ Where things live (import from ``activecrl.data``; the submodules are an impleme
 - ``folders.py``  ImageFolder directories and tar archives: safe member checks, parallel
   decoding, ``load_image_folder``.
 - ``builtin.py``  the ``DATASETS`` registry, the digits/CIFAR/SVHN loaders, ``load_dataset``.
-- ``device.py``   ``DeviceData`` and ``device_split``.
+- ``device.py``   ``DeviceData``, ``device_split`` and ``device_splits``.
 
 Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dataset``;
 ``device`` -> ``dataset``), so there are no cycles.
@@ -31,7 +31,7 @@ Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dat
 from .builtin import DATASETS, cifar10, cifar100, digits, load_dataset, svhn
 from .cache import default_data_dir
 from .dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
-from .device import DeviceData, device_split
+from .device import DeviceData, device_split, device_splits
 from .folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "DeviceData",
     "default_data_dir",
     "device_split",
+    "device_splits",
     "load_dataset",
     "load_image_folder",
     "IMAGE_EXTENSIONS",

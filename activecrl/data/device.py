@@ -235,3 +235,10 @@ def device_split(dataset: ImageDataset, split: str, device: str | torch.device,
         raise ConfigError(f"split must be 'train' or 'test', got {split!r} instead")
     return DeviceData(images, labels, dataset.mean, dataset.std, augment=augment, device=device,
                       channels_last=channels_last, pad=pad)
+
+
+def device_splits(dataset: ImageDataset, device: str | torch.device,
+                  channels_last: bool = False) -> tuple[DeviceData, DeviceData]:
+    """``(train, test)`` ``DeviceData`` of ``dataset``: the pair every training run needs."""
+    return (device_split(dataset, "train", device, channels_last=channels_last),
+            device_split(dataset, "test", device, channels_last=channels_last))
