@@ -542,3 +542,16 @@ def test_user_strategy_from_entry_point(user_module, tmp_path, monkeypatch):
         assert s.query(ctx, 2, np.random.default_rng(0)).tolist() == ctx.pool.indices[-2:].tolist()
     finally:
         STRATEGIES.unregister("last_k_plugin")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_coreset_matches_cpu():
+    from strategies.coreset import k_center_greedy
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(8, 32, generator=g) * 10
+    pool = centers[torch.randint(0, 8, (3000,), generator=g)] + torch.randn(3000, 32, generator=g)
+    labeled = pool[:50] + 0.01
+    cpu = k_center_greedy(pool, labeled, 100, np.random.default_rng(0), device="cpu")
+    gpu = k_center_greedy(pool, labeled, 100, np.random.default_rng(0), device="cuda")
+    assert set(cpu.tolist()) == set(gpu.tolist())

@@ -151,3 +151,20 @@ def test_weights_blowing_up_on_the_last_step_are_caught(blobs):
         LastStepNaN(TrainConfig(epochs=1, batch_size=32)).fit(_model(blobs), device_split(blobs, "train", "cpu"))
     with pytest.raises(ConfigError, match="seed must be"):
         TrainConfig(seed=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile_", [False, True])
+def test_cuda_fit_bf16_channels_last(blobs, compile_):
+    """The GPU path: device-resident data, on-device batches, bf16 autocast, optional compile."""
+    from activecrl.inference import predict
+
+    train, test = device_split(blobs, "train", "cuda", channels_last=True), device_split(blobs, "test", "cuda")
+    trainer = CRLTrainer(TrainConfig(epochs=6, batch_size=32, lr=0.05, seed=1, compile=compile_))
+    model = _model(blobs)
+    trainer.fit(model, train)
+    assert trainer.history_.counts.device.type == "cuda"
+    assert trainer.history_.seen.sum().item() == 6 * 120
+    out = predict(model, test, features=True)
+    assert out.logits.device.type == "cpu" and out.features.shape == (60, model.feature_dim)
+    assert (out.logits.argmax(1) == blobs.test_labels).float().mean().item() > 0.8
