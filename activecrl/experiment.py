@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,11 +20,9 @@ from torch import nn
 from . import __version__
 from .config import from_dict
 from .errors import ConfigError, DataError
-from .inference import predict
 from .io import atomic_savez, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
-from .metrics import classification_metrics
-from .runtime import configure_backends, resolve_device, seed_everything
-from .trainers import EpochInfo, TrainConfig, build_trainer
+from .runtime import resolve_device
+from .trainers import EpochInfo, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,40 +99,13 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
                        progress: Callable[[EpochInfo], None] | None = None) -> TrainRunResult:
     """Train ``config.model`` with ``config.trainer`` on the training split; evaluate on test.
 
-    ``config.method`` other than ``plain`` (or ``temperature_scaling``) runs the comparison
-    method in ``activecrl.methods.train_and_evaluate_method``.
+    One code path serves the plain run and the comparison methods (``config.method``, temperature
+    scaling): ``activecrl.methods.train_and_evaluate_method``, where ``plain`` is one member
+    trained once and scored by its max softmax probability.
     """
-    from .data import device_splits, load_dataset
-    from .models import build_model
+    from .methods import train_and_evaluate_method
 
-    if config.method != "plain" or config.temperature_scaling or config.trainer == "aleatoric":
-        from .methods import train_and_evaluate_method
-
-        return train_and_evaluate_method(config, dataset=dataset, progress=progress)
-    device = resolve_device(config.device)
-    configure_backends(device)
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    trainer = build_trainer(config.trainer, config.train)  # validates the name before any work
-    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
-
-    seed_everything(config.train.seed)
-    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                        image_size=dataset.image_size, dropout=config.dropout)
-    logger.info("training %s with %s on %s (%d images, device %s)", config.model, config.trainer,
-                dataset.name, dataset.n_train, device)
-    fit = trainer.fit(model, train_data, progress=progress)
-
-    start = time.perf_counter()
-    outputs = predict(model, test_data, batch_size=config.eval_batch_size, features=False)
-    logits = outputs.logits.numpy()
-    probs = torch.softmax(outputs.logits.double(), dim=1).numpy()
-    labels = dataset.test_labels[outputs.indices].numpy()
-    conf = probs.max(axis=1)
-    metrics = classification_metrics(probs, labels, conf)
-    eval_seconds = time.perf_counter() - start
-    return TrainRunResult(config, model, metrics, probs.astype(np.float32), logits, labels, conf,
-                          fit.train_seconds, eval_seconds, model_info_for(dataset, config.model, config.dropout))
+    return train_and_evaluate_method(config, dataset=dataset, progress=progress)
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:

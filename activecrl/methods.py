@@ -325,7 +325,7 @@ def _offset_progress(progress, member: int, members: int):
 
 
 def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[EpochInfo], None] | None = None):
-    """``train_and_evaluate`` for ``config.method`` != ``plain`` or with temperature scaling.
+    """Train and evaluate ``config.method`` (``plain`` included), optionally temperature-scaled.
 
     Returns a ``TrainRunResult`` whose ``method_info`` (written to metrics.json as ``method``)
     says what was done: snapshot epochs, member seeds, MC samples, fitted temperature, ...
