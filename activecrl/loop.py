@@ -30,6 +30,7 @@ from .config import from_dict
 from .errors import ConfigError
 from .inference import predict
 from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .outputs import PoolOutputs
 from .runtime import configure_backends, resolve_device, seed_everything
@@ -37,9 +38,6 @@ from .trainers import EpochInfo, TrainConfig, build_trainer
 
 logger = logging.getLogger(__name__)
 
-# Dropout rate put before the classifier when a strategy needs stochastic passes and the user
-# set none (0.3 is a common choice for MC dropout heads; the paper does not state its rate).
-DEFAULT_MC_DROPOUT = 0.3
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"

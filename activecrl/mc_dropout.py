@@ -53,8 +53,13 @@ from .inference import predict
 logger = logging.getLogger(__name__)
 
 __all__ = ["MCDropoutStats", "mc_dropout_stats", "dropout_only_train", "seeded", "active_dropouts",
-           "dropout_only_in_head", "check_n_samples"]
+           "dropout_only_in_head", "check_n_samples", "DEFAULT_MC_DROPOUT"]
 
+
+# The dropout rate put before the classifier when MC sampling needs dropout and the user set
+# none (0.3 is a common rate for MC-dropout heads; the paper does not state its rate). Used by
+# the active-learning loop (mc_dropout/bald strategies) and by `train --method mc_dropout|aleatoric`.
+DEFAULT_MC_DROPOUT = 0.3
 
 @dataclass
 class MCDropoutStats:
@@ -180,7 +185,8 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
         rates = [m.p for m in model.modules() if isinstance(m, _DropoutNd)]
         raise ConfigError(
             f"MC dropout needs a model with dropout before its classifier, got dropout rate "
-            f"{max(rates, default=0.0):g}; train with --dropout 0.3 (build_model(..., dropout=0.3))"
+            f"{max(rates, default=0.0):g}; train with --dropout {DEFAULT_MC_DROPOUT} "
+            f"(build_model(..., dropout={DEFAULT_MC_DROPOUT}))"
         )
     if logit_noise and not (isinstance(getattr(model, "log_var_head", None), nn.Module)
                             and isinstance(getattr(model, "classifier", None), nn.Module)

@@ -62,7 +62,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .inference import predict
-from .mc_dropout import dropout_only_train, mc_dropout_stats
+from .mc_dropout import DEFAULT_MC_DROPOUT, dropout_only_train, mc_dropout_stats
 from .metrics import classification_metrics
 from .runtime import configure_backends, resolve_device, seed_everything
 from .trainers import TRAINERS, EpochInfo, Trainer, TrainConfig, build_trainer, register_trainer
@@ -79,7 +79,6 @@ __all__ = [
 ]
 
 METHODS = ("plain", "mc_dropout", "aleatoric", "aes", "ensemble")
-DEFAULT_MC_DROPOUT = 0.3  # dropout rate used by mc_dropout / aleatoric when --dropout is not given
 VARIANCE_KINDS = ("sample", "class")
 _MC_METHODS = ("mc_dropout", "aleatoric")
 
