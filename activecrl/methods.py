@@ -323,6 +323,13 @@ def _offset_progress(progress, member: int, members: int):
     return report
 
 
+def _with_states(model: nn.Module, states: list[dict]):
+    """``model`` with each of ``states`` loaded in turn (snapshots without holding k models)."""
+    for state in states:
+        model.load_state_dict(state)
+        yield model
+
+
 def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[EpochInfo], None] | None = None):
     """Train and evaluate ``config.method`` (``plain`` included), optionally temperature-scaled.
 
@@ -402,19 +409,13 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
             return mc_dropout_probs(models[0], data, indices, n_samples=config.mc_samples,
                                     seed=config.train.seed, batch_size=bs,
                                     logit_noise=method == "aleatoric"), None
-        if method == "aes":
-            scratch = copy.deepcopy(models[0])
-            total = None
-            for state in snapshot_states:
-                scratch.load_state_dict(state)
-                p = torch.softmax(predict(scratch, data, indices, batch_size=bs, features=False).logits.double(), 1)
-                total = p if total is None else total + p
-            return (total / len(snapshot_states)).numpy(), None
-        total = None  # ensemble
-        for model in models:
+        # AES averages its snapshots (loaded one at a time into a scratch copy), an ensemble its members
+        members = _with_states(copy.deepcopy(models[0]), snapshot_states) if method == "aes" else models
+        total, count = None, 0
+        for model in members:
             p = torch.softmax(predict(model, data, indices, batch_size=bs, features=False).logits.double(), 1)
-            total = p if total is None else total + p
-        return (total / len(models)).numpy(), None
+            total, count = (p if total is None else total + p), count + 1
+        return (total / count).numpy(), None
 
     probs, logits = predictive(test_data)
     if logits is None:
