@@ -398,6 +398,38 @@ def list_registered():
     console.print(table)
 
 
+@app.command()
+def pretrain(
+    dataset: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"),
+    out: Path = typer.Option(..., help="folder for embeddings.npy, test_embeddings.npy, encoder.pt, config.json"),
+    model: str = typer.Option("small_cnn", help="registered model whose body becomes the encoder"),
+    epochs: int = typer.Option(20, help="SimCLR passes over the training images"),
+    batch_size: int = typer.Option(512, help="images per batch (two views each)"),
+    lr: float = typer.Option(0.4, help="SGD learning rate, cosine-decayed"),
+    temperature: float = typer.Option(0.1, help="NT-Xent temperature"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (else $ACTIVECRL_DATA, else ~/.cache/activecrl)"),
+    overwrite: bool = typer.Option(False, help="replace the embeddings already in --out"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Self-supervised (SimCLR) embeddings of every training image, for `activecrl run --embeddings`."""
+    from .pretrain import PretrainConfig, pretrain as run_pretrain
+
+    _setup_logging(verbose)
+    config = PretrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                            temperature=temperature, seed=seed, device=device,
+                            data_dir=str(data_dir) if data_dir else None)
+    with _epoch_progress(f"SimCLR {model}", epochs) as on_epoch:
+        result = run_pretrain(config, out, overwrite=overwrite, progress=on_epoch)
+    n, d = result.embeddings.shape
+    console.print(f"{n} x {d} embeddings (L2-normalised) in [bold]{out / 'embeddings.npy'}[/] "
+                  f"({result.train_seconds:.0f}s)")
+    if result.knn_accuracy is not None:
+        console.print(f"{config.knn_k}-NN test accuracy on the embeddings: {result.knn_accuracy * 100:.2f}% "
+                      f"(same encoder untrained: {result.knn_accuracy_init * 100:.2f}%)")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one red line instead of a traceback."""
     try:
