@@ -159,6 +159,10 @@ def run(
     seed: Optional[int] = typer.Option(None, help="base seed"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     pool_subset: Optional[int] = typer.Option(None, help="score only this many random pool samples per stage"),
+    embeddings: Optional[str] = typer.Option(None, help="`activecrl pretrain` folder or .npy (n_train, d) for "
+                                             "typiclust/probcover and --initial-strategy"),
+    initial_strategy: Optional[str] = typer.Option(None, help="seed set: random (default) | typiclust | probcover "
+                                                   "(these two need --embeddings)"),
     dropout: Optional[float] = typer.Option(None, help="dropout before the classifier (MC dropout default 0.3)"),
     rank_target: Optional[str] = typer.Option(None, help="CRL confidence: softmax | entropy | margin"),
     batch_size: Optional[int] = typer.Option(None, help="mini-batch size"),
@@ -180,6 +184,7 @@ def run(
     _setup_logging(verbose)
     experiment = dict(dataset=dataset, model=model, trainer=trainer, strategy=strategy, initial=initial,
                       budget=budget, stages=stages, trials=trials, seed=seed, pool_subset=pool_subset,
+                      embeddings=embeddings, initial_strategy=initial_strategy,
                       dropout=dropout, warm_start=warm_start, deterministic=deterministic, config=config,
                       train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None) or None)
     if resume:

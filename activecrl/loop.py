@@ -27,6 +27,7 @@ import torch
 
 from . import __version__
 from .config import from_dict
+from .embeddings import load_embeddings
 from .errors import ConfigError
 from .inference import predict
 from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
+#: seed-set choices: random, or a strategy that needs no model, run on the --embeddings
+INITIAL_STRATEGIES = ("random", "typiclust", "probcover")
 
 
 def _al_train_config() -> TrainConfig:
@@ -72,6 +75,11 @@ class ALConfig:
     data_dir: str | None = None
     download: bool = True
     eval_batch_size: int = 1024
+    embeddings: str | None = field(default=None, metadata={"help": (
+        "an `activecrl pretrain` folder or a .npy of shape (n_train, d): embeddings for the strategies "
+        "that select by typicality/coverage (typiclust, probcover) and for --initial-strategy")})
+    initial_strategy: str = field(default="random", metadata={"help": (
+        "how the seed set is chosen: random | typiclust | probcover (the last two need --embeddings)")})
     train: TrainConfig = field(default_factory=_al_train_config)
 
     def __post_init__(self):
@@ -91,6 +99,16 @@ class ALConfig:
                               f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
+        if self.initial_strategy not in INITIAL_STRATEGIES:
+            raise ConfigError(f"initial_strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got "
+                              f"{self.initial_strategy!r} instead")
+        if self.initial_strategy != "random" and self.embeddings is None:
+            # before the first stage there is no model whose features could stand in
+            raise ConfigError(f"--initial-strategy {self.initial_strategy} picks the seed set from embeddings, "
+                              f"got no --embeddings instead; run `activecrl pretrain --out DIR` and pass "
+                              f"--embeddings DIR, or use --initial-strategy random")
+        if self.embeddings is not None and not isinstance(self.embeddings, str):
+            self.embeddings = str(self.embeddings)
 
     def to_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self))
@@ -200,6 +218,15 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     n_train = dataset.n_train
     if config.initial > n_train:
         raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
+    embeddings, embeddings_info = None, None
+    if config.embeddings is not None:  # loaded once, checked before anything is written
+        embeddings, embeddings_info = load_embeddings(config.embeddings, n_train)
+        if resume:
+            _check_same_embeddings(out, embeddings_info)
+    seed_strategy = None if config.initial_strategy == "random" else get_strategy(config.initial_strategy)
+
+    def seed_set(trial: int) -> np.ndarray:
+        return _seed_set(config, trial, n_train, seed_strategy, embeddings)
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
@@ -216,7 +243,8 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE)
         atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                              "n_train": n_train, **config.to_dict()})
+                                              "n_train": n_train, "embeddings_fingerprint": embeddings_info,
+                                              **config.to_dict()})
 
     records = read_records(out)
     done = {(r["trial"], r["stage"]) for r in records}
@@ -224,10 +252,10 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     for trial in range(config.trials):
         cb.trial_start(trial, config.trials)
         trial_seed = config.seed + trial
-        labeled = _labeled_after(records, trial, config, n_train)
+        labeled = _labeled_after(records, trial, config, n_train, seed_set=seed_set)
         for stage in range(config.stages):
             if (trial, stage) in done:
-                labeled = _labeled_after(records, trial, config, n_train, through_stage=stage)
+                labeled = _labeled_after(records, trial, config, n_train, through_stage=stage, seed_set=seed_set)
                 continue
             if len(labeled) == 0:
                 break
@@ -256,7 +284,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
                 if config.pool_subset is not None and config.pool_subset < len(pool):
                     pool = np.sort(rng.choice(pool, config.pool_subset, replace=False))
                 cb.query_start(trial, stage, len(pool))
-                queried = _query(strategy, model, train_data, pool, labeled, config, rng, device)
+                queried = _query(strategy, model, train_data, pool, labeled, config, rng, device, embeddings)
                 query_seconds = time.perf_counter() - start
             record = {"trial": trial, "seed": trial_seed, "stage": stage, "n_labeled": int(len(labeled)),
                       **metrics, "train_seconds": fit.train_seconds, "query_seconds": query_seconds,
@@ -277,15 +305,24 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     return read_records(out)
 
 
-def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> np.ndarray:
+def _embedding_rows(embeddings, pool: np.ndarray, labeled: np.ndarray) -> dict:
+    """QueryContext fields with the --embeddings rows of the pool and of the labeled set, in their order."""
+    if embeddings is None:
+        return {}
+    return {"embeddings": torch.from_numpy(embeddings[pool]),
+            "labeled_embeddings": torch.from_numpy(embeddings[labeled])}
+
+
+def _query(strategy, model, train_data, pool, labeled, config, rng, device, embeddings=None) -> np.ndarray:
     from strategies import QueryContext
 
     budget = min(config.budget, len(pool))
     if budget == 0:
         return np.empty(0, dtype=np.int64)
+    extra = _embedding_rows(embeddings, pool, labeled)
     if not strategy.needs_model_outputs:  # e.g. random: no forward pass at all
         context = QueryContext(pool=PoolOutputs(torch.from_numpy(pool), torch.empty(len(pool), 0)),
-                               device=device, batch_size=config.eval_batch_size)
+                               device=device, batch_size=config.eval_batch_size, **extra)
         return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
     # one forward pass: pool rows first, then (for feature-based strategies) the labeled rows
     rows = np.concatenate([pool, labeled]) if strategy.needs_features else pool
@@ -295,7 +332,7 @@ def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> n
     pool_out = outputs.subset(torch.arange(n))
     labeled_out = outputs.subset(torch.arange(n, len(rows))) if strategy.needs_features else None
     context = QueryContext(pool=pool_out, labeled=labeled_out, model=model, data=train_data, device=device,
-                           batch_size=config.eval_batch_size)
+                           batch_size=config.eval_batch_size, **extra)
     return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
 
 
@@ -308,12 +345,31 @@ def _checked(strategy, picked, pool: np.ndarray, budget: int) -> np.ndarray:
     return np.sort(picked)
 
 
+def _seed_set(config: ALConfig, trial: int, n_train: int, strategy=None, embeddings=None) -> np.ndarray:
+    """The seed set of ``trial``: random, or ``strategy`` on the embeddings of the whole split.
+
+    Both draw from ``stage_rng(seed, trial, -1)``, so a resumed run rebuilds the same set.
+    """
+    from strategies import QueryContext
+
+    rng = stage_rng(config.seed, trial, -1)
+    if strategy is None:
+        return np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
+    everything = np.arange(n_train)
+    context = QueryContext(pool=PoolOutputs(torch.from_numpy(everything), torch.empty(n_train, 0)),
+                           **_embedding_rows(embeddings, everything, np.empty(0, dtype=np.int64)))
+    picked = strategy.query(context, config.initial, rng)
+    return _checked(strategy, picked, everything, config.initial)
+
+
 def _labeled_after(records: list[dict], trial: int, config: ALConfig, n_train: int,
-                   through_stage: int | None = None) -> np.ndarray:
+                   through_stage: int | None = None, seed_set=None) -> np.ndarray:
     """Labeled set at the start of ``through_stage + 1`` (or the seed set), rebuilt from records."""
     mine = sorted((r for r in records if r["trial"] == trial), key=lambda r: r["stage"])
     if mine and "initial" in mine[0]:
         labeled = np.asarray(mine[0]["initial"], dtype=np.int64)
+    elif seed_set is not None:
+        labeled = seed_set(trial)
     else:
         rng = stage_rng(config.seed, trial, -1)
         labeled = np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
@@ -341,7 +397,7 @@ def load_saved_config(out: Path | str) -> ALConfig:
     if not path.is_file():
         raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
     saved = json.loads(path.read_text())
-    for key in ("activecrl_version", "dropout_used", "n_train"):
+    for key in ("activecrl_version", "dropout_used", "n_train", "embeddings_fingerprint"):
         saved.pop(key, None)
     return ALConfig.from_dict(saved)
 
@@ -350,3 +406,12 @@ def _check_resume(config: ALConfig, out: Path) -> ALConfig:
     """Resume uses the saved experiment; only where it runs (device, data folder) may change."""
     saved_config = load_saved_config(out)
     return dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir)
+
+
+def _check_same_embeddings(out: Path, info: dict) -> None:
+    """A resumed run must select from the same embeddings its earlier stages used."""
+    saved = json.loads((out / CONFIG_FILE).read_text()).get("embeddings_fingerprint")
+    if saved and (saved.get("sha256"), list(saved.get("shape", []))) != (info["sha256"], info["shape"]):
+        raise ConfigError(f"--embeddings {info['path']} changed since this run started (shape {saved.get('shape')} "
+                          f"-> {info['shape']}, sha256 {saved.get('sha256', '?')[:12]} -> {info['sha256'][:12]}); "
+                          f"restore the original file or start a new run with another --out")

@@ -52,6 +52,9 @@ class QueryContext:
     training-split indices). ``labeled``: the same for the labeled set (core-set needs its
     features), or None. ``model``/``data``/``device``/``batch_size``: for strategies that need
     further passes (MC dropout); ``data`` is a ``DeviceData`` of the training split.
+    ``embeddings``/``labeled_embeddings``: rows of ``activecrl run --embeddings`` (e.g. SimCLR
+    features) for the pool and the labeled set, in their index order, or None when the run has
+    none (strategies then fall back to the model's ``features``).
     """
 
     pool: PoolOutputs
@@ -60,6 +63,8 @@ class QueryContext:
     data: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 1024
+    embeddings: torch.Tensor | None = None
+    labeled_embeddings: torch.Tensor | None = None
 
     def __post_init__(self):
         if not isinstance(self.pool, PoolOutputs):
@@ -73,6 +78,16 @@ class QueryContext:
                 or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r} instead")
         self.batch_size = int(self.batch_size)
+        for name, rows in (("embeddings", len(self.pool)),
+                           ("labeled_embeddings", None if self.labeled is None else len(self.labeled))):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if value.ndim != 2 or (rows is not None and value.shape[0] != rows):
+                raise ConfigError(f"{name} must have shape ({rows if rows is not None else 'n'}, d), one row "
+                                  f"per sample, got {tuple(value.shape)} instead")
+            setattr(self, name, value)
 
 
 class Strategy:
