@@ -223,7 +223,11 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
         embeddings, embeddings_info = load_embeddings(config.embeddings, n_train)
         if resume:
             _check_same_embeddings(out, embeddings_info)
-    seed_strategy = None if config.initial_strategy == "random" else get_strategy(config.initial_strategy)
+    # strategies with a class-count parameter (probcover's purity k-means) default to the dataset's
+    # classes: with --embeddings they see no logits whose width would tell them
+    strategy = _with_class_count(strategy, config.strategy, config.strategy_params, dataset.num_classes)
+    seed_strategy = None if config.initial_strategy == "random" else \
+        _with_class_count(get_strategy(config.initial_strategy), config.initial_strategy, {}, dataset.num_classes)
 
     def seed_set(trial: int) -> np.ndarray:
         return _seed_set(config, trial, n_train, seed_strategy, embeddings)
@@ -305,12 +309,16 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     return read_records(out)
 
 
-def _embedding_rows(embeddings, pool: np.ndarray, labeled: np.ndarray) -> dict:
-    """QueryContext fields with the --embeddings rows of the pool and of the labeled set, in their order."""
-    if embeddings is None:
-        return {}
-    return {"embeddings": torch.from_numpy(embeddings[pool]),
-            "labeled_embeddings": torch.from_numpy(embeddings[labeled])}
+def _with_class_count(strategy, spec, params: dict, n_classes: int):
+    from strategies import get_strategy
+
+    if "n_clusters" in strategy.get_params() and strategy.get_params()["n_clusters"] is None and isinstance(spec, str):
+        return get_strategy(spec, **{**params, "n_clusters": n_classes})
+    return strategy
+
+
+def _indices_only(indices: np.ndarray) -> PoolOutputs:
+    return PoolOutputs(torch.from_numpy(indices), torch.empty(len(indices), 0))
 
 
 def _query(strategy, model, train_data, pool, labeled, config, rng, device, embeddings=None) -> np.ndarray:
@@ -319,10 +327,14 @@ def _query(strategy, model, train_data, pool, labeled, config, rng, device, embe
     budget = min(config.budget, len(pool))
     if budget == 0:
         return np.empty(0, dtype=np.int64)
-    extra = _embedding_rows(embeddings, pool, labeled)
+    if embeddings is not None and getattr(strategy, "uses_embeddings", False):
+        # typiclust/probcover on --embeddings: rows are looked up by index, no forward pass
+        context = QueryContext(pool=_indices_only(pool), labeled=_indices_only(labeled), device=device,
+                               batch_size=config.eval_batch_size, embeddings=embeddings)
+        return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
     if not strategy.needs_model_outputs:  # e.g. random: no forward pass at all
-        context = QueryContext(pool=PoolOutputs(torch.from_numpy(pool), torch.empty(len(pool), 0)),
-                               device=device, batch_size=config.eval_batch_size, **extra)
+        context = QueryContext(pool=_indices_only(pool), device=device, batch_size=config.eval_batch_size,
+                               embeddings=embeddings)
         return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
     # one forward pass: pool rows first, then (for feature-based strategies) the labeled rows
     rows = np.concatenate([pool, labeled]) if strategy.needs_features else pool
@@ -332,7 +344,7 @@ def _query(strategy, model, train_data, pool, labeled, config, rng, device, embe
     pool_out = outputs.subset(torch.arange(n))
     labeled_out = outputs.subset(torch.arange(n, len(rows))) if strategy.needs_features else None
     context = QueryContext(pool=pool_out, labeled=labeled_out, model=model, data=train_data, device=device,
-                           batch_size=config.eval_batch_size, **extra)
+                           batch_size=config.eval_batch_size, embeddings=embeddings)
     return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
 
 
@@ -356,8 +368,7 @@ def _seed_set(config: ALConfig, trial: int, n_train: int, strategy=None, embeddi
     if strategy is None:
         return np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
     everything = np.arange(n_train)
-    context = QueryContext(pool=PoolOutputs(torch.from_numpy(everything), torch.empty(n_train, 0)),
-                           **_embedding_rows(embeddings, everything, np.empty(0, dtype=np.int64)))
+    context = QueryContext(pool=_indices_only(everything), embeddings=embeddings)  # no labels, no model yet
     picked = strategy.query(context, config.initial, rng)
     return _checked(strategy, picked, everything, config.initial)
 

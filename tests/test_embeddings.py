@@ -72,27 +72,94 @@ def test_initial_strategy_validation():
 
 
 def test_embeddings_reach_the_strategy_in_index_order(tmp_path, monkeypatch):
-    """Pool and labeled rows of the context are the --embeddings rows of those indices."""
-    from strategies import get_strategy
+    """The context carries the --embeddings matrix; Strategy.embedding gives the pool's and the labeled set's rows."""
     from strategies import STRATEGIES
 
-    RandomSampling = STRATEGIES.get("random")
-
+    TypiClust = STRATEGIES.get("typiclust")
     ds = make_blobs_dataset(n_train=60, n_test=20)
     table = np.arange(60 * 2, dtype=np.float32).reshape(60, 2)  # row i = (2i, 2i+1)
     seen = []
-    original = RandomSampling.select
+    original = TypiClust.select
 
     def spy(self, context, budget, rng):
-        seen.append(context)
+        seen.append((context, self.embedding(context)))
         return original(self, context, budget, rng)
 
-    monkeypatch.setattr(RandomSampling, "select", spy)
-    records = run_active_learning(ALConfig(**TINY, embeddings=_emb(tmp_path, table)), tmp_path / "run", dataset=ds)
-    (context,) = seen
-    pool = context.pool.indices.numpy()
-    np.testing.assert_array_equal(context.embeddings.numpy()[:, 0], 2 * pool)
-    np.testing.assert_array_equal(context.labeled_embeddings.numpy()[:, 0], 2 * np.asarray(records[0]["initial"]))
+    monkeypatch.setattr(TypiClust, "select", spy)
+    forward = []
+    import activecrl.loop as loop
+
+    real_predict = loop.predict
+    monkeypatch.setattr(loop, "predict", lambda *a, **k: forward.append(k) or real_predict(*a, **k))
+    config = ALConfig(**{**TINY, "strategy": "typiclust", "strategy_params": {"min_cluster_size": 0, "k_nn": 3}},
+                      embeddings=_emb(tmp_path, table))
+    records = run_active_learning(config, tmp_path / "run", dataset=ds)
+    (context, (pool_rows, labeled_rows)), = seen
+    assert context.model is None and all(k.get("features") is False for k in forward)  # no pool forward pass
+    np.testing.assert_array_equal(pool_rows[:, 0], 2 * context.pool.indices.numpy())
+    np.testing.assert_array_equal(labeled_rows[:, 0], 2 * np.asarray(records[0]["initial"]))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["embeddings"].endswith("emb.npy") and saved["embeddings_fingerprint"]["shape"] == [60, 2]
-    assert get_strategy("random")  # the spy did not leak into the registry
+
+
+def _three_blobs(n_per=30, seed=0):
+    """(3 * n_per, 4) embeddings in three tight, far-apart blobs; row i is in blob i % 3."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[10, 0, 0, 0], [0, 10, 0, 0], [0, 0, 10, 0]], dtype=np.float64)
+    return (centres[np.arange(3 * n_per) % 3] + 0.3 * rng.normal(size=(3 * n_per, 4))).astype(np.float32)
+
+
+@pytest.mark.parametrize("initial_strategy", ["typiclust", "probcover"])
+def test_cold_start_seed_set_covers_every_blob(tmp_path, initial_strategy):
+    ds = make_blobs_dataset(n_train=90, n_test=20)
+    table = _three_blobs()
+    config = ALConfig(**{**TINY, "initial": 3, "stages": 1, "trials": 2}, initial_strategy=initial_strategy,
+                      embeddings=_emb(tmp_path, table))
+    records = run_active_learning(config, tmp_path / "run", dataset=ds)
+    for r in records:
+        assert sorted(np.asarray(r["initial"]) % 3) == [0, 1, 2]  # one seed per blob
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["initial_strategy"] == initial_strategy
+
+
+def test_typiclust_seed_is_the_point_nearest_each_blob_centre(tmp_path):
+    ds = make_blobs_dataset(n_train=90, n_test=20)
+    table = _three_blobs()
+    config = ALConfig(**{**TINY, "initial": 3, "stages": 1, "trials": 1}, initial_strategy="typiclust",
+                      embeddings=_emb(tmp_path, table))
+    (record,) = run_active_learning(config, tmp_path / "run", dataset=ds)
+    for i in record["initial"]:
+        members = np.flatnonzero(np.arange(90) % 3 == i % 3)
+        unit = table / np.linalg.norm(table, axis=1, keepdims=True)  # typiclust works on the unit sphere
+        distance = np.linalg.norm(unit[members] - unit[members].mean(0), axis=1)
+        assert distance[members == i][0] <= np.sort(distance)[5]  # typical = dense: among the 20% most central
+
+
+def test_resume_with_a_cold_start_equals_uninterrupted(tmp_path):
+    from tests.test_loop import _Crash
+
+    ds = make_blobs_dataset(n_train=90, n_test=20)
+    cfg = ALConfig(**{**TINY, "strategy": "probcover", "initial": 6, "budget": 6, "stages": 3, "trials": 2},
+                   initial_strategy="typiclust", embeddings=_emb(tmp_path, _three_blobs()))
+    full = run_active_learning(cfg, tmp_path / "full", dataset=ds)
+    for after in (1, 3):  # mid-trial, and before the second trial's seed set was drawn
+        out = tmp_path / f"cut{after}"
+        with pytest.raises(KeyboardInterrupt):
+            run_active_learning(cfg, out, dataset=ds, callbacks=_Crash(after=after))
+        resumed = run_active_learning(ALConfig(device="cpu"), out, dataset=ds, resume=True)
+
+        def strip(rs):
+            return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rs]
+
+        assert strip(resumed) == strip(full)
+
+
+def test_resume_refuses_changed_embeddings(tmp_path):
+    ds = make_blobs_dataset(n_train=60, n_test=20)
+    path = _emb(tmp_path, np.ones((60, 3)))
+    run_active_learning(ALConfig(**{**TINY, "trials": 1, "stages": 1}, embeddings=path), tmp_path / "run", dataset=ds)
+    np.save(path, np.zeros((60, 3)))
+    before = (tmp_path / "run" / "results.jsonl").read_text()
+    with pytest.raises(ConfigError, match="--embeddings .* changed since this run started"):
+        run_active_learning(ALConfig(device="cpu"), tmp_path / "run", dataset=ds, resume=True)
+    assert (tmp_path / "run" / "results.jsonl").read_text() == before
