@@ -120,3 +120,28 @@ def test_threads_option_sets_torch_threads():
         assert runner.invoke(app, ["--threads", "0", "list"]).exit_code != 0
     finally:
         torch.set_num_threads(before)
+
+
+def test_pretrain_then_run_with_embeddings_and_a_cold_start(tmp_path):
+    pre = tmp_path / "pre"
+    text = _ok(runner.invoke(app, ["pretrain", "--dataset", "digits", "--epochs", "1", "--batch-size", "128",
+                                   "--device", "cpu", "--out", str(pre)]))
+    assert "1347 x 128 embeddings" in text and "20-NN test accuracy" in text
+    assert np.load(pre / "embeddings.npy").shape == (1347, 128)
+    out = tmp_path / "al"
+    _ok(runner.invoke(app, ["run", "--dataset", "digits", "--strategy", "typiclust", "--embeddings", str(pre),
+                            "--initial-strategy", "probcover", "--initial", "20", "--budget", "20", "--stages", "2",
+                            "--epochs", "1", "--trials", "1", "--device", "cpu", "--out", str(out)]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["initial_strategy"] == "probcover" and config["embeddings"] == str(pre)
+    assert config["embeddings_fingerprint"]["shape"] == [1347, 128]
+    # bad input: a clear error in flag words, nothing written
+    for args, message in ((["--embeddings", str(tmp_path)], "without it"),
+                          (["--initial-strategy", "kmeans"], "initial_strategy must be one of"),
+                          (["--initial-strategy", "typiclust"], "needs|got no --embeddings")):
+        bad = runner.invoke(app, ["run", "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "bad"),
+                                  *args])
+        assert bad.exit_code != 0 and any(m in str(bad.exception) for m in message.split("|")), bad.exception
+        assert not (tmp_path / "bad").exists()
+    again = runner.invoke(app, ["pretrain", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(pre)])
+    assert again.exit_code != 0 and "already holds a run" in str(again.exception)
