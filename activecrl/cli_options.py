@@ -78,13 +78,6 @@ def _kind(option: ConfigOption) -> tuple[str, Any]:
                     "Literal, X | None, tuple[X, ...] and dict fields: use one of those")
 
 
-def _parse_scalar(text: str, element: type, flag: str) -> Any:
-    try:
-        return element(text)
-    except ValueError:
-        raise ConfigError(f"{flag} must be {element.__name__} values, got {text!r} instead") from None
-
-
 def _parse_literal(text: str) -> Any:
     """A TOML value (3, 0.5, true, "x") or, failing that, the text itself."""
     try:
@@ -98,7 +91,12 @@ def _convert(option: ConfigOption, value: Any) -> Any:
     flag = dashed(option.flag)
     if kind == "sequence":
         items = [v for text in value for v in re.split(r"[,\s]+", text.strip()) if v]
-        return tuple(_parse_scalar(v, element, flag) for v in items)
+        try:
+            return tuple(element(v) for v in items)
+        except ValueError:
+            what = "numbers" if element in (int, float) else f"{element.__name__} values"
+            raise ConfigError(f"{flag} must be comma-separated {what} (e.g. {flag} 1,10,100 or the option "
+                              f"repeated), got {','.join(value)!r} instead") from None
     if kind == "mapping":
         out = {}
         for text in value:

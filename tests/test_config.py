@@ -94,7 +94,7 @@ def test_generated_options_reach_the_config_as_typed_values():
     assert runner.invoke(demo, ["go"]).exit_code == 0
     assert seen == {"out": "x"}  # defaults are not overrides: a --config file keeps its values
     bad = runner.invoke(demo, ["go", "--milestones", "0.5,x"])
-    assert isinstance(bad.exception, ConfigError) and "--milestones must be float values" in str(bad.exception)
+    assert isinstance(bad.exception, ConfigError) and "--milestones must be comma-separated numbers" in str(bad.exception)
 
 
 class _Built(Exception):
