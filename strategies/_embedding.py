@@ -31,6 +31,7 @@ __all__ = ["normalize_rows", "seed_from", "kmeans_pp_seeds", "kmeans", "knn_mean
 
 _BLOCK_ELEMENTS = 1 << 23  # 8M float32 (32 MB) per distance block
 _MAX_CELLS = 1024
+_SMALL_KNN = 2048  # rows up to which k-NN is one numpy block (2048^2 floats = 16 MB)
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -70,7 +71,7 @@ def kmeans_pp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
 
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int = 20,
-           init_sample: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+           init_sample: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """k-means of the rows of ``x`` into ``k`` clusters: (labels (n,) int64, centroids (k, d)
     float32). Seeds: k-means++ on a random sample of ``max(init_sample, 3 k)`` rows (as
     scikit-learn's ``MiniBatchKMeans`` seeds on a sample; TypiClust's code uses scikit-learn),
@@ -96,16 +97,23 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int = 20,
 
 def knn_mean_dist(x: np.ndarray, k: int) -> np.ndarray:
     """Mean Euclidean distance of every row of ``x`` to its ``k`` nearest other rows (the row
-    itself, first in faiss's answer, is dropped, as TypiClust's code does), float64."""
-    import faiss
-
+    itself, first in the sorted answer, is dropped, as TypiClust's code does), float64.
+    Up to ``_SMALL_KNN`` rows (TypiClust's clusters: tens to hundreds) one BLAS block and a
+    partial sort (faiss's per-call thread start-up costs more there); above, faiss
+    ``IndexFlatL2``. Memory O(m * k) plus a bounded block."""
     m, d = x.shape
     if k < 1 or k >= m:
         raise ConfigError(f"k nearest neighbours needs 1 <= k < rows, got k={k} for {m} rows instead")
-    index = faiss.IndexFlatL2(d)
-    index.add(x)
-    dist = index.search(x, k + 1)[0][:, 1:].astype(np.float64)
-    return np.sqrt(np.maximum(dist, 0.0)).mean(axis=1)
+    if m <= _SMALL_KNN:
+        x_sq = (x.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+        dist = np.sort(np.partition(_sq_block(x, x_sq, x, x_sq), k, axis=1)[:, :k + 1], axis=1)[:, 1:]
+    else:
+        import faiss
+
+        index = faiss.IndexFlatL2(d)
+        index.add(x)
+        dist = index.search(x, k + 1)[0][:, 1:]
+    return np.sqrt(np.maximum(dist.astype(np.float64), 0.0)).mean(axis=1)
 
 
 def csr_rows(ptr: np.ndarray, idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -166,6 +174,14 @@ def _sq_block(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray) 
     return out
 
 
+def _within(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray, d2_cut: float):
+    """(i, j) with ``|a_i - b_j|^2 < d2_cut``, as ``a_i . b_j - |b_j|^2 / 2 > (|a_i|^2 - d2_cut) / 2``:
+    one product and two passes over the block."""
+    dot = a @ b.T
+    dot -= 0.5 * b_sq[None, :]
+    return np.nonzero(dot > (0.5 * (a_sq - d2_cut))[:, None])
+
+
 def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str
                ) -> tuple[np.ndarray, np.ndarray]:
     """Out-neighbour CSR ``(ptr, idx)`` of ``x -> y`` iff ``|x - y| < delta`` over the rows of
@@ -188,8 +204,7 @@ def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str
         yb, yb_sq = x[cand], x_sq[cand]
         step = max(1, _BLOCK_ELEMENTS // max(1, len(cand)))
         for s in range(0, len(rows), step):
-            blk = _sq_block(xa[s:s + step], x_sq[rows[s:s + step]], yb, yb_sq)
-            i, j = np.nonzero(blk < d2_cut)
+            i, j = _within(xa[s:s + step], x_sq[rows[s:s + step]], yb, yb_sq, d2_cut)
             total += len(i)
             if total > max_edges:
                 raise ConfigError(
