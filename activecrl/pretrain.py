@@ -287,8 +287,10 @@ def simclr_fit(config: PretrainConfig, dataset, *, progress: Callable[[EpochInfo
     batch = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch)  # the last partial batch is dropped: fewer negatives, noisier loss
     total = steps_per_epoch * config.epochs
-    scale = train._scale.view(1, -1, 1, 1) * 255.0  # (x / 255 - mean) / std on [0, 1] images
-    shift = train._shift.view(1, -1, 1, 1)
+    # normalise [0, 1] views as DeviceData normalises uint8 batches: x * (1 / (255 std)) * 255 - mean / std
+    std64, mean64 = torch.tensor(dataset.std, dtype=torch.float64), torch.tensor(dataset.mean, dtype=torch.float64)
+    scale = ((1.0 / (255.0 * std64)).float() * 255.0).view(1, -1, 1, 1).to(device)
+    shift = (mean64 / std64).float().view(1, -1, 1, 1).to(device)
     losses, start, step = [], time.perf_counter(), 0
     model.train()
     for epoch in range(1, config.epochs + 1):
