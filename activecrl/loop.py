@@ -238,8 +238,15 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     seed_strategy = None if config.initial_strategy == "random" else \
         _with_class_count(get_strategy(config.initial_strategy), config.initial_strategy, {}, dataset.num_classes)
 
+    seed_sets: dict[int, np.ndarray] = {}
+
     def seed_set(trial: int) -> np.ndarray:
-        return _seed_set(config, trial, n_train, seed_strategy, embeddings)
+        if trial not in seed_sets:
+            seed_sets[trial] = _seed_set(config, trial, n_train, seed_strategy, embeddings)
+        return seed_sets[trial]
+
+    if seed_strategy is not None and not resume:
+        seed_set(0)  # a seed set the strategy cannot choose (too few clusters) fails before anything is written
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 

@@ -163,3 +163,11 @@ def test_resume_refuses_changed_embeddings(tmp_path):
     with pytest.raises(ConfigError, match="--embeddings .* changed since this run started"):
         run_active_learning(ALConfig(device="cpu"), tmp_path / "run", dataset=ds, resume=True)
     assert (tmp_path / "run" / "results.jsonl").read_text() == before
+
+
+def test_seed_set_larger_than_the_clusters_allow_fails_before_writing(tmp_path):
+    ds = make_blobs_dataset(n_train=90, n_test=20)
+    config = ALConfig(**{**TINY, "initial": 80}, initial_strategy="typiclust", embeddings=_emb(tmp_path, _three_blobs()))
+    with pytest.raises(ConfigError, match="typiclust"):
+        run_active_learning(config, tmp_path / "run", dataset=ds)
+    assert not (tmp_path / "run").exists()
