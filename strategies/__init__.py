@@ -21,13 +21,12 @@ from .base import (
 # built-ins register themselves on import
 from . import random_sampling, uncertainty, mc_dropout, coreset  # noqa: E402,F401
 from .coreset import CoresetStrategy, k_center_greedy
-from .mc_dropout import BALDStrategy, MCDropoutStats, MCDropoutStrategy, mc_dropout_stats, mc_probs
+from .mc_dropout import BALDStrategy, MCDropoutStrategy
 from .random_sampling import RandomStrategy
 from .uncertainty import EntropyStrategy, LeastConfidenceStrategy, MarginStrategy, entropy_scores
 
 __all__ = [
     "STRATEGIES", "QueryContext", "Strategy", "StrategyError", "get_strategy", "register_strategy",
     "select_top", "RandomStrategy", "EntropyStrategy", "LeastConfidenceStrategy", "MarginStrategy",
-    "MCDropoutStrategy", "BALDStrategy", "CoresetStrategy", "MCDropoutStats", "mc_dropout_stats",
-    "mc_probs", "k_center_greedy", "entropy_scores",
+    "MCDropoutStrategy", "BALDStrategy", "CoresetStrategy", "k_center_greedy", "entropy_scores",
 ]
