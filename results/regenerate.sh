@@ -3,7 +3,7 @@
 # (README.md "Results", results/ood/COMMANDS.md). Model weights (model.pt, members.pt) and
 # arrays (predictions.npz, scores.npz) are not committed: this script recreates them too.
 #
-#   results/regenerate.sh [train] [al] [ood]     # default: all three, in this order
+#   results/regenerate.sh [train] [al] [ood] [cold_start]     # default: all four, in this order
 #
 # Run from anywhere; it works in the repository root. DRY=1 prints the commands and runs nothing. Each result folder is deleted before its
 # command reruns it. `ood` needs the models of `train` (results/cifar10_train/{baseline,crl}).
@@ -70,11 +70,29 @@ ood() {  # results/ood/COMMANDS.md
   $ACTIVECRL report results/ood/*/ -o results/ood/report.md
 }
 
+cold_start() {  # README: "Low budgets and self-supervised embeddings (issue #11)"
+  fresh results/cold_start/simclr_small_cnn
+  $ACTIVECRL pretrain --dataset "$CIFAR10" --epochs 1 --batch-size 256 --lr 0.3 --device cpu \
+      --out results/cold_start/simclr_small_cnn
+  E=results/cold_start/simclr_small_cnn
+  R="--config cifar10_cold_start --dataset $CIFAR10 --trials 2 --device cpu"
+  for s in random least_conf badge; do
+    fresh results/cold_start/$s
+    $ACTIVECRL run $R --strategy $s --out results/cold_start/$s
+  done
+  for s in typiclust probcover; do
+    fresh results/cold_start/$s-ssl
+    $ACTIVECRL run $R --strategy $s --embeddings $E --initial-strategy $s --out results/cold_start/$s-ssl
+  done
+  $ACTIVECRL plot results/cold_start/*/ -o results/cold_start/curves.png
+  to_file results/cold_start/summary.txt $ACTIVECRL summary results/cold_start/*/
+}
+
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(train al ood)
+[ ${#steps[@]} -gt 0 ] || steps=(train al ood cold_start)
 for step in "${steps[@]}"; do
   case $step in
-    train | al | ood) echo "== $step"; $step ;;
-    *) echo "unknown step '$step': expected train, al or ood" >&2; exit 2 ;;
+    train | al | ood | cold_start) echo "== $step"; $step ;;
+    *) echo "unknown step '$step': expected train, al, ood or cold_start" >&2; exit 2 ;;
   esac
 done

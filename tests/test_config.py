@@ -23,11 +23,12 @@ from activecrl.errors import ConfigError
 from activecrl.experiment import TrainRunConfig
 from activecrl.loop import ALConfig
 from activecrl.ood.run import OODConfig
+from activecrl.pretrain import PretrainConfig
 from activecrl.trainers import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-COMMANDS = {"run": ALConfig, "train": TrainRunConfig, "ood": OODConfig}
+COMMANDS = {"run": ALConfig, "train": TrainRunConfig, "ood": OODConfig, "pretrain": PretrainConfig}
 # options a command derives itself instead of taking them (with the reason in cli.py)
 DERIVED = {"run": {"train.seed"}}  # each stage's training seed comes from (--seed, trial, stage)
 
