@@ -53,9 +53,18 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
 
 
-def _train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed, compile_) -> dict:
+def _train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed, compile_, **ingredients) -> dict:
     return {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, rank_target=rank_target,
-                                     crl_weight=crl_weight, seed=seed, compile=compile_).items() if v is not None}
+                                     crl_weight=crl_weight, seed=seed, compile=compile_, **ingredients).items()
+            if v is not None}
+
+
+# training ingredients (TrainConfig fields) shared by `train` and `run`; recipes set them too
+_SCHEDULE = typer.Option(None, help="lr schedule: step | cosine | onecycle")
+_OPTIMIZER = typer.Option(None, help="sgd | sam (sharpness-aware, 2 passes per step)")
+_AVERAGING = typer.Option(None, help="weight averaging: none | swa | ema (the average is evaluated and saved)")
+_HEAD = typer.Option(None, help="classifier head: linear | cosine (SURE's)")
+_MIXUP = typer.Option(None, help="RegMixup weight (0 = off; SURE: 0.5)")
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
@@ -76,7 +85,12 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = 
 def train(
     dataset: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"),
     model: str = typer.Option("small_cnn", help="registered model name (see `activecrl list`)"),
-    trainer: str = typer.Option("baseline", help="baseline | crl | a registered trainer"),
+    trainer: str = typer.Option("baseline", help="baseline | crl | sam | swa | fmfp | sure | a registered trainer"),
+    schedule: Optional[str] = _SCHEDULE,
+    optimizer: Optional[str] = _OPTIMIZER,
+    averaging: Optional[str] = _AVERAGING,
+    head: Optional[str] = _HEAD,
+    mixup_weight: Optional[float] = _MIXUP,
     rank_target: Optional[str] = typer.Option(None, help="CRL confidence: softmax | entropy | margin"),
     crl_weight: Optional[float] = typer.Option(None, help="lambda for CRL (default 1.0)"),
     epochs: Optional[int] = typer.Option(None, help="training epochs (paper: 300)"),
@@ -106,7 +120,8 @@ def train(
 
     _setup_logging(verbose)
     train_cfg = TrainConfig().updated(**_train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed,
-                                                           compile_ or None))
+                                                           compile_ or None, schedule=schedule, optimizer=optimizer,
+                                                           averaging=averaging, head=head, mixup_weight=mixup_weight))
     config = TrainRunConfig(dataset=dataset, model=model, trainer=trainer, dropout=dropout,
                             data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg,
                             method=method, mc_samples=mc_samples, snapshots=snapshots, snapshot_start=snapshot_start,
@@ -149,7 +164,12 @@ class _epoch_progress:
 def run(
     dataset: Optional[str] = typer.Option(None, help="digits (default) | cifar10 | cifar100 | svhn | a path"),
     model: Optional[str] = typer.Option(None, help="model name (default small_cnn)"),
-    trainer: Optional[str] = typer.Option(None, help="baseline | crl (default crl)"),
+    trainer: Optional[str] = typer.Option(None, help="baseline | crl (default) | sam | swa | fmfp | sure"),
+    schedule: Optional[str] = _SCHEDULE,
+    optimizer: Optional[str] = _OPTIMIZER,
+    averaging: Optional[str] = _AVERAGING,
+    head: Optional[str] = _HEAD,
+    mixup_weight: Optional[float] = _MIXUP,
     strategy: Optional[str] = typer.Option(None, help="strategy name or package.module:Class (default least_conf)"),
     initial: Optional[int] = typer.Option(None, help="size of the random seed set"),
     budget: Optional[int] = typer.Option(None, help="labels queried per stage"),
@@ -181,7 +201,9 @@ def run(
     experiment = dict(dataset=dataset, model=model, trainer=trainer, strategy=strategy, initial=initial,
                       budget=budget, stages=stages, trials=trials, seed=seed, pool_subset=pool_subset,
                       dropout=dropout, warm_start=warm_start, deterministic=deterministic, config=config,
-                      train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None) or None)
+                      train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None, schedule=schedule,
+                                             optimizer=optimizer, averaging=averaging, head=head,
+                                             mixup_weight=mixup_weight) or None)
     if resume:
         if out is None:
             raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
@@ -396,6 +418,14 @@ def list_registered():
     for kind, names in rows:
         table.add_row(kind, ", ".join(names))
     console.print(table)
+    from .trainers import trainer_description
+
+    recipes = Table(title="trainers: what each is made of")
+    recipes.add_column("trainer")
+    recipes.add_column("loss + ingredients")
+    for name in TRAINERS.names():
+        recipes.add_row(name, escape(trainer_description(name)))
+    console.print(recipes)
 
 
 def main() -> None:

@@ -79,10 +79,12 @@ class TrainRunResult:
         return out
 
 
-def model_info_for(dataset, model_name: str, dropout: float) -> dict:
+def model_info_for(dataset, model_name: str, dropout: float, head: str = "linear", cos_temp: float = 8.0) -> dict:
     """What ``load_trained`` needs to rebuild the model and its input pipeline."""
     return {
         "model": model_name,
+        "head": head,
+        "cos_temp": float(cos_temp),
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
         "image_size": dataset.image_size,
@@ -144,7 +146,8 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
         raise DataError(f"{path} is not a model saved by activecrl (missing state_dict/model_info)")
     info = blob["model_info"]
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                        image_size=info["image_size"], dropout=info.get("dropout", 0.0))
+                        image_size=info["image_size"], dropout=info.get("dropout", 0.0),
+                        head=info.get("head", "linear"), cos_temp=info.get("cos_temp", 8.0))
     if info.get("variance_head"):  # an aleatoric run: the model carries a log-variance head
         from .methods import add_variance_head
 

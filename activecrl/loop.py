@@ -34,7 +34,7 @@ from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .outputs import PoolOutputs
 from .runtime import configure_backends, resolve_device, seed_everything
-from .trainers import EpochInfo, TrainConfig, build_trainer
+from .trainers import EpochInfo, TrainConfig, build_trainer, resolved_config
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     # fail on a bad name, option or dataset before creating anything in ``out``
     strategy = get_strategy(config.strategy, **config.strategy_params)
     build_trainer(config.trainer, config.train)
+    train_resolved = resolved_config(config.trainer, config.train)  # a recipe may choose the head
     dropout = resolve_dropout(config, strategy)
     MODELS.get(config.model)
     device = resolve_device(config.device)
@@ -205,7 +206,8 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
 
     def new_model():
         model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                            image_size=dataset.image_size, dropout=dropout)
+                            image_size=dataset.image_size, dropout=dropout, head=train_resolved.head,
+                            cos_temp=train_resolved.cos_temp)
         if dropout > 0 and not getattr(model, "supports_dropout", True):
             raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
                               f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "

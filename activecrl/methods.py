@@ -65,7 +65,7 @@ from .inference import predict
 from .mc_dropout import DEFAULT_MC_DROPOUT, dropout_only_train, mc_dropout_stats
 from .metrics import classification_metrics
 from .runtime import configure_backends, resolve_device, seed_everything
-from .trainers import TRAINERS, EpochInfo, Trainer, TrainConfig, build_trainer, register_trainer
+from .trainers import TRAINERS, EpochInfo, Trainer, TrainConfig, build_trainer, register_trainer, resolved_config
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,7 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
         logger.warning("%s: --dropout not given; using dropout %.1f before the classifier", method, dropout)
     config = dataclasses.replace(config, trainer=trainer_name, dropout=dropout)
     build_trainer(trainer_name, config.train)  # validates the trainer name before any work
+    resolved = resolved_config(trainer_name, config.train)  # a recipe may choose the head
 
     device = resolve_device(config.device)
     configure_backends(device)
@@ -378,7 +379,8 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
         trainer = TRAINERS.get(trainer_name)(train_cfg, **extra)
         seed_everything(seed)
         model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                            image_size=dataset.image_size, dropout=dropout)
+                            image_size=dataset.image_size, dropout=dropout, head=resolved.head,
+                            cos_temp=resolved.cos_temp)
         if method == "aleatoric":
             add_variance_head(model, per_class=config.variance == "class")
         callback = _offset_progress(progress, m, members)
@@ -451,7 +453,7 @@ def train_and_evaluate_method(config, *, dataset=None, progress: Callable[[Epoch
     metrics = classification_metrics(probs, labels, conf)
     eval_seconds = time.perf_counter() - start
 
-    model_info = model_info_for(dataset, config.model, dropout)
+    model_info = model_info_for(dataset, config.model, dropout, resolved.head, resolved.cos_temp)
     model_info["method"] = method
     if method == "aleatoric":
         model_info["variance_head"] = config.variance
