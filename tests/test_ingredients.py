@@ -407,3 +407,19 @@ def test_active_learning_with_the_sure_recipe(blobs, tmp_path):
     records = run_active_learning(config, tmp_path / "al", dataset=blobs)
     assert [r["n_labeled"] for r in records] == [30, 50]
     assert all(np.isfinite(r["accuracy"]) for r in records)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile_", [False, True])
+def test_cuda_sure_fit_bf16_channels_last(blobs, compile_):
+    """SAM + SWA + RegMixup + CRL + cosine head on the GPU path: bf16 autocast, channels_last, compile."""
+    from activecrl.inference import predict
+
+    train, test = device_split(blobs, "train", "cuda", channels_last=True), device_split(blobs, "test", "cuda")
+    config = TrainConfig(epochs=6, batch_size=32, lr=0.05, seed=1, compile=compile_)
+    trainer = build_trainer("sure", config)
+    model = _model(blobs, head="cosine")
+    trainer.fit(model, train)
+    assert trainer.averaged_updates_ == 2 and trainer.history_.counts.device.type == "cuda"
+    out = predict(model, test, features=False)
+    assert (out.logits.argmax(1) == blobs.test_labels).float().mean().item() > 0.8
