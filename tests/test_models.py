@@ -50,8 +50,7 @@ def test_forward_contract(name):
     assert all(m.dim() == 4 and m.shape[0] == 2 for m in maps)
     assert maps[-1].shape[1] == model.feature_dim
     assert model.head_only_dropout
-    assert model.build_config == dict(name=name, num_classes=7, in_channels=3, image_size=32, dropout=0.0,
-                                      head="linear", cos_temp=8.0)
+    assert model.build_config == dict(name=name, num_classes=7, in_channels=3, image_size=32, dropout=0.0)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
