@@ -186,9 +186,9 @@ class _RichLoop:
 
     def stage_end(self, record):
         self.progress.advance(self.stage_task)
-        self.progress.console.print(f"trial {record['trial'] + 1} stage {record['stage'] + 1}: "
-                                    f"{record['n_labeled']} labels → accuracy {record['accuracy']:.4f}, "
-                                    f"AURC {record['aurc'] * 1e3:.2f}")
+        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: "
+                                    f"{record.n_labeled} labels → accuracy {record.metrics['accuracy']:.4f}, "
+                                    f"AURC {record.metrics['aurc'] * 1e3:.2f}")
 
 
 def _summary_table(summary) -> Table:
