@@ -405,8 +405,8 @@ def test_active_learning_with_the_sure_recipe(blobs, tmp_path):
     config = ALConfig(trainer="sure", initial=30, budget=20, stages=2, trials=1,
                       train=TrainConfig(epochs=3, batch_size=16))
     records = run_active_learning(config, tmp_path / "al", dataset=blobs)
-    assert [r["n_labeled"] for r in records] == [30, 50]
-    assert all(np.isfinite(r["accuracy"]) for r in records)
+    assert [r.n_labeled for r in records] == [30, 50]
+    assert all(np.isfinite(r.metrics["accuracy"]) for r in records)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
