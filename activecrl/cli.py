@@ -19,13 +19,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_options import build_config, config_command, given_flags
+from .cli_options import Given, config_command, make_app
 from .errors import ActiveCRLError
-from .experiment import TrainRunConfig
-from .loop import ALConfig
-from .ood.run import OODConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = make_app(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
 
@@ -71,10 +68,11 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = 
     return table
 
 
-@app.command()
-@config_command(TrainRunConfig)
+# run, train and ood take one option per field of their config dataclass (activecrl/cli_options.py);
+# a field added with metadata help is a flag and a TOML key without an edit here
+@config_command(app, "activecrl.experiment:TrainRunConfig")
 def train(
-    overrides: dict,
+    given: Given,
     out: Path = typer.Option(..., help="run folder for metrics.json, predictions.npz, model.pt"),
     config: Optional[str] = typer.Option(None, help="TOML file (or preset name) of these options; flags override it"),
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
@@ -86,7 +84,7 @@ def train(
     from .methods import validate_method_config
 
     _setup_logging(verbose)
-    config = build_config(TrainRunConfig, overrides, config, train.config_options)
+    config = given.build(config)
     method, trainer, train_cfg = config.method, config.trainer, config.train
     validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
@@ -118,11 +116,11 @@ class _epoch_progress:
         self.progress.stop()
 
 
-@app.command()
-@config_command(ALConfig, exclude={"train.seed"},  # each stage's training seed derives from (--seed, trial, stage)
+@config_command(app, "activecrl.loop:ALConfig",
+                exclude={"train.seed"},  # each stage's training seed derives from (--seed, trial, stage)
                 aliases={"warm_start": "--warm-start/--retrain"})
 def run(
-    overrides: dict,
+    given: Given,
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
     config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file; flags override it"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
@@ -136,15 +134,15 @@ def run(
     if resume:
         if out is None:
             raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
-        changeable = {k: overrides.pop(k) for k in ("device", "data_dir") if k in overrides}
-        given = given_flags(overrides, run.config_options) + (["--config"] if config else [])
-        if given:  # silently ignoring them would let a user believe they changed the run
+        changeable = {k: given.values.pop(k) for k in ("device", "data_dir") if k in given.values}
+        changed = given.flags() + (["--config"] if config else [])
+        if changed:  # silently ignoring them would let a user believe they changed the run
             raise ActiveCRLError(f"--resume continues the run saved in {out}/config.json; drop "
-                                 f"{', '.join(given)} (only --device and "
+                                 f"{', '.join(changed)} (only --device and "
                                  f"--data-dir may change), or start a new run with another --out")
         al_config = dataclasses.replace(load_saved_config(out), **changeable)
     else:
-        al_config = build_config(ALConfig, overrides, config, run.config_options)
+        al_config = given.build(config)
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -240,10 +238,9 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
         console.print(table)
 
 
-@app.command()
-@config_command(OODConfig)
+@config_command(app, "activecrl.ood.run:OODConfig")
 def ood(
-    overrides: dict,
+    given: Given,
     out: Path = typer.Option(..., help="folder for ood.json and scores.npz"),
     config: Optional[str] = typer.Option(None, help="TOML file of these options; flags override it"),
     overwrite: bool = typer.Option(False, help="replace an existing result in --out"),
@@ -254,7 +251,7 @@ def ood(
     from .ood import DETECTORS, run_ood, save_ood
 
     _setup_logging(verbose)
-    config = build_config(OODConfig, overrides, config, ood.config_options)
+    config = given.build(config)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import re
 import tomllib
@@ -137,70 +138,137 @@ def _parameter(option: ConfigOption, name: str, aliases: dict[str, str]) -> insp
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-def config_command(cls, *, exclude: set[str] = frozenset(), aliases: dict[str, str] | None = None):
-    """Decorate ``f(overrides, **cli_only)``: add one typer option per option of config ``cls``.
+@dataclasses.dataclass
+class Given:
+    """What the user typed for the options of config ``cls``, nested like the config
+    (``{"train": {"epochs": 5}}``): defaults are not in it, so a ``--config`` file keeps its values."""
 
-    ``exclude``: option keys (``"train.seed"``) that the command derives itself; ``aliases``:
-    option key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
-    """
-    options = config_options(cls, exclude)
-    aliases = aliases or {}
+    cls: type
+    options: list[ConfigOption]
+    values: dict[str, Any]
 
-    def decorate(func: Callable) -> Callable:
-        signature = inspect.signature(func)
-        hints = typing.get_type_hints(func)
-        own = list(signature.parameters.values())[1:]  # the first one receives the overrides
-        names = {"__".join(o.path): o for o in options}
-        clash = set(names) & {p.name for p in own}
-        if clash:
-            raise TypeError(f"{func.__name__}: options {sorted(clash)} are both config fields and CLI-only options")
-        generated = [_parameter(o, name, aliases) for name, o in names.items()]
-        params = generated + [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-                              for p in own]
-
-        context = inspect.Parameter("_typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        params.append(context)
-
-        @functools.wraps(func)
-        def command(_typer_context: typer.Context, **kwargs):
-            overrides: dict[str, Any] = {}
-            for name, option in names.items():
-                value = kwargs.pop(name)
-                # only what the user typed: a default must not override the --config file
-                source = _typer_context.get_parameter_source(name)
-                if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
-                    set_path(overrides, option.path, _convert(option, value))
-            return func(overrides, **kwargs)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        command.config_options = options  # for tests and for messages in CLI words
-        return command
-
-    return decorate
-
-
-def build_config(cls, overrides: dict[str, Any], config: str | None, options: list[ConfigOption]):
-    """``cls`` from its defaults, updated by the ``--config`` TOML, updated by the command line."""
-    values = merge(load_toml(config) if config else {}, overrides)
-    for option in options:
-        if option.required:
-            node = values
-            for key in option.path:
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is None:
+    def build(self, config: str | None = None):
+        """``cls`` from its defaults, updated by the ``--config`` TOML, updated by the command line."""
+        values = merge(load_toml(config) if config else {}, self.values)
+        for option in self.options:
+            if option.required and _get_path(values, option.path) is None:
                 raise ConfigError(f"{dashed(option.flag)} is required: {option.help} "
                                   f"(or set {option.key} = ... in the --config file)")
-    return from_dict(cls, values)
+        return from_dict(self.cls, values)
+
+    def flags(self) -> list[str]:
+        """The flags that were given, sorted (for messages)."""
+        return sorted(dashed(o.flag) for o in self.options if _get_path(self.values, o.path) is not None)
 
 
-def given_flags(overrides: dict[str, Any], options: list[ConfigOption]) -> list[str]:
-    """The flags behind a nested overrides dict, sorted (for messages)."""
-    out = []
-    for option in options:
-        node = overrides
-        for key in option.path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            out.append(dashed(option.flag))
-    return sorted(out)
+def _get_path(values: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        values = values.get(key) if isinstance(values, dict) else None
+    return values
+
+
+def _resolve(cls):
+    """A class, or ``"package.module:Class"`` imported now."""
+    if isinstance(cls, str):
+        module, _, name = cls.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return cls
+
+
+def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: dict[str, str] | None = None):
+    """``func(given, **cli_only)`` as a typer callback with one option per option of config ``cls``."""
+    options = config_options(cls, exclude)
+    aliases = aliases or {}
+    signature = inspect.signature(func)
+    hints = typing.get_type_hints(func)
+    own = list(signature.parameters.values())[1:]  # the first one receives the Given
+    names = {"__".join(o.path): o for o in options}
+    clash = set(names) & {p.name for p in own}
+    if clash:
+        raise TypeError(f"{func.__name__}: options {sorted(clash)} are both config fields and CLI-only options")
+    params = [_parameter(o, name, aliases) for name, o in names.items()]
+    params += [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in own]
+    params.append(inspect.Parameter("_typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+    @functools.wraps(func)
+    def command(_typer_context: typer.Context, **kwargs):
+        values: dict[str, Any] = {}
+        for name, option in names.items():
+            value = kwargs.pop(name)
+            # only what the user typed: a default must not override the --config file
+            source = _typer_context.get_parameter_source(name)
+            if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+                set_path(values, option.path, _convert(option, value))
+        return func(Given(cls, options, values), **kwargs)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    del command.__wrapped__  # typer must read the generated signature, not func's
+    return command
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """A typer group whose config commands are built when used: building one imports its config
+    class (and with it torch), which ``activecrl --help``, ``plot`` or ``summary`` never need.
+
+    ``lazy`` maps a command name to (one-line help, builder); each app gets its own subclass
+    (:func:`make_app`).
+    """
+
+    lazy: dict[str, tuple[str, Callable[[], Any]]] = {}
+    _listing = False
+
+    def list_commands(self, ctx):
+        return [*(n for n in self.lazy if n not in self.commands), *super().list_commands(ctx)]
+
+    def get_command(self, ctx, name):
+        if name in self.commands or name not in self.lazy:
+            return super().get_command(ctx, name)
+        summary, build = self.lazy[name]
+        if self._listing:  # the group's --help lists names and summaries: nothing to import
+            return typer.core.TyperCommand(name, help=summary)
+        command = self.commands[name] = build()
+        return command
+
+    def format_help(self, ctx, formatter):
+        self._listing = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def make_app(**kwargs) -> typer.Typer:
+    """A ``typer.Typer`` whose :func:`config_command` commands are built lazily."""
+    # a callback makes typer build a group even when only one command is registered eagerly
+    kwargs.setdefault("callback", lambda: None)
+    return typer.Typer(cls=type("LazyGroup", (LazyGroup,), {"lazy": {}}), **kwargs)
+
+
+def config_command(app: typer.Typer, cls, *, name: str | None = None, exclude: set[str] = frozenset(),
+                   aliases: dict[str, str] | None = None):
+    """Register ``f(given: Given, **cli_only)`` as a command of ``app`` (made by :func:`make_app`)
+    with one option per option of config ``cls`` (a class or ``"package.module:Class"``).
+
+    ``exclude``: option keys (``"train.seed"``) the command derives itself; ``aliases``: option
+    key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
+    """
+    group = app.info.cls
+    if not (isinstance(group, type) and issubclass(group, LazyGroup)):
+        raise TypeError("config_command needs an app made by activecrl.cli_options.make_app")
+
+    def decorate(func: Callable) -> Callable:
+        command_name = name or func.__name__.replace("_", "-")
+        def build():  # run within app's call, which handles errors; only the help markup must match
+            single = typer.Typer(add_completion=False, rich_markup_mode=app.rich_markup_mode)
+            single.command(command_name)(with_config_options(_resolve(cls), func, exclude=exclude, aliases=aliases))
+            command = typer.main.get_command(single)
+            command.name = command_name
+            return command
+
+        summary = (inspect.getdoc(func) or "").split("\n\n")[0]
+        group.lazy[command_name] = (summary, build)
+        return func
+
+    return decorate

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from activecrl import cli
 from activecrl.cli import app
-from activecrl.cli_options import config_command
+from activecrl.cli_options import Given, config_command, make_app
 from activecrl.config import config_options, find_config, from_dict, load_toml, preset_names
 from activecrl.errors import ConfigError
 from activecrl.experiment import TrainRunConfig
@@ -33,7 +33,7 @@ DERIVED = {"run": {"train.seed"}}  # each stage's training seed comes from (--se
 
 
 def _click_command(name):
-    return typer.main.get_command(app).commands[name]
+    return typer.main.get_command(app).get_command(None, name)
 
 
 def _flags(name) -> set[str]:
@@ -77,12 +77,11 @@ def test_every_config_field_has_help_a_flag_and_a_toml_key(command):
 
 def test_generated_options_reach_the_config_as_typed_values():
     seen = {}
-    demo = typer.Typer()
+    demo = make_app()
 
-    @demo.command()
-    @config_command(ALConfig, aliases={"warm_start": "--warm-start/--retrain"})
-    def go(overrides: dict, out: str = typer.Option("x")):
-        seen.update(overrides, out=out)
+    @config_command(demo, ALConfig, aliases={"warm_start": "--warm-start/--retrain"})
+    def go(given: Given, out: str = typer.Option("x")):
+        seen.update(given.values, out=out)
 
     @demo.command()
     def other():
@@ -110,13 +109,13 @@ class _Built(Exception):
 def captured(monkeypatch):
     """Run a command up to the config it builds (nothing trained, nothing written)."""
     configs = []
-    original = cli.build_config
+    original = Given.build
 
-    def build(*args, **kwargs):
-        configs.append(original(*args, **kwargs))
+    def build(self, *args, **kwargs):
+        configs.append(original(self, *args, **kwargs))
         raise _Built
 
-    monkeypatch.setattr(cli, "build_config", build)
+    monkeypatch.setattr(Given, "build", build)
 
     def invoke(args):
         result = runner.invoke(app, args)
@@ -285,3 +284,13 @@ def test_presets_ship_in_the_wheel(tmp_path):
     for line in lines[:3]:
         assert Path(line).resolve().is_relative_to(target.resolve()), lines
     assert "cifar10_shared_cpu" in lines[3] and lines[4] == "[0.6, 0.8]"
+
+
+def test_help_and_light_commands_do_not_import_torch():
+    # run/train/ood are built only when used: their configs import torch, --help and plot need none of it
+    code = ("import sys; from typer.testing import CliRunner; from activecrl.cli import app; "
+            "r = CliRunner(); outs = [r.invoke(app, a) for a in (['--help'], ['plot', '--help'])]; "
+            "assert all(o.exit_code == 0 for o in outs); assert 'run' in outs[0].output; print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
