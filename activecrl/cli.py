@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_options import Given, config_command, make_app
+from .cli_options import build_config, config_command, given_flags, make_app
 from .errors import ActiveCRLError
 
 app = make_app(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -72,19 +72,19 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = 
 # a field added with metadata help is a flag and a TOML key without an edit here
 @config_command(app, "activecrl.experiment:TrainRunConfig")
 def train(
-    given: Given,
+    overrides: dict,
     out: Path = typer.Option(..., help="run folder for metrics.json, predictions.npz, model.pt"),
     config: Optional[str] = typer.Option(None, help="TOML file (or preset name) of these options; flags override it"),
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
-    from .experiment import save_train_run, train_and_evaluate
+    from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
     from .io import prepare_out_dir
     from .methods import validate_method_config
 
     _setup_logging(verbose)
-    config = given.build(config)
+    config = build_config(TrainRunConfig, overrides, config, train.config_options)
     method, trainer, train_cfg = config.method, config.trainer, config.train
     validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
@@ -120,29 +120,29 @@ class _epoch_progress:
                 exclude={"train.seed"},  # each stage's training seed derives from (--seed, trial, stage)
                 aliases={"warm_start": "--warm-start/--retrain"})
 def run(
-    given: Given,
+    overrides: dict,
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
     config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file; flags override it"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
-    from .loop import load_saved_config, run_active_learning
+    from .loop import ALConfig, load_saved_config, run_active_learning
     from .results import load_run, plot_curves
 
     _setup_logging(verbose)
     if resume:
         if out is None:
             raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
-        changeable = {k: given.values.pop(k) for k in ("device", "data_dir") if k in given.values}
-        changed = given.flags() + (["--config"] if config else [])
-        if changed:  # silently ignoring them would let a user believe they changed the run
+        changeable = {k: overrides.pop(k) for k in ("device", "data_dir") if k in overrides}
+        given = given_flags(overrides, run.config_options) + (["--config"] if config else [])
+        if given:  # silently ignoring them would let a user believe they changed the run
             raise ActiveCRLError(f"--resume continues the run saved in {out}/config.json; drop "
-                                 f"{', '.join(changed)} (only --device and "
+                                 f"{', '.join(given)} (only --device and "
                                  f"--data-dir may change), or start a new run with another --out")
         al_config = dataclasses.replace(load_saved_config(out), **changeable)
     else:
-        al_config = given.build(config)
+        al_config = build_config(ALConfig, overrides, config, run.config_options)
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -240,7 +240,7 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
 
 @config_command(app, "activecrl.ood.run:OODConfig")
 def ood(
-    given: Given,
+    overrides: dict,
     out: Path = typer.Option(..., help="folder for ood.json and scores.npz"),
     config: Optional[str] = typer.Option(None, help="TOML file of these options; flags override it"),
     overwrite: bool = typer.Option(False, help="replace an existing result in --out"),
@@ -248,10 +248,10 @@ def ood(
 ):
     """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
     from .io import prepare_out_dir
-    from .ood import DETECTORS, run_ood, save_ood
+    from .ood import DETECTORS, OODConfig, run_ood, save_ood
 
     _setup_logging(verbose)
-    config = given.build(config)
+    config = build_config(OODConfig, overrides, config, ood.config_options)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))

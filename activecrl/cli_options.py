@@ -1,17 +1,17 @@
 """Typer options generated from the config dataclasses, so a config field is a flag by itself.
 
-``@config_command(ALConfig, ...)`` on a command function ``f(overrides, *, out, ...)`` adds one
-option per field of the config (nested configs flattened: ``train.epochs`` is ``--epochs``),
-with the field's ``metadata["help"]`` as help and the command's effective default shown. Flags
-are the field names with dashes; bools are ``--x/--no-x``; tuples take comma lists or repeated
-options; dicts take repeated ``KEY=VALUE``. The command receives only what was given on the
-command line, as a nested dict (``{"train": {"epochs": 5}}``), so it can be merged over a
-``--config`` TOML and then over the config's defaults (``activecrl.config``).
+``@config_command(app, "activecrl.loop:ALConfig")`` on a command ``f(overrides, *, out, ...)``
+adds one option per field of the config (nested configs flattened: ``train.epochs`` is
+``--epochs``), with the field's ``metadata["help"]`` as help and the command's effective default
+shown. Flags are the field names with dashes; bools are ``--x/--no-x``; tuples take comma lists
+or repeated options; dicts take repeated ``KEY=VALUE``. The command receives only what was
+typed, as a nested dict (``{"train": {"epochs": 5}}``), and ``build_config`` lays it over a
+``--config`` TOML over the config's defaults (``activecrl.config``). Commands registered so are
+built only when invoked (:class:`LazyGroup`): their configs import torch, ``--help`` does not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import inspect
@@ -138,27 +138,19 @@ def _parameter(option: ConfigOption, name: str, aliases: dict[str, str]) -> insp
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-@dataclasses.dataclass
-class Given:
-    """What the user typed for the options of config ``cls``, nested like the config
-    (``{"train": {"epochs": 5}}``): defaults are not in it, so a ``--config`` file keeps its values."""
+def build_config(cls, overrides: dict[str, Any], config: str | None, options: list[ConfigOption]):
+    """``cls`` from its defaults, updated by the ``--config`` TOML, updated by ``overrides`` (what was typed)."""
+    values = merge(load_toml(config) if config else {}, overrides)
+    for option in options:
+        if option.required and _get_path(values, option.path) is None:
+            raise ConfigError(f"{dashed(option.flag)} is required: {option.help} "
+                              f"(or set {option.key} = ... in the --config file)")
+    return from_dict(cls, values)
 
-    cls: type
-    options: list[ConfigOption]
-    values: dict[str, Any]
 
-    def build(self, config: str | None = None):
-        """``cls`` from its defaults, updated by the ``--config`` TOML, updated by the command line."""
-        values = merge(load_toml(config) if config else {}, self.values)
-        for option in self.options:
-            if option.required and _get_path(values, option.path) is None:
-                raise ConfigError(f"{dashed(option.flag)} is required: {option.help} "
-                                  f"(or set {option.key} = ... in the --config file)")
-        return from_dict(self.cls, values)
-
-    def flags(self) -> list[str]:
-        """The flags that were given, sorted (for messages)."""
-        return sorted(dashed(o.flag) for o in self.options if _get_path(self.values, o.path) is not None)
+def given_flags(overrides: dict[str, Any], options: list[ConfigOption]) -> list[str]:
+    """The flags behind a nested overrides dict, sorted (for messages)."""
+    return sorted(dashed(o.flag) for o in options if _get_path(overrides, o.path) is not None)
 
 
 def _get_path(values: dict, path: tuple[str, ...]) -> Any:
@@ -176,12 +168,14 @@ def _resolve(cls):
 
 
 def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: dict[str, str] | None = None):
-    """``func(given, **cli_only)`` as a typer callback with one option per option of config ``cls``."""
+    """``func(overrides, **cli_only)`` as a typer callback with one option per option of config ``cls``;
+    ``overrides`` holds only what was typed, nested like the config (``{"train": {"epochs": 5}}``).
+    ``func.config_options`` (and the callback's) become the options, for :func:`build_config`."""
     options = config_options(cls, exclude)
     aliases = aliases or {}
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func)
-    own = list(signature.parameters.values())[1:]  # the first one receives the Given
+    own = list(signature.parameters.values())[1:]  # the first one receives the overrides
     names = {"__".join(o.path): o for o in options}
     clash = set(names) & {p.name for p in own}
     if clash:
@@ -200,11 +194,12 @@ def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: di
             source = _typer_context.get_parameter_source(name)
             if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
                 set_path(values, option.path, _convert(option, value))
-        return func(Given(cls, options, values), **kwargs)
+        return func(values, **kwargs)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     del command.__wrapped__  # typer must read the generated signature, not func's
+    func.config_options = command.config_options = options
     return command
 
 
@@ -246,20 +241,26 @@ def make_app(**kwargs) -> typer.Typer:
     return typer.Typer(cls=type("LazyGroup", (LazyGroup,), {"lazy": {}}), **kwargs)
 
 
-def config_command(app: typer.Typer, cls, *, name: str | None = None, exclude: set[str] = frozenset(),
+def config_command(*args, name: str | None = None, exclude: set[str] = frozenset(),
                    aliases: dict[str, str] | None = None):
-    """Register ``f(given: Given, **cli_only)`` as a command of ``app`` (made by :func:`make_app`)
-    with one option per option of config ``cls`` (a class or ``"package.module:Class"``).
+    """One option per option of a config dataclass for a command ``f(overrides: dict, **cli_only)``.
 
+    ``@config_command(app, "package.module:Class")`` registers ``f`` as a command of ``app`` (made
+    by :func:`make_app`) that is built only when invoked, so the config's module (and torch) is
+    imported only then. ``@app.command()`` over ``@config_command(Class)`` builds it at once.
     ``exclude``: option keys (``"train.seed"``) the command derives itself; ``aliases``: option
     key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
     """
+    if len(args) == 1:  # eager: the class is at hand
+        return lambda func: with_config_options(_resolve(args[0]), func, exclude=exclude, aliases=aliases)
+    app, cls = args
     group = app.info.cls
     if not (isinstance(group, type) and issubclass(group, LazyGroup)):
-        raise TypeError("config_command needs an app made by activecrl.cli_options.make_app")
+        raise TypeError("config_command(app, ...) needs an app made by activecrl.cli_options.make_app")
 
     def decorate(func: Callable) -> Callable:
         command_name = name or func.__name__.replace("_", "-")
+
         def build():  # run within app's call, which handles errors; only the help markup must match
             single = typer.Typer(add_completion=False, rich_markup_mode=app.rich_markup_mode)
             single.command(command_name)(with_config_options(_resolve(cls), func, exclude=exclude, aliases=aliases))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from activecrl import cli
 from activecrl.cli import app
-from activecrl.cli_options import Given, config_command, make_app
+from activecrl.cli_options import config_command, make_app
 from activecrl.config import config_options, find_config, from_dict, load_toml, preset_names
 from activecrl.errors import ConfigError
 from activecrl.experiment import TrainRunConfig
@@ -80,8 +80,8 @@ def test_generated_options_reach_the_config_as_typed_values():
     demo = make_app()
 
     @config_command(demo, ALConfig, aliases={"warm_start": "--warm-start/--retrain"})
-    def go(given: Given, out: str = typer.Option("x")):
-        seen.update(given.values, out=out)
+    def go(overrides: dict, out: str = typer.Option("x")):
+        seen.update(overrides, out=out)
 
     @demo.command()
     def other():
@@ -97,6 +97,16 @@ def test_generated_options_reach_the_config_as_typed_values():
     seen.clear()
     assert runner.invoke(demo, ["go"]).exit_code == 0
     assert seen == {"out": "x"}  # defaults are not overrides: a --config file keeps its values
+    eager = typer.Typer()
+
+    @eager.command()
+    @config_command(TrainConfig)
+    def fit(overrides: dict):
+        seen.update(overrides)
+
+    seen.clear()
+    assert runner.invoke(eager, ["--epochs", "3", "--no-nesterov"]).exit_code == 0
+    assert seen == {"epochs": 3, "nesterov": False} and fit.config_options[0].flag == "epochs"
     bad = runner.invoke(demo, ["go", "--milestones", "0.5,x"])
     assert isinstance(bad.exception, ConfigError) and "--milestones must be comma-separated numbers" in str(bad.exception)
 
@@ -109,13 +119,13 @@ class _Built(Exception):
 def captured(monkeypatch):
     """Run a command up to the config it builds (nothing trained, nothing written)."""
     configs = []
-    original = Given.build
+    original = cli.build_config
 
-    def build(self, *args, **kwargs):
-        configs.append(original(self, *args, **kwargs))
+    def build(*args, **kwargs):
+        configs.append(original(*args, **kwargs))
         raise _Built
 
-    monkeypatch.setattr(Given, "build", build)
+    monkeypatch.setattr(cli, "build_config", build)
 
     def invoke(args):
         result = runner.invoke(app, args)
