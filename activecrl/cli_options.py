@@ -1,13 +1,12 @@
 """Typer options generated from the config dataclasses, so a config field is a flag by itself.
 
-``@config_command(app, "activecrl.loop:ALConfig")`` on a command ``f(overrides, *, out, ...)``
-adds one option per field of the config (nested configs flattened: ``train.epochs`` is
-``--epochs``), with the field's ``metadata["help"]`` as help and the command's effective default
-shown. Flags are the field names with dashes; bools are ``--x/--no-x``; tuples take comma lists
-or repeated options; dicts take repeated ``KEY=VALUE``. The command receives only what was
-typed, as a nested dict (``{"train": {"epochs": 5}}``), and ``build_config`` lays it over a
-``--config`` TOML over the config's defaults (``activecrl.config``). Commands registered so are
-built only when invoked (:class:`LazyGroup`): their configs import torch, ``--help`` does not.
+``@config_command(ALConfig)`` under ``@app.command()`` on ``f(overrides, *, out, ...)`` adds one
+option per field of the config (nested configs flattened: ``train.epochs`` is ``--epochs``),
+with the field's ``metadata["help"]`` as help and the command's effective default shown. Flags
+are the field names with dashes; bools are ``--x/--no-x``; tuples take comma lists or repeated
+options; dicts take repeated ``KEY=VALUE``. The command receives only what was typed, as a
+nested dict (``{"train": {"epochs": 5}}``), and ``build_config`` lays it over a ``--config``
+TOML over the config's defaults (``activecrl.config``).
 """
 
 from __future__ import annotations
@@ -203,73 +202,11 @@ def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: di
     return command
 
 
-class LazyGroup(typer.core.TyperGroup):
-    """A typer group whose config commands are built when used: building one imports its config
-    class (and with it torch), which ``activecrl --help``, ``plot`` or ``summary`` never need.
+def config_command(cls, *, exclude: set[str] = frozenset(), aliases: dict[str, str] | None = None):
+    """Decorate ``f(overrides: dict, **cli_only)`` (under ``@app.command()``) with one typer option per
+    option of config ``cls`` (a class or ``"package.module:Class"``).
 
-    ``lazy`` maps a command name to (one-line help, builder); each app gets its own subclass
-    (:func:`make_app`).
-    """
-
-    lazy: dict[str, tuple[str, Callable[[], Any]]] = {}
-    _listing = False
-
-    def list_commands(self, ctx):
-        return [*(n for n in self.lazy if n not in self.commands), *super().list_commands(ctx)]
-
-    def get_command(self, ctx, name):
-        if name in self.commands or name not in self.lazy:
-            return super().get_command(ctx, name)
-        summary, build = self.lazy[name]
-        if self._listing:  # the group's --help lists names and summaries: nothing to import
-            return typer.core.TyperCommand(name, help=summary)
-        command = self.commands[name] = build()
-        return command
-
-    def format_help(self, ctx, formatter):
-        self._listing = True
-        try:
-            return super().format_help(ctx, formatter)
-        finally:
-            self._listing = False
-
-
-def make_app(**kwargs) -> typer.Typer:
-    """A ``typer.Typer`` whose :func:`config_command` commands are built lazily."""
-    # a callback makes typer build a group even when only one command is registered eagerly
-    kwargs.setdefault("callback", lambda: None)
-    return typer.Typer(cls=type("LazyGroup", (LazyGroup,), {"lazy": {}}), **kwargs)
-
-
-def config_command(*args, name: str | None = None, exclude: set[str] = frozenset(),
-                   aliases: dict[str, str] | None = None):
-    """One option per option of a config dataclass for a command ``f(overrides: dict, **cli_only)``.
-
-    ``@config_command(app, "package.module:Class")`` registers ``f`` as a command of ``app`` (made
-    by :func:`make_app`) that is built only when invoked, so the config's module (and torch) is
-    imported only then. ``@app.command()`` over ``@config_command(Class)`` builds it at once.
     ``exclude``: option keys (``"train.seed"``) the command derives itself; ``aliases``: option
     key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
     """
-    if len(args) == 1:  # eager: the class is at hand
-        return lambda func: with_config_options(_resolve(args[0]), func, exclude=exclude, aliases=aliases)
-    app, cls = args
-    group = app.info.cls
-    if not (isinstance(group, type) and issubclass(group, LazyGroup)):
-        raise TypeError("config_command(app, ...) needs an app made by activecrl.cli_options.make_app")
-
-    def decorate(func: Callable) -> Callable:
-        command_name = name or func.__name__.replace("_", "-")
-
-        def build():  # run within app's call, which handles errors; only the help markup must match
-            single = typer.Typer(add_completion=False, rich_markup_mode=app.rich_markup_mode)
-            single.command(command_name)(with_config_options(_resolve(cls), func, exclude=exclude, aliases=aliases))
-            command = typer.main.get_command(single)
-            command.name = command_name
-            return command
-
-        summary = (inspect.getdoc(func) or "").split("\n\n")[0]
-        group.lazy[command_name] = (summary, build)
-        return func
-
-    return decorate
+    return lambda func: with_config_options(_resolve(cls), func, exclude=exclude, aliases=aliases)
