@@ -145,3 +145,19 @@ def test_pretrain_then_run_with_embeddings_and_a_cold_start(tmp_path):
         assert not (tmp_path / "bad").exists()
     again = runner.invoke(app, ["pretrain", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(pre)])
     assert again.exit_code != 0 and "already holds a run" in str(again.exception)
+
+
+def test_recipes_and_ingredient_flags(tmp_path):
+    out = _ok(runner.invoke(app, ["list"]))
+    assert "sure" in out and "fmfp" in out and "optimizer=sam" in out
+    run = tmp_path / "sure"
+    _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "sure", "--schedule", "cosine",
+                            "--epochs", "2", "--device", "cpu", "--out", str(run)]))
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["model_info"]["head"] == "cosine" and blob["config"]["trainer"] == "sure"
+    bad = tmp_path / "bad"
+    for args, message in ((["--optimizer", "adam"], "sgd, sam"), (["--trainer", "fmfp", "--epochs", "1"], "swa_start"),
+                          (["--trainer", "nope"], "sure")):
+        result = runner.invoke(app, ["train", "--dataset", "digits", "--device", "cpu", "--out", str(bad), *args])
+        assert result.exit_code != 0 and message in str(result.exception), (args, result.exception)
+        assert not bad.exists()

@@ -97,7 +97,7 @@ def test_embeddings_reach_the_strategy_in_index_order(tmp_path, monkeypatch):
     (context, (pool_rows, labeled_rows)), = seen
     assert context.model is None and all(k.get("features") is False for k in forward)  # no pool forward pass
     np.testing.assert_array_equal(pool_rows[:, 0], 2 * context.pool.indices.numpy())
-    np.testing.assert_array_equal(labeled_rows[:, 0], 2 * np.asarray(records[0]["initial"]))
+    np.testing.assert_array_equal(labeled_rows[:, 0], 2 * np.asarray(records[0].initial))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["embeddings"].endswith("emb.npy") and saved["embeddings_fingerprint"]["shape"] == [60, 2]
 
@@ -117,7 +117,7 @@ def test_cold_start_seed_set_covers_every_blob(tmp_path, initial_strategy):
                       embeddings=_emb(tmp_path, table))
     records = run_active_learning(config, tmp_path / "run", dataset=ds)
     for r in records:
-        assert sorted(np.asarray(r["initial"]) % 3) == [0, 1, 2]  # one seed per blob
+        assert sorted(np.asarray(r.initial) % 3) == [0, 1, 2]  # one seed per blob
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["initial_strategy"] == initial_strategy
 
@@ -128,7 +128,7 @@ def test_typiclust_seed_is_the_point_nearest_each_blob_centre(tmp_path):
     config = ALConfig(**{**TINY, "initial": 3, "stages": 1, "trials": 1}, initial_strategy="typiclust",
                       embeddings=_emb(tmp_path, table))
     (record,) = run_active_learning(config, tmp_path / "run", dataset=ds)
-    for i in record["initial"]:
+    for i in record.initial:
         members = np.flatnonzero(np.arange(90) % 3 == i % 3)
         unit = table / np.linalg.norm(table, axis=1, keepdims=True)  # typiclust works on the unit sphere
         distance = np.linalg.norm(unit[members] - unit[members].mean(0), axis=1)
@@ -149,7 +149,7 @@ def test_resume_with_a_cold_start_equals_uninterrupted(tmp_path):
         resumed = run_active_learning(ALConfig(device="cpu"), out, dataset=ds, resume=True)
 
         def strip(rs):
-            return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rs]
+            return [{k: v for k, v in r.to_json().items() if not k.endswith("_seconds")} for r in rs]
 
         assert strip(resumed) == strip(full)
 
