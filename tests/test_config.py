@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import typer
@@ -293,3 +294,30 @@ def test_presets_ship_in_the_wheel(tmp_path):
     for line in lines[:3]:
         assert Path(line).resolve().is_relative_to(target.resolve()), lines
     assert "cifar10_shared_cpu" in lines[3] and lines[4] == "[0.6, 0.8]"
+
+
+@dataclasses.dataclass
+class _OtherTypes:
+    where: Path | None = dataclasses.field(default=None, metadata={"help": "a folder"})
+    mode: Literal["fast", "exact"] = dataclasses.field(default="fast", metadata={"help": "how"})
+    sizes: tuple[int, ...] = dataclasses.field(default=(1, 2), metadata={"help": "sizes"})
+
+
+def test_paths_literals_and_int_tuples_become_flags():
+    seen = {}
+    demo = typer.Typer()
+
+    @demo.command()
+    @config_command(_OtherTypes)
+    def go(overrides: dict):
+        seen.update(overrides)
+
+    @demo.command()
+    def other():
+        pass
+
+    result = runner.invoke(demo, ["go", "--where", "a/b", "--mode", "exact", "--sizes", "3,4"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"where": Path("a/b"), "mode": "exact", "sizes": (3, 4)}
+    text = re.sub(r"\s+", " ", runner.invoke(demo, ["go", "--help"], terminal_width=200).output)
+    assert "how (fast | exact)" in text and "[default: 1,2]" in text
