@@ -48,6 +48,13 @@ class TrainRunConfig:
     members: int = 5  # ensemble size (seeds seed, seed + 1, ...)
     temperature_scaling: bool = False  # fit T on a held-out part of the training split
     holdout_fraction: float = 0.1
+    bootstrap: int = field(default=0, metadata={"help": "bootstrap resamples of the test set for 95% intervals "
+                                                        "of every metric (metrics.json ci95); 0 = none"})
+
+    def __post_init__(self):
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise ConfigError(f"bootstrap must be a non-negative integer (resamples; 0 = no intervals, e.g. 1000), "
+                              f"got {self.bootstrap!r} instead")
 
 
 @dataclass
@@ -64,6 +71,7 @@ class TrainRunResult:
     model_info: dict = field(default_factory=dict)
     method_info: dict = field(default_factory=dict)  # what the method did (metrics.json "method")
     member_states: list[dict] | None = None  # ensemble members' weights (saved to members.pt)
+    ci95: dict[str, list[float]] | None = None  # bootstrap intervals (config.bootstrap > 0)
 
     def to_json(self) -> dict:
         out = {
@@ -76,7 +84,16 @@ class TrainRunResult:
         }
         if self.method_info:
             out["method"] = self.method_info
+        if self.ci95 is not None:
+            out["ci95"] = self.ci95
+            out["bootstrap"] = bootstrap_info(self.config.bootstrap, self.config.train.seed)
         return out
+
+
+def bootstrap_info(n_resamples: int, seed: int) -> dict:
+    """How ``ci95`` was made (metrics.json ``bootstrap``)."""
+    return {"n_resamples": int(n_resamples), "seed": int(seed), "level": 0.95,
+            "method": "percentile intervals over test sets resampled with replacement, from predictions.npz"}
 
 
 def model_info_for(dataset, model_name: str, dropout: float) -> dict:
@@ -101,11 +118,19 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
 
     One code path serves the plain run and the comparison methods (``config.method``, temperature
     scaling): ``activecrl.methods.train_and_evaluate_method``, where ``plain`` is one member
-    trained once and scored by its max softmax probability.
+    trained once and scored by its max softmax probability. ``config.bootstrap > 0`` adds 95 %
+    bootstrap intervals of every metric (``result.ci95``; ``activecrl.bootstrap``).
     """
     from .methods import train_and_evaluate_method
 
-    return train_and_evaluate_method(config, dataset=dataset, progress=progress)
+    result = train_and_evaluate_method(config, dataset=dataset, progress=progress)
+    if config.bootstrap > 0:
+        from .bootstrap import bootstrap_intervals
+
+        # from the arrays predictions.npz stores, so the intervals can be recomputed from the run folder
+        result.ci95 = bootstrap_intervals(result.probs, result.labels, result.confidence,
+                                          n_resamples=config.bootstrap, seed=config.train.seed)
+    return result
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:
