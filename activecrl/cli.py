@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
 
-PAPER_SCALE_NOTE = "AURC, E-AURC ×10³; NLL ×10; others in %"
+PAPER_SCALE_NOTE = "AURC, E-AURC, AUGRC ×10³; NLL ×10; others in %"
 
 
 def _print_version(value: bool) -> None:
@@ -58,17 +58,25 @@ def _train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed, comp
                                      crl_weight=crl_weight, seed=seed, compile=compile_).items() if v is not None}
 
 
-def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
+def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True,
+                  ci95: dict | None = None) -> Table:
     from .metrics import METRIC_NAMES, PAPER_SCALE
 
-    table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
+    caption = PAPER_SCALE_NOTE if paper_scale else None
+    if ci95:
+        caption = f"{caption or ''}; 95% bootstrap interval below".lstrip("; ")
+    table = Table(title=title, caption=caption)
     table.add_column("run")
     for name in METRIC_NAMES:
         table.add_column(name, justify="right")
+    scale = PAPER_SCALE if paper_scale else {}
+    digits = 2 if paper_scale else 4
     for label, metrics in rows:
-        scale = PAPER_SCALE if paper_scale else {}
-        table.add_row(label, *(f"{metrics[m] * scale.get(m, 1):.2f}" if paper_scale else f"{metrics[m]:.4f}"
+        table.add_row(label, *(f"{metrics[m] * scale.get(m, 1):.{digits}f}" if metrics.get(m) is not None else "–"
                                for m in METRIC_NAMES))
+    if ci95:
+        table.add_row("95% CI", *(f"[{ci95[m][0] * scale.get(m, 1):.{digits}f}, {ci95[m][1] * scale.get(m, 1):.{digits}f}]"
+                                  if m in ci95 else "–" for m in METRIC_NAMES))
     return table
 
 
@@ -91,6 +99,8 @@ def train(
     temperature_scaling: bool = typer.Option(False, "--temperature-scaling",
                                              help="fit a temperature on held-out training data"),
     holdout_fraction: float = typer.Option(0.1, help="training fraction held out for --temperature-scaling"),
+    bootstrap: int = typer.Option(0, help="bootstrap resamples of the test set for 95% intervals of every metric "
+                                           "(metrics.json ci95; e.g. 1000); 0 = none"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)"),
@@ -99,7 +109,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
-    """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
+    """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
     from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
     from .io import prepare_out_dir
     from .trainers import TrainConfig
@@ -111,7 +121,8 @@ def train(
                             data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg,
                             method=method, mc_samples=mc_samples, snapshots=snapshots, snapshot_start=snapshot_start,
                             members=members,
-                            temperature_scaling=temperature_scaling, holdout_fraction=holdout_fraction)
+                            temperature_scaling=temperature_scaling, holdout_fraction=holdout_fraction,
+                            bootstrap=bootstrap)
     if method != "plain" or temperature_scaling:
         from .methods import validate_method_config
 
@@ -123,7 +134,7 @@ def train(
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
     console.print(metrics_table(f"{dataset} · {model} · {label} · {train_cfg.epochs} epochs "
-                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)]))
+                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)], ci95=result.ci95))
     if "temperature" in result.method_info:
         console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
     console.print(f"saved to [bold]{out}[/]")
@@ -246,21 +257,28 @@ class _RichLoop:
                                     f"AURC {record['aurc'] * 1e3:.2f}")
 
 
+def _pm(mean, std, scale: float, digits: int) -> str:
+    """``mean±std`` scaled; "–" for a metric the run did not record (e.g. AUGRC in older runs)."""
+    if mean != mean:  # NaN
+        return "–"
+    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}" if std == std else f"{mean * scale:.{digits}f}"
+
+
 def _summary_table(summary) -> Table:
     table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: mean ± std over trials",
-                  caption="AURC ×10³")
-    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "ECE", "train s", "query s"):
+                  caption="AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %")
+    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "AUGRC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")
     m, s = summary.mean, summary.std
     for i, n in enumerate(summary.n_labeled):
         table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
-                      f"{m['accuracy'][i] * 100:.2f}±{s['accuracy'][i] * 100:.2f}",
-                      f"{m['aurc'][i] * 1e3:.1f}±{s['aurc'][i] * 1e3:.1f}",
-                      f"{m['eaurc'][i] * 1e3:.1f}±{s['eaurc'][i] * 1e3:.1f}",
-                      f"{m['ece'][i] * 100:.2f}", f"{m['train_seconds'][i]:.1f}", f"{m['query_seconds'][i]:.2f}")
+                      _pm(m['accuracy'][i], s['accuracy'][i], 100, 2), _pm(m['aurc'][i], s['aurc'][i], 1e3, 1),
+                      _pm(m['eaurc'][i], s['eaurc'][i], 1e3, 1), _pm(m['augrc'][i], s['augrc'][i], 1e3, 1),
+                      _pm(m['ece'][i], float("nan"), 100, 2), f"{m['train_seconds'][i]:.1f}",
+                      f"{m['query_seconds'][i]:.2f}")
     table.add_section()
     table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
-                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "")
+                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "", "")
     return table
 
 
@@ -291,6 +309,8 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
             table.add_row(s.label, str(s.path), str(len(acc)), f"{acc.mean():.2f} ± {acc.std():.2f}",
                           f"{aurc.mean():.1f} ± {aurc.std():.1f}")
         console.print(table)
+        console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "
+                      "(penalty matrix) run [bold]activecrl compare " + " ".join(str(r) for r in runs) + " -o DIR[/]")
 
 
 @app.command()
@@ -396,6 +416,45 @@ def list_registered():
     for kind, names in rows:
         table.add_row(kind, ", ".join(names))
     console.print(table)
+
+
+@app.command()
+def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` runs (with predictions.npz)"),
+            bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
+                                                               "many test-set resamples, e.g. 1000"),
+            seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
+    """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    from .bootstrap import rescore_runs
+
+    blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
+    for path, blob in zip(runs, blobs):
+        console.print(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
+    console.print(f"updated metrics.json in {len(runs)} run folder(s)")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl run` runs, in the order of the rows"),
+            output: Path = typer.Option(..., "-o", "--output", help="folder for compare.json, penalty.png, curves.png")):
+    """AUBC per run with 95% intervals over trials, and the pairwise penalty matrix (paired t-tests per stage)."""
+    from .compare import compare_runs, write_compare
+
+    result = compare_runs(runs)
+    written = write_compare(result, output)
+    table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
+                  caption="accuracy in %, AURC ×10³; 'beaten' = penalty column mean (lower is better)")
+    for col in ("run", "dataset", "trials", "AUBC accuracy", "AUBC AURC", "beaten"):
+        table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
+    for j, run in enumerate(result.runs):
+        acc, aurc = result.aubc[run.label], result.aubc_aurc[run.label]
+        fmt = lambda a, k, d: f"{a.mean * k:.{d}f}" + (f" [{a.ci95[0] * k:.{d}f}, {a.ci95[1] * k:.{d}f}]"  # noqa: E731
+                                                       if a.ci95 else "")
+        beaten = result.column_means[j]
+        table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, 100, 2), fmt(aurc, 1000, 1),
+                      "–" if beaten is None else f"{beaten:.2f}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
 
 
 def main() -> None:
