@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError
 from .metrics import METRIC_NAMES, _NLL_EPS, _optimal_aurc, _probs_labels, _real_1d
 
-__all__ = ["bootstrap_metrics", "percentile_intervals", "bootstrap_intervals", "check_n_resamples", "rescore_run",
+__all__ = ["bootstrap_metrics", "resample_indices", "percentile_intervals", "bootstrap_intervals", "check_n_resamples", "rescore_run",
            "rescore_runs"]
 
 _CHUNK = 64  # resamples per count matrix: 64 x 10,000 float64 = 5 MB
@@ -103,6 +103,17 @@ def _chunk_metrics(prep: _Prepared, counts: np.ndarray) -> dict[str, np.ndarray]
     return out
 
 
+def _index_chunks(n: int, n_resamples: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, _CHUNK):
+        yield rng.integers(0, n, size=(min(_CHUNK, n_resamples - start), n))
+
+
+def resample_indices(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """The (n_resamples, n) test indices ``bootstrap_metrics`` draws for a test set of size n."""
+    return np.concatenate(list(_index_chunks(n, check_n_resamples(n_resamples), seed)))
+
+
 def bootstrap_metrics(probs, labels, confidence=None, *, n_resamples: int = 1000,
                       seed: int = 0) -> dict[str, np.ndarray]:
     """``{metric: (n_resamples,) values}`` over test sets drawn with replacement.
@@ -114,11 +125,9 @@ def bootstrap_metrics(probs, labels, confidence=None, *, n_resamples: int = 1000
     """
     n_resamples = check_n_resamples(n_resamples)
     prep = _Prepared(probs, labels, confidence)
-    rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {m: [] for m in METRIC_NAMES}
-    for start in range(0, n_resamples, _CHUNK):
-        b = min(_CHUNK, n_resamples - start)
-        idx = rng.integers(0, prep.n, size=(b, prep.n))
+    for idx in _index_chunks(prep.n, n_resamples, seed):
+        b = len(idx)
         # draw counts per row: one bincount over row-offset indices
         counts = np.bincount((idx + prep.n * np.arange(b)[:, None]).ravel(),
                              minlength=b * prep.n).reshape(b, prep.n).astype(np.float64)

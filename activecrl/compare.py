@@ -165,7 +165,7 @@ def penalty_matrix(runs: list[CompareRun], metric: str = "accuracy", alpha: floa
     for i in range(k):
         for j in range(i + 1, k):
             a, b = runs[i], runs[j]
-            if a.dataset != b.dataset:
+            if a.dataset != b.dataset or a.seed != b.seed:  # other data, or other seed sets: no pairs
                 continue
             wins_i, wins_j, n_stages = 0, 0, 0
             for stage in sorted({s for _, s in a.records} & {s for _, s in b.records}):
@@ -296,7 +296,7 @@ def compare_runs(paths, *, alpha: float = ALPHA) -> CompareResult:
         stages[dataset] = common
         for i, a in enumerate(group):
             for b in group[i + 1:]:
-                if not set(a.records) & set(b.records):
+                if a.seed != b.seed or not set(a.records) & set(b.records):
                     why = (f"their base seeds differ ({a.seed} vs {b.seed}), so no trial has the same seed set"
                            if a.seed != b.seed else "they have no (trial, stage) in common")
                     raise ConfigError(f"{a.label} ({a.path}) and {b.label} ({b.path}) share no trial: {why}; "
