@@ -60,23 +60,26 @@ def _train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed, comp
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True,
                   ci95: dict | None = None) -> Table:
+    """One column per metric (``–`` where a run lacks one); with ``ci95`` and one run, a metric per line."""
     from .metrics import METRIC_NAMES, PAPER_SCALE
+    from .report import TRAIN_HEADERS
 
-    caption = PAPER_SCALE_NOTE if paper_scale else None
-    if ci95:
-        caption = f"{caption or ''}; 95% bootstrap interval below".lstrip("; ")
-    table = Table(title=title, caption=caption)
-    table.add_column("run")
-    for name in METRIC_NAMES:
-        table.add_column(name, justify="right")
     scale = PAPER_SCALE if paper_scale else {}
     digits = 2 if paper_scale else 4
+    fmt = lambda v, m: "–" if v is None else f"{v * scale.get(m, 1):.{digits}f}"  # noqa: E731
+    table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
+    if ci95 and len(rows) == 1:  # nine values with intervals only fit a terminal one per line
+        for col in ("metric", rows[0][0], "95% CI (bootstrap)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for m in METRIC_NAMES:
+            ci = ci95.get(m)
+            table.add_row(TRAIN_HEADERS[m], fmt(rows[0][1].get(m), m), f"[{fmt(ci[0], m)}, {fmt(ci[1], m)}]" if ci else "–")
+        return table
+    table.add_column("run")
+    for name in METRIC_NAMES:
+        table.add_column(TRAIN_HEADERS[name], justify="right")
     for label, metrics in rows:
-        table.add_row(label, *(f"{metrics[m] * scale.get(m, 1):.{digits}f}" if metrics.get(m) is not None else "–"
-                               for m in METRIC_NAMES))
-    if ci95:
-        table.add_row("95% CI", *(f"[{ci95[m][0] * scale.get(m, 1):.{digits}f}, {ci95[m][1] * scale.get(m, 1):.{digits}f}]"
-                                  if m in ci95 else "–" for m in METRIC_NAMES))
+        table.add_row(label, *(fmt(metrics.get(m), m) for m in METRIC_NAMES))
     return table
 
 

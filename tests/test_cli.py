@@ -27,7 +27,7 @@ def test_train_writes_metrics_predictions_and_model(tmp_path):
     out = tmp_path / "run"
     text = _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "crl", "--epochs", "2",
                                    "--bootstrap", "50", "--device", "cpu", "--out", str(out)]))
-    assert "accuracy" in text and "95% CI" in text
+    assert "ACC" in text and "95% CI" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["metrics"]) == {"accuracy", "aurc", "eaurc", "augrc", "aupr_err", "fpr95", "ece", "nll",
                                        "brier"}
