@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError
 from .metrics import METRIC_NAMES, _NLL_EPS, _optimal_aurc, _probs_labels, _real_1d
 
-__all__ = ["bootstrap_metrics", "resample_indices", "percentile_intervals", "bootstrap_intervals", "check_n_resamples", "rescore_run",
+__all__ = ["bootstrap_metrics", "resample_indices", "paired_difference", "percentile_intervals", "bootstrap_intervals", "check_n_resamples", "rescore_run",
            "rescore_runs"]
 
 _CHUNK = 64  # resamples per count matrix: 64 x 10,000 float64 = 5 MB
@@ -216,3 +216,36 @@ def _rescored(run_dir, *, n_resamples: int | None, seed: int | None):
         blob["ci95"] = bootstrap_intervals(probs, labels, confidence, n_resamples=n_resamples, seed=seed)
         blob["bootstrap"] = bootstrap_info(n_resamples, seed)
     return metrics_path, blob
+
+
+def paired_difference(run_a, run_b, *, n_resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Paired bootstrap of ``metric(a) - metric(b)`` for two train runs scored on the same test set.
+
+    Both runs' ``predictions.npz`` are resampled with the same indices, so test-set noise common
+    to both cancels. Returns ``{metric: {"diff", "ci95", "significant"}}`` where significant means
+    the 95 % percentile interval of the difference excludes 0. This is test-set noise only: it
+    says nothing about another training seed.
+    """
+    from pathlib import Path
+
+    from .errors import DataError
+
+    arrays = []
+    for run in (run_a, run_b):
+        path = Path(run) / "predictions.npz"
+        if not path.is_file():
+            raise DataError(f"{run} must be an `activecrl train` run folder with predictions.npz, but {path} is missing")
+        with np.load(path) as z:
+            arrays.append((z["probs"], z["labels"], z["confidence"] if "confidence" in z.files else None))
+    if not np.array_equal(arrays[0][1], arrays[1][1]):
+        raise DataError(f"{run_a} and {run_b} must be scored on the same test set (same labels in the same order) "
+                        "for a paired bootstrap, got different label arrays instead")
+    draws = [bootstrap_metrics(*a, n_resamples=n_resamples, seed=seed) for a in arrays]
+    from .metrics import classification_metrics
+
+    point = [classification_metrics(*a) for a in arrays]
+    out = {}
+    for m in METRIC_NAMES:
+        low, high = (float(v) for v in np.percentile(draws[0][m] - draws[1][m], [2.5, 97.5]))
+        out[m] = {"diff": point[0][m] - point[1][m], "ci95": [low, high], "significant": bool(low > 0 or high < 0)}
+    return out

@@ -121,3 +121,21 @@ def test_rescore_bad_input_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="--bootstrap must be a positive integer"):
         rescore_runs([tmp_path / "good"], n_resamples=0)
     assert (tmp_path / "good" / "metrics.json").read_text() == good_before
+
+
+def test_paired_difference(tmp_path):
+    from activecrl.bootstrap import paired_difference
+
+    probs, labels = _predictions(n=400, ties=False)
+    _saved_run(tmp_path / "a", probs, labels)
+    worse = probs.copy()
+    wrong = np.arange(0, 400, 3)  # make every third prediction wrong (some already were)
+    worse[wrong] = np.roll(np.eye(4)[labels[wrong]] * 0.9 + 0.025, 1, axis=1)
+    _saved_run(tmp_path / "b", worse, labels)
+    same = paired_difference(tmp_path / "a", tmp_path / "a", n_resamples=50)
+    assert all(v["diff"] == 0 and v["ci95"] == [0.0, 0.0] and not v["significant"] for v in same.values())
+    diff = paired_difference(tmp_path / "a", tmp_path / "b", n_resamples=200)
+    assert diff["accuracy"]["diff"] > 0.05 and diff["accuracy"]["significant"]
+    _saved_run(tmp_path / "c", probs[:300], labels[:300])
+    with pytest.raises(DataError, match="same test set"):
+        paired_difference(tmp_path / "a", tmp_path / "c", n_resamples=10)
