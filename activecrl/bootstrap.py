@@ -23,10 +23,18 @@ Measured in ``bench/bench_bootstrap.py`` against the loop over ``classification_
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 
-from .errors import ConfigError
-from .metrics import METRIC_NAMES, _NLL_EPS, _optimal_aurc, _probs_labels, _real_1d
+from .errors import ConfigError, DataError
+from .io import atomic_write_json
+from .metrics import METRIC_NAMES, _NLL_EPS, _optimal_aurc, _probs_labels, _real_1d, classification_metrics
+from .validate import check_int
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["bootstrap_metrics", "resample_indices", "paired_difference", "percentile_intervals", "bootstrap_intervals", "check_n_resamples", "rescore_run",
            "rescore_runs"]
@@ -36,10 +44,7 @@ _ECE_BINS = 15
 
 
 def check_n_resamples(n_resamples, option: str = "n_resamples") -> int:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ConfigError(f"{option} must be a positive integer (number of bootstrap resamples, e.g. 1000), "
-                          f"got {n_resamples!r} instead")
-    return int(n_resamples)
+    return check_int(option, n_resamples, 1, " (the number of bootstrap resamples, e.g. 1000)")
 
 
 class _Prepared:
@@ -103,6 +108,12 @@ def _chunk_metrics(prep: _Prepared, counts: np.ndarray) -> dict[str, np.ndarray]
     return out
 
 
+def bootstrap_info(n_resamples: int, seed: int) -> dict:
+    """How ``ci95`` was made (metrics.json ``bootstrap``)."""
+    return {"n_resamples": int(n_resamples), "seed": int(seed), "level": 0.95,
+            "method": "percentile intervals over test sets resampled with replacement, from predictions.npz"}
+
+
 def _index_chunks(n: int, n_resamples: int, seed: int):
     rng = np.random.default_rng(seed)
     for start in range(0, n_resamples, _CHUNK):
@@ -152,8 +163,6 @@ def bootstrap_intervals(probs, labels, confidence=None, *, n_resamples: int = 10
 
 def rescore_runs(run_dirs, *, n_resamples: int | None = None, seed: int | None = None) -> list[dict]:
     """:func:`rescore_run` for several runs: every run is checked and computed before any file is written."""
-    from .io import atomic_write_json
-
     done = [_rescored(d, n_resamples=n_resamples, seed=seed) for d in run_dirs]
     for path, blob in done:
         atomic_write_json(path, blob)
@@ -174,15 +183,6 @@ def rescore_run(run_dir, *, n_resamples: int | None = None, seed: int | None = N
 
 
 def _rescored(run_dir, *, n_resamples: int | None, seed: int | None):
-    import json
-    import logging
-    from pathlib import Path
-
-    from .errors import DataError
-    from .experiment import bootstrap_info
-    from .metrics import classification_metrics
-
-    log = logging.getLogger(__name__)
     run_dir = Path(run_dir)
     metrics_path, pred_path = run_dir / "metrics.json", run_dir / "predictions.npz"
     if n_resamples is not None:
@@ -209,7 +209,7 @@ def _rescored(run_dir, *, n_resamples: int | None, seed: int | None):
     merged = {**stored, **{m: fresh[m] for m in added}}
     blob["metrics"] = {**{m: merged[m] for m in METRIC_NAMES}, **merged}  # METRIC_NAMES order first
     if added:
-        log.info("%s: added %s", run_dir, ", ".join(added))
+        logger.info("%s: added %s", run_dir, ", ".join(added))
     if n_resamples is not None:
         if seed is None:
             seed = int(((blob.get("config") or {}).get("train") or {}).get("seed", 0))
@@ -226,10 +226,6 @@ def paired_difference(run_a, run_b, *, n_resamples: int = 1000, seed: int = 0) -
     the 95 % percentile interval of the difference excludes 0. This is test-set noise only: it
     says nothing about another training seed.
     """
-    from pathlib import Path
-
-    from .errors import DataError
-
     arrays = []
     for run in (run_a, run_b):
         path = Path(run) / "predictions.npz"
@@ -241,8 +237,6 @@ def paired_difference(run_a, run_b, *, n_resamples: int = 1000, seed: int = 0) -
         raise DataError(f"{run_a} and {run_b} must be scored on the same test set (same labels in the same order) "
                         "for a paired bootstrap, got different label arrays instead")
     draws = [bootstrap_metrics(*a, n_resamples=n_resamples, seed=seed) for a in arrays]
-    from .metrics import classification_metrics
-
     point = [classification_metrics(*a) for a in arrays]
     out = {}
     for m in METRIC_NAMES:

@@ -30,8 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from .errors import ConfigError
+from .io import _atomic, atomic_write_json
+from .loop import CONFIG_FILE
+from .records import StageRecord, read_records
+from .report import dataset_label
 
 __all__ = ["CompareRun", "AreaStats", "CompareResult", "load_compare_run", "normalised_area", "trial_interval",
            "paired_t_test", "penalty_matrix", "compare_runs", "write_compare", "ALPHA"]
@@ -49,7 +54,7 @@ class CompareRun:
     seed: int  # the base --seed: trial t of two runs has the same seed set only with the same seed
     planned_trials: int
     planned_stages: int
-    records: dict[tuple[int, int], dict]  # (trial, stage) -> record
+    records: dict[tuple[int, int], StageRecord]  # (trial, stage) -> record
 
     def trials(self) -> list[int]:
         return sorted({t for t, _ in self.records})
@@ -58,11 +63,11 @@ class CompareRun:
         return sorted(s for t, s in self.records if t == trial)
 
     def n_labeled(self, stage: int) -> int | None:
-        values = {r["n_labeled"] for (t, s), r in self.records.items() if s == stage}
+        values = {r.n_labeled for (t, s), r in self.records.items() if s == stage}
         return values.pop() if len(values) == 1 else None
 
     def value(self, trial: int, stage: int, metric: str) -> float:
-        v = self.records[(trial, stage)].get(metric)
+        v = self.records[(trial, stage)].value(metric)
         return float("nan") if v is None else float(v)
 
 
@@ -128,8 +133,6 @@ def normalised_area(n_labeled, values) -> float:
 
 def trial_interval(values) -> tuple[float, list[float] | None]:
     """(mean, 95 % Student-t interval) over trials; the interval is None for a single trial."""
-    from scipy import stats
-
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
     if v.size < 2:
@@ -145,8 +148,6 @@ def paired_t_test(a, b) -> tuple[float, float]:
     p = 1 if they are all zero (identical results, e.g. the shared first stage), where scipy gives
     inf/NaN with a warning.
     """
-    from scipy import stats
-
     d = np.round(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), 12)  # float noise of equal values
     if d.size < 2:
         raise ConfigError(f"a paired t-test needs at least 2 paired trials, got {d.size} instead")
@@ -191,9 +192,6 @@ def penalty_matrix(runs: list[CompareRun], metric: str = "accuracy", alpha: floa
 
 
 def load_compare_run(path: Path | str) -> CompareRun:
-    from .loop import CONFIG_FILE, read_records
-    from .report import dataset_label
-
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise ConfigError(f"{path} must be an `activecrl run` folder (with {CONFIG_FILE} and results.jsonl), but it "
@@ -209,10 +207,10 @@ def load_compare_run(path: Path | str) -> CompareRun:
                           "stage is recorded")
     by_key = {}
     for r in records:
-        for key in ("trial", "stage", "n_labeled", "accuracy"):
-            if key not in r:
-                raise ConfigError(f"{path}/results.jsonl records must hold {key!r}, got keys {sorted(r)} instead")
-        by_key[(int(r["trial"]), int(r["stage"]))] = r
+        if r.value("accuracy") is None:
+            raise ConfigError(f"{path}/results.jsonl records must hold 'accuracy', got a record of trial {r.trial} "
+                              f"stage {r.stage} without it")
+        by_key[(r.trial, r.stage)] = r
     label = f"{config.get('strategy', '?')} ({config.get('trainer', '?')})"
     return CompareRun(path, label, dataset_label(config.get("dataset")), int(config.get("seed", 0)),
                       int(config.get("trials", 0)), int(config.get("stages", 0)), by_key)
@@ -402,8 +400,6 @@ def _curves_png(result: CompareResult) -> bytes:
 def write_compare(result: CompareResult, out: Path | str) -> dict[str, Path]:
     """Write ``compare.json``, ``penalty.png`` and ``curves.png`` into ``out`` (each file atomically,
     all rendered before the first is written)."""
-    from .io import atomic_write_json, _atomic
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o must be a folder for compare.json, penalty.png and curves.png, got the file {out} "

@@ -73,7 +73,7 @@ def test_seeded_and_validated():
     assert a != bootstrap_intervals(probs, labels, n_resamples=30, seed=4)
     assert set(a) == set(METRIC_NAMES) and all(lo <= hi for lo, hi in a.values())
     for bad in (0, -5, 2.5, True):
-        with pytest.raises(ConfigError, match="positive integer"):
+        with pytest.raises(ConfigError, match="n_resamples must be an integer >= 1"):
             bootstrap_metrics(probs, labels, n_resamples=bad)
 
 
@@ -81,7 +81,7 @@ def test_train_config_bootstrap_field():
     from activecrl.experiment import TrainRunConfig
 
     assert TrainRunConfig().bootstrap == 0
-    with pytest.raises(ConfigError, match="bootstrap must be a non-negative integer"):
+    with pytest.raises(ConfigError, match="bootstrap must be an integer >= 0"):
         TrainRunConfig(bootstrap=-1)
 
 
@@ -118,7 +118,7 @@ def test_rescore_bad_input_writes_nothing(tmp_path):
         rescore_runs([tmp_path / "good", tmp_path / "wrong"], n_resamples=10)
     with pytest.raises(DataError, match="predictions.npz"):
         rescore_runs([tmp_path / "good", tmp_path / "bare"], n_resamples=10)
-    with pytest.raises(ConfigError, match="--bootstrap must be a positive integer"):
+    with pytest.raises(ConfigError, match="--bootstrap must be an integer >= 1"):
         rescore_runs([tmp_path / "good"], n_resamples=0)
     assert (tmp_path / "good" / "metrics.json").read_text() == good_before
 

@@ -27,7 +27,7 @@ def make_run(path, accuracy, *, strategy="random", trainer="baseline", dataset="
     for t, row in enumerate(accuracy):
         for s, acc in enumerate(row):
             record = {"trial": t, "seed": seed + t, "stage": s, "n_labeled": labels[s] + initial - 10,
-                      "accuracy": acc, "aurc": 1 - acc, **(extra or {})}
+                      "accuracy": acc, "aurc": 1 - acc, "queried": [], **(extra or {})}
             lines.append(json.dumps(record))
     (path / "results.jsonl").write_text("\n".join(lines) + "\n")
     return path

@@ -2,10 +2,10 @@
 
 import pytest
 
-from activecrl.config import CONFIG_DIR, load_toml
+from activecrl.config import load_toml, preset_names
 from activecrl.loop import ALConfig
 
-PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+PRESETS = preset_names()
 
 
 @pytest.mark.parametrize("name", PRESETS)
