@@ -7,8 +7,15 @@ trainer's job) and strategies know nothing about training.
 
 Crash safety without a state file: every random choice of stage ``s`` of trial ``t`` comes from
 a generator seeded by ``(seed, t, s)``, so the labeled set and RNG state of any stage can be
-rebuilt from ``results.jsonl`` alone (seed set + the indices queried so far). A line is appended
+rebuilt from the records alone (seed set + the indices queried so far). A record is appended
 only once its stage is complete, so a run killed at any moment loses at most that stage.
+
+Records of trial ``t`` are appended to ``trials/trial{t}.jsonl``, which only that trial ever
+writes, and ``results.jsonl`` is rebuilt from those files (temp file + rename) after each append.
+So trials of one run folder may run in parallel processes or machines (``activecrl sweep``)
+without two writers ever sharing a file, also on NFS, where appends from two clients can
+overwrite each other and locks are unreliable. ``read_records`` reads the per-trial files (and
+``results.jsonl``, so older run folders still read), dropping duplicate (trial, stage) records.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -29,7 +36,7 @@ from . import __version__
 from .config import from_dict
 from .errors import ConfigError
 from .inference import predict
-from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_out_dir, to_jsonable
 from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .outputs import PoolOutputs
@@ -41,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
+TRIALS_DIR = "trials"  # trials/trial{t}.jsonl: the records of trial t, written by that trial only
 
 
 def _al_train_config() -> TrainConfig:
@@ -120,8 +128,22 @@ def torch_seed(seed: int, trial: int, stage: int) -> int:
 
 
 def read_records(out_dir: Path) -> list[dict]:
-    """Complete records of ``results.jsonl``; a torn last line (crash mid-write) is ignored."""
-    path = Path(out_dir) / RESULTS_FILE
+    """All complete records of a run folder, ordered by (trial, stage).
+
+    The union of the per-trial files and ``results.jsonl`` (a merged view that may lag behind
+    them, and the only file of runs made before per-trial files existed); a torn last line of a
+    file (a crash mid-write) is ignored, and a (trial, stage) recorded twice is kept once.
+    """
+    out = Path(out_dir)
+    trial_files = sorted((out / TRIALS_DIR).glob("trial*.jsonl"))
+    unique: dict[tuple[int, int], dict] = {}
+    for path in [*trial_files, out / RESULTS_FILE]:  # per-trial files first: they are the source
+        for record in _read_jsonl(path):
+            unique.setdefault((record["trial"], record["stage"]), record)
+    return [unique[key] for key in sorted(unique)]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
@@ -139,7 +161,14 @@ def read_records(out_dir: Path) -> list[dict]:
     return records
 
 
-def _append_record(path: Path, record: dict) -> None:
+def _trial_file(out: Path, trial: int) -> Path:
+    return out / TRIALS_DIR / f"trial{trial}.jsonl"
+
+
+def _append_record(out: Path, record: dict) -> None:
+    """Append to the trial's own file (one write + fsync), then refresh ``results.jsonl``."""
+    path = _trial_file(out, record["trial"])
+    path.parent.mkdir(exist_ok=True)
     line = (json.dumps(to_jsonable(record)) + "\n").encode()
     with open(path, "ab") as handle:  # one write + fsync: the line is all there or (torn) ignored
         if handle.tell() > 0:
@@ -147,6 +176,7 @@ def _append_record(path: Path, record: dict) -> None:
         handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
+    merge_records(out)
 
 
 def _repair_tail(path: Path, handle) -> None:
@@ -156,6 +186,26 @@ def _repair_tail(path: Path, handle) -> None:
             data = path.read_bytes()
             handle.truncate(data.rfind(b"\n") + 1)
             handle.seek(0, os.SEEK_END)
+
+
+def merge_records(out_dir: Path | str, rounds: int = 5) -> list[dict]:
+    """Rewrite ``results.jsonl`` as every record of the run folder, atomically (temp file + rename).
+
+    Writers of different trials may merge at the same time; each rename is atomic, so a reader
+    never sees a torn or interleaved file, but a writer whose view predates another's append can
+    rename last. Reading the files again after the rename and rewriting until they agree closes
+    that gap for whichever writer renames last (``activecrl sweep`` also merges once more at the
+    end of each point, which covers a writer killed in between).
+    """
+    out = Path(out_dir)
+    records = read_records(out)
+    for _ in range(rounds):
+        atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(to_jsonable(r)) + "\n" for r in records))
+        latest = read_records(out)
+        if latest == records:
+            break
+        records = latest
+    return records
 
 
 def resolve_dropout(config: ALConfig, strategy) -> float:
@@ -174,54 +224,94 @@ def resolve_dropout(config: ALConfig, strategy) -> float:
     return 0.0
 
 
-def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
-                        callbacks: LoopCallbacks | None = None) -> list[dict]:
-    """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
+@dataclass
+class CheckedRun:
+    """What ``check_run`` established: the strategy object, the dropout rate and the dataset."""
+
+    strategy: Any
+    dropout: float
+    dataset: Any  # ImageDataset
+
+
+def check_run(config: ALConfig, *, dataset=None) -> CheckedRun:
+    """Every check a run makes before it writes anything: names, options, the dataset and its
+    sizes, and that the model can serve the run. ``activecrl sweep`` runs it for each grid point
+    before any task starts; the device is checked by the caller (a sweep's driver may have no GPU).
+    """
     from strategies import get_strategy
 
-    from .data import device_splits, load_dataset
-    from .models import MODELS, build_model
+    from .data import load_dataset
+    from .models import MODELS
+
+    strategy = get_strategy(config.strategy, **config.strategy_params)
+    build_trainer(config.trainer, config.train)
+    dropout = resolve_dropout(config, strategy)
+    MODELS.get(config.model)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    if config.initial > dataset.n_train:
+        raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
+                          f"got {config.initial} instead")
+    _build_model(config, dataset, dropout, strategy)  # a model that cannot serve this run fails here
+    return CheckedRun(strategy, dropout, dataset)
+
+
+def _build_model(config: ALConfig, dataset, dropout: float, strategy):
+    from .models import build_model
+
+    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size, dropout=dropout)
+    if dropout > 0 and not getattr(model, "supports_dropout", True):
+        raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
+                          f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
+                          f"model that supports it (see `activecrl list`)")
+    return model
+
+
+def write_run_config(out: Path, config: ALConfig, *, dropout: float, n_train: int, extra: dict | None = None) -> None:
+    """The run folder's ``config.json``: the options plus what the run derived (``extra``: e.g. a
+    sweep's grid point; ``load_saved_config`` ignores it)."""
+    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
+                                                "n_train": n_train, **config.to_dict(), **(extra or {})})
+
+
+def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
+                        callbacks: LoopCallbacks | None = None, trials: Iterable[int] | None = None) -> list[dict]:
+    """Run (or resume) an experiment; returns all records of the run folder.
+
+    ``trials`` runs only those trial indices (default: all of them); ``activecrl sweep`` runs
+    each trial of a run folder as its own task this way, with ``resume=True``.
+    """
+    from .data import device_splits
 
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
     if resume:
         config = _check_resume(config, out)
-    # fail on a bad name, option or dataset before creating anything in ``out``
-    strategy = get_strategy(config.strategy, **config.strategy_params)
-    build_trainer(config.trainer, config.train)
-    dropout = resolve_dropout(config, strategy)
-    MODELS.get(config.model)
+    trial_ids = list(range(config.trials)) if trials is None else [int(t) for t in trials]
+    if any(not 0 <= t < config.trials for t in trial_ids):
+        raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, create=False)  # never overwrite a run
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    # fail on a bad name, option or dataset before creating anything in ``out``
+    checked = check_run(config, dataset=dataset)
+    dataset, strategy, dropout = checked.dataset, checked.strategy, checked.dropout
     n_train = dataset.n_train
-    if config.initial > n_train:
-        raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
     def new_model():
-        model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                            image_size=dataset.image_size, dropout=dropout)
-        if dropout > 0 and not getattr(model, "supports_dropout", True):
-            raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
-                              f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
-                              f"model that supports it (see `activecrl list`)")
-        return model
+        return _build_model(config, dataset, dropout, strategy)
 
-    new_model()  # a model that cannot serve this run fails here, before anything is written
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE)
-        atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                              "n_train": n_train, **config.to_dict()})
+        write_run_config(out, config, dropout=dropout, n_train=n_train)
 
     records = read_records(out)
     done = {(r["trial"], r["stage"]) for r in records}
-    results_path = out / RESULTS_FILE
-    for trial in range(config.trials):
+    for trial in trial_ids:
         cb.trial_start(trial, config.trials)
         trial_seed = config.seed + trial
         labeled = _labeled_after(records, trial, config, n_train)
@@ -268,7 +358,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
                 # rerun of this stage start from its own weights
                 atomic_torch_save(_warm_path(out, trial, stage),
                                   {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            _append_record(results_path, record)
+            _append_record(out, record)
             _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
             records.append(record)
             cb.stage_end(record)
@@ -341,7 +431,7 @@ def load_saved_config(out: Path | str) -> ALConfig:
     if not path.is_file():
         raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
     saved = json.loads(path.read_text())
-    for key in ("activecrl_version", "dropout_used", "n_train"):
+    for key in ("activecrl_version", "dropout_used", "n_train", "sweep"):
         saved.pop(key, None)
     return ALConfig.from_dict(saved)
 
