@@ -299,7 +299,8 @@ def _connect(ray, address: str | None) -> bool:
         # loopback only: Ray otherwise binds a local instance to the machine's network address
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR, object_store_memory=200 * 2**20)
         return True
     try:
@@ -367,6 +368,7 @@ def _schedule(ray, spec: SweepSpec, out: Path, cpus: float, gpus: float, callbac
                 if sum(r["trial"] == t for r in records) < point.config.stages]
         left[point.index] = len(todo)
         if not todo:
+            merge_records(folder)  # a driver killed before its final merge may have left it behind
             status.state = "finished"
             continue
         for trial in todo:
@@ -394,7 +396,11 @@ def _schedule(ray, spec: SweepSpec, out: Path, cpus: float, gpus: float, callbac
                 if status.error is None and status.stages_done < status.stages_total:
                     status.error = f"only {status.stages_done} of {status.stages_total} stages were recorded"
                 status.state = "failed" if status.error else "finished"
-        for index, trial in ray.get(board.started.remote()):
+        try:
+            started = ray.get(board.started.remote(), timeout=30)
+        except ray.exceptions.RayError:  # only the display suffers if the board is gone
+            started = []
+        for index, trial in started:
             status = statuses[index]
             if status.state == "queued":
                 status.state, status.started = "running", time.time()
@@ -433,7 +439,10 @@ def _run_trial_task(folder: str, trial: int, threads: int, use_gpu: bool, board,
     if not (Path(folder) / CONFIG_FILE).is_file():
         raise ConfigError(f"{folder} is not visible on {socket.gethostname()}: a sweep's --out must be on storage "
                           f"every machine of the cluster mounts at the same path (e.g. NFS)")
-    board.start.remote(point, trial)
+    try:
+        board.start.remote(point, trial)
+    except Exception:  # noqa: BLE001 - the progress board is for display only
+        logger.warning("could not report the start of trial %d of %s", trial, folder)
     saved = load_saved_config(folder)
     # a task without a GPU share must not take one that Ray gave to another task
     device = saved.device if use_gpu or saved.device != "auto" else "cpu"

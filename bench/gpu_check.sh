@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks to run whenever a CUDA machine is at hand (about 5 minutes on an H100/H200):
-# the CUDA tests that CPU CI skips, training throughput, CRL step overhead and the query step
-# over a 50,000-image pool. Results go to ${OUT:-gpu_results}/. Run from the repository root
+# The GPU checks to run whenever a CUDA machine is at hand (about 6 minutes on an H100/H200):
+# the CUDA tests that CPU CI skips, training throughput, CRL step overhead, the query step
+# over a 50,000-image pool, and 4 small sweep trials sharing one GPU (needs Ray: ".[test]"). Results go to ${OUT:-gpu_results}/. Run from the repository root
 # in an environment where `pip install -e ".[test]"` has been done.
 set -uo pipefail
 out=${OUT:-gpu_results}
@@ -12,3 +12,5 @@ python -m pytest -q -rs -k "cuda or gpu" tests/ 2>&1 | tail -15 | tee "$out/cuda
 python bench/bench_crl_step.py --model resnet18 --device cuda --steps 100 --rounds 5 2>&1 | tee "$out/crl_step.txt"
 python bench/query_step.py --device cuda --json "$out/query_step.json" 2>&1 | tail -9
 python bench/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 | tail -6
+# activecrl sweep: 4 small trials sharing the GPU (--gpus-per-trial 0.25) vs one after another
+python bench/bench_sweep.py --device cuda --gpus-per-trial 0.25 --json "$out/sweep_gpu.json" 2>&1 | tail -4 | tee "$out/sweep_gpu.txt"

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -228,14 +229,34 @@ def test_rerun_skips_finished_work_and_refuses_another_grid(reference, tmp_path)
         run_sweep(other, out)
 
 
+def test_rerun_finishes_what_an_interrupted_sweep_left(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference / "out", out)
+    first, second = (out / p.name for p in load_sweep(reference / "sweep.toml").points)
+    (first / "trials" / "trial1.jsonl").unlink()  # trial 1 of the first point never recorded a stage
+    lines = (second / "trials" / "trial0.jsonl").read_text().splitlines(keepends=True)
+    (second / "trials" / "trial0.jsonl").write_text(lines[0] + lines[1][:20])  # killed while writing stage 1
+    for folder in (first, second):
+        (folder / RESULTS_FILE).unlink()
+    statuses = run_sweep(load_sweep(reference / "sweep.toml"), out)
+    assert [s.state for s in statuses] == ["finished"] * 2
+    for folder in (first, second):
+        assert _strip(read_records(folder)) == _strip(read_records(reference / "out" / folder.name))
+        assert (folder / RESULTS_FILE).read_text().count("\n") == 4
+
+
 def test_a_killed_worker_is_retried_and_the_sweep_finishes(reference, ray_instance, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference / "out", out)
+    first = load_sweep(reference / "sweep.toml").points[0].name
+    shutil.rmtree(out / first / "trials")  # only the first point's 2 trials run again
+    (out / first / RESULTS_FILE).unlink()
     ray_instance.write_text("armed")  # the first task to record a stage SIGKILLs its own worker
-    statuses = run_sweep(load_sweep(reference / "sweep.toml"), tmp_path / "out")
+    statuses = run_sweep(load_sweep(reference / "sweep.toml"), out)
     assert not ray_instance.exists(), "no task killed itself"
     assert [s.state for s in statuses] == ["finished"] * 2
     for point in statuses:
-        assert _strip(read_records(tmp_path / "out" / point.name)) == \
-            _strip(read_records(reference / "out" / point.name))
+        assert _strip(read_records(out / point.name)) == _strip(read_records(reference / "out" / point.name))
 
 
 def test_a_failed_point_does_not_stop_the_others(ray_instance, tmp_path):

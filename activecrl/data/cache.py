@@ -14,7 +14,6 @@ decodes a dataset once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -26,6 +25,11 @@ import torch
 
 from ..errors import DataError
 from .dataset import ImageDataset
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: concurrent first loads there decode more than once (still safe)
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +142,9 @@ def decode_lock(cache_file: Path):
     safe, merely repeated.
     """
     lock_path = cache_file.with_name(cache_file.name + ".lock")
+    if fcntl is None:
+        yield
+        return
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
