@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,9 +20,14 @@ from torch import nn
 
 from . import __version__
 from .config import from_dict
+from .data import device_splits, load_dataset
 from .errors import ConfigError, DataError
 from .io import atomic_savez, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
-from .runtime import resolve_device
+from .methods import build_method, holdout_split, temperature_scale
+from .methods.temperature import log_probs
+from .metrics import classification_metrics
+from .models import build_model
+from .runtime import configure_backends, resolve_device
 from .trainers import EpochInfo, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -29,25 +35,34 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainRunConfig:
-    dataset: str = "digits"
-    model: str = "small_cnn"
-    trainer: str = "baseline"
-    dropout: float = 0.0  # dropout before the classifier
-    data_dir: str | None = None
-    download: bool = True
-    device: str = "auto"
-    eval_batch_size: int = 1024
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # Each field is a CLI flag of `activecrl train` (--mc-samples) and a TOML key; metadata["help"] is its help.
+    dataset: str = field(default="digits", metadata={
+        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
+    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | a registered trainer"})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
+    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation passes"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation (the [train] table)"})
     # comparison methods and temperature scaling: see activecrl.methods
-    method: str = "plain"  # plain | mc_dropout | aleatoric | aes | ensemble
-    mc_samples: int = 50  # MC-dropout passes at test time (mc_dropout, aleatoric)
-    aleatoric_samples: int = 50  # Gaussian logit samples per example in the aleatoric loss
-    variance: str = "sample"  # aleatoric log-variance head: one per sample | one per class
-    snapshots: int = 10  # AES: k snapshots over the last (1 - snapshot_start) of training
-    snapshot_start: float = 0.5
-    members: int = 5  # ensemble size (seeds seed, seed + 1, ...)
-    temperature_scaling: bool = False  # fit T on a held-out part of the training split
-    holdout_fraction: float = 0.1
+    method: str = field(default="plain", metadata={"help": "plain | mc_dropout | aleatoric | aes | ensemble"})
+    mc_samples: int = field(default=50, metadata={"help": "MC-dropout passes at test time (mc_dropout, aleatoric)"})
+    aleatoric_samples: int = field(default=50, metadata={
+        "help": "Gaussian logit samples per example in the aleatoric loss"})
+    variance: str = field(default="sample", metadata={
+        "help": "aleatoric log-variance head: sample (one per example) | class (one per class)"})
+    snapshots: int = field(default=10, metadata={"help": "AES snapshots k (the paper: 10 and 30)"})
+    snapshot_start: float = field(default=0.5, metadata={
+        "help": "AES takes its snapshots after this fraction of the epochs"})
+    members: int = field(default=5, metadata={"help": "ensemble members (seeds seed, seed+1, ...)"})
+    temperature_scaling: bool = field(default=False, metadata={
+        "help": "fit a temperature on a held-out part of the training split"})
+    holdout_fraction: float = field(default=0.1, metadata={
+        "help": "training fraction held out for --temperature-scaling"})
 
 
 @dataclass
@@ -79,9 +94,9 @@ class TrainRunResult:
         return out
 
 
-def model_info_for(dataset, model_name: str, dropout: float) -> dict:
+def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None) -> dict:
     """What ``load_trained`` needs to rebuild the model and its input pipeline."""
-    return {
+    info = {
         "model": model_name,
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
@@ -93,19 +108,56 @@ def model_info_for(dataset, model_name: str, dropout: float) -> dict:
         "std": [float(s) for s in dataset.std],
         "augment": bool(dataset.augment),
     }
+    if variance_head is not None:  # build_model's option (the aleatoric trainer's log-variance head)
+        info["variance_head"] = variance_head
+    return info
 
 
 def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
                        progress: Callable[[EpochInfo], None] | None = None) -> TrainRunResult:
-    """Train ``config.model`` with ``config.trainer`` on the training split; evaluate on test.
+    """Train ``config.model`` as ``config.method`` says on the training split; evaluate on test.
 
-    One code path serves the plain run and the comparison methods (``config.method``, temperature
-    scaling): ``activecrl.methods.train_and_evaluate_method``, where ``plain`` is one member
-    trained once and scored by its max softmax probability.
+    One pipeline for every method (``activecrl.methods``; ``plain`` is one model scored by its max
+    softmax probability): check the options, load the data, hold out a part for temperature
+    scaling if asked, let the method train, predict and score, then compute the metrics.
     """
-    from .methods import train_and_evaluate_method
+    method = build_method(config)  # every option is checked before any work
+    config = method.config
+    device = resolve_device(config.device)
+    configure_backends(device)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
 
-    return train_and_evaluate_method(config, dataset=dataset, progress=progress)
+    info: dict = {"name": method.name}
+    fit_idx = holdout_idx = None
+    if config.temperature_scaling:
+        holdout_idx, fit_idx = holdout_split(config.holdout_fraction, dataset.n_train, config.train.seed)
+        info.update(holdout_fraction=config.holdout_fraction, n_holdout=int(holdout_idx.size),
+                    n_train_used=int(fit_idx.size))
+    train_seconds = method.fit(dataset, train_data, None if fit_idx is None else torch.from_numpy(fit_idx), progress)
+
+    start = time.perf_counter()
+    probs, logits = method.predictive(test_data)
+    logits = log_probs(probs) if logits is None else logits
+    if config.temperature_scaling:
+        probs, logits, scaled = temperature_scale(method, train_data, holdout_idx,
+                                                  dataset.train_labels[holdout_idx].numpy(), logits)
+        info.update(scaled)
+    labels = dataset.test_labels.numpy()
+    confidence = method.confidence(probs)
+    info.update(confidence=method.confidence_label, **method.describe())
+    metrics = classification_metrics(probs, labels, confidence)
+    eval_seconds = time.perf_counter() - start
+
+    model = method.models_[0]
+    model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"))
+    model_info["method"] = method.name
+    if method.saved_model:
+        model_info["model_pt_holds"] = method.saved_model
+    return TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
+                          confidence, train_seconds, eval_seconds, model_info, method_info=info,
+                          member_states=method.member_states)
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:
@@ -130,8 +182,6 @@ def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = F
 
 def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     """Rebuild a model saved by ``save_train_run``: returns ``(model, model_info, config_dict)``."""
-    from .models import build_model
-
     path = Path(run_dir)
     path = path / "model.pt" if path.is_dir() else path
     if not path.is_file():
@@ -144,11 +194,8 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
         raise DataError(f"{path} is not a model saved by activecrl (missing state_dict/model_info)")
     info = blob["model_info"]
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                        image_size=info["image_size"], dropout=info.get("dropout", 0.0))
-    if info.get("variance_head"):  # an aleatoric run: the model carries a log-variance head
-        from .methods import add_variance_head
-
-        add_variance_head(model, per_class=info["variance_head"] == "class")
+                        image_size=info["image_size"], dropout=info.get("dropout", 0.0),
+                        variance_head=info.get("variance_head"))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})

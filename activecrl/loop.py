@@ -32,16 +32,21 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from strategies import QueryContext, get_strategy
+
 from . import __version__
 from .config import from_dict
+from .data import device_splits, load_dataset
 from .errors import ConfigError
 from .inference import predict
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_out_dir, to_jsonable
 from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
+from .models import MODELS, build_model
 from .outputs import PoolOutputs
 from .runtime import configure_backends, resolve_device, seed_everything
 from .trainers import EpochInfo, TrainConfig, build_trainer
+from .validate import SEED_LIMIT, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -62,38 +67,43 @@ def _al_train_config() -> TrainConfig:
 class ALConfig:
     """One active-learning experiment. Defaults: the offline demo on ``digits``."""
 
-    dataset: str = "digits"
-    model: str = "small_cnn"
-    trainer: str = "crl"
-    strategy: str = "least_conf"
-    strategy_params: dict[str, Any] = field(default_factory=dict)
-    initial: int = 100  # size of the random seed set
-    budget: int = 100  # labels queried after each stage but the last
-    stages: int = 5  # models trained per trial (the paper: 10)
-    trials: int = 3
-    seed: int = 0
-    pool_subset: int | None = None  # score only a random subset of the pool per stage
-    warm_start: bool = False  # continue from the previous stage's weights instead of retraining
-    dropout: float | None = None  # None: 0, or DEFAULT_MC_DROPOUT for strategies that need it
-    device: str = "auto"
-    deterministic: bool = False  # CUDA: deterministic kernels, no autotuning (same seed -> same queries)
-    data_dir: str | None = None
-    download: bool = True
-    eval_batch_size: int = 1024
-    train: TrainConfig = field(default_factory=_al_train_config)
+    # Each field is a CLI flag of `activecrl run` (--pool-subset) and a TOML key; metadata["help"] is its help.
+    dataset: str = field(default="digits", metadata={
+        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
+    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    trainer: str = field(default="crl", metadata={"help": "baseline | crl | a registered trainer"})
+    strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
+    strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments of the strategy, e.g. weight=0.1 (repeat for more)"})
+    initial: int = field(default=100, metadata={"help": "size of the random seed set"})
+    budget: int = field(default=100, metadata={"help": "labels queried after each stage but the last"})
+    stages: int = field(default=5, metadata={"help": "models trained per trial (the paper: 10)"})
+    trials: int = field(default=3, metadata={"help": "independent trials (seeds seed, seed+1, ...)"})
+    seed: int = field(default=0, metadata={"help": "base seed"})
+    pool_subset: int | None = field(default=None, metadata={
+        "help": "score only this many random pool samples per stage (default: the whole pool)"})
+    warm_start: bool = field(default=False, metadata={
+        "help": "fine-tune the previous stage's weights instead of retraining from scratch"})
+    dropout: float | None = field(default=None, metadata={
+        "help": f"dropout before the classifier (default 0, or {DEFAULT_MC_DROPOUT} for strategies that sample it)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "CUDA: deterministic kernels, no autotuning, so the same seed gives the same queries (slower)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
+    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation and scoring passes"})
+    train: TrainConfig = field(default_factory=_al_train_config, metadata={
+        "help": "training of each stage (the [train] table)"})
 
     def __post_init__(self):
         if isinstance(self.train, dict):
-            self.train = from_dict(TrainConfig, self.train)
+            self.train = from_dict(TrainConfig, self.train, base=_al_train_config())  # keys not given keep the run's
         # initial >= 2: BatchNorm cannot train on a single sample
         for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r} instead")
-        if self.pool_subset is not None and (not isinstance(self.pool_subset, int) or self.pool_subset < 1):
-            raise ConfigError(f"pool_subset must be a positive integer or None, got {self.pool_subset!r} instead")
+            check_int(name, getattr(self, name), minimum)
+        check_int("seed", self.seed, 0, below=SEED_LIMIT)
+        check_int("pool_subset", self.pool_subset, 1, none_ok=True)
         if self.pool_subset is not None and self.pool_subset < self.budget:
             raise ConfigError(f"pool_subset must be at least the budget ({self.budget}) so a stage can query it "
                               f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
@@ -224,46 +234,54 @@ def resolve_dropout(config: ALConfig, strategy) -> float:
     return 0.0
 
 
-@dataclass
-class CheckedRun:
-    """What ``check_run`` established: the strategy object, the dropout rate and the dataset."""
+def check_run_config(config: ALConfig):
+    """The names and options of ``config`` that only a lookup can check: (strategy, trainer, dropout).
 
-    strategy: Any
-    dropout: float
-    dataset: Any  # ImageDataset
-
-
-def check_run(config: ALConfig, *, dataset=None) -> CheckedRun:
-    """Every check a run makes before it writes anything: names, options, the dataset and its
-    sizes, and that the model can serve the run. ``activecrl sweep`` runs it for each grid point
-    before any task starts; the device is checked by the caller (a sweep's driver may have no GPU).
+    ``run_active_learning`` calls this before it writes anything; ``activecrl list`` shows exactly
+    the names that pass it.
     """
-    from strategies import get_strategy
-
-    from .data import load_dataset
-    from .models import MODELS
-
     strategy = get_strategy(config.strategy, **config.strategy_params)
-    build_trainer(config.trainer, config.train)
+    trainer = build_trainer(config.trainer, config.train)
     dropout = resolve_dropout(config, strategy)
     MODELS.get(config.model)
+    return strategy, trainer, dropout
+
+
+@dataclass
+class CheckedRun:
+    """What ``check_run`` established for a run: its strategy, trainer, dropout and dataset."""
+
+    strategy: Any
+    trainer: Any
+    dropout: float
+    dataset: Any  # ImageDataset
+    model_options: dict  # e.g. the aleatoric trainer's variance head
+
+
+def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
+    """Every check a run makes before it writes anything: names, options, the dataset and its
+    sizes, and that the model can serve the run (``names``: ``check_run_config``'s result, when
+    the caller has it). ``activecrl sweep`` runs it for each grid point before any task starts;
+    the device is checked by the caller (a sweep's driver may have no GPU).
+    """
+    strategy, trainer, dropout = names or check_run_config(config)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     if config.initial > dataset.n_train:
         raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
                           f"got {config.initial} instead")
-    _build_model(config, dataset, dropout, strategy)  # a model that cannot serve this run fails here
-    return CheckedRun(strategy, dropout, dataset)
+    checked = CheckedRun(strategy, trainer, dropout, dataset, trainer.model_options())
+    _build_model(config, checked)  # a model that cannot serve this run fails here
+    return checked
 
 
-def _build_model(config: ALConfig, dataset, dropout: float, strategy):
-    from .models import build_model
-
+def _build_model(config: ALConfig, checked: CheckedRun):
+    dataset, dropout = checked.dataset, checked.dropout
     model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                        image_size=dataset.image_size, dropout=dropout)
+                        image_size=dataset.image_size, dropout=dropout, **checked.model_options)
     if dropout > 0 and not getattr(model, "supports_dropout", True):
         raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
-                          f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
+                          f"needs dropout {dropout:g} (strategy {checked.strategy.name!r} or --dropout); choose a "
                           f"model that supports it (see `activecrl list`)")
     return model
 
@@ -282,8 +300,6 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     ``trials`` runs only those trial indices (default: all of them); ``activecrl sweep`` runs
     each trial of a run folder as its own task this way, with ``resume=True``.
     """
-    from .data import device_splits
-
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
     if resume:
@@ -291,19 +307,20 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     trial_ids = list(range(config.trials)) if trials is None else [int(t) for t in trials]
     if any(not 0 <= t < config.trials for t in trial_ids):
         raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
+    # fail on a bad name or option before anything else, and on the dataset before creating ``out``
+    names = check_run_config(config)
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, create=False)  # never overwrite a run
-    # fail on a bad name, option or dataset before creating anything in ``out``
-    checked = check_run(config, dataset=dataset)
+    checked = check_run(config, dataset=dataset, names=names)
     dataset, strategy, dropout = checked.dataset, checked.strategy, checked.dropout
     n_train = dataset.n_train
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
     def new_model():
-        return _build_model(config, dataset, dropout, strategy)
+        return _build_model(config, checked)
 
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE)
@@ -368,8 +385,6 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
 
 
 def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> np.ndarray:
-    from strategies import QueryContext
-
     budget = min(config.budget, len(pool))
     if budget == 0:
         return np.empty(0, dtype=np.int64)

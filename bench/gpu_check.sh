@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks to run whenever a CUDA machine is at hand (about 6 minutes on an H100/H200):
 # the CUDA tests that CPU CI skips, training throughput, CRL step overhead, the query step
-# over a 50,000-image pool, and 4 small sweep trials sharing one GPU (needs Ray: ".[test]"). Results go to ${OUT:-gpu_results}/. Run from the repository root
-# in an environment where `pip install -e ".[test]"` has been done.
+# over a 50,000-image pool, and 4 small sweep trials sharing one GPU. Results go to
+# ${OUT:-gpu_results}/. Run from the repository root in an environment where
+# `pip install -e ".[test,gpu]"` has been done (gpu: faiss-gpu for core-set; test includes Ray).
 set -uo pipefail
 out=${OUT:-gpu_results}
 mkdir -p "$out"
