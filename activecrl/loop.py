@@ -10,12 +10,8 @@ a generator seeded by ``(seed, t, s)``, so the labeled set and RNG state of any 
 rebuilt from the records alone (seed set + the indices queried so far). A record is appended
 only once its stage is complete, so a run killed at any moment loses at most that stage.
 
-Records of trial ``t`` are appended to ``trials/trial{t}.jsonl``, which only that trial ever
-writes, and ``results.jsonl`` is rebuilt from those files (temp file + rename) after each append.
-So trials of one run folder may run in parallel processes or machines (``activecrl sweep``)
-without two writers ever sharing a file, also on NFS, where appends from two clients can
-overwrite each other and locks are unreliable. ``read_records`` reads the per-trial files (and
-``results.jsonl``, so older run folders still read), dropping duplicate (trial, stage) records.
+Records go through ``records.append_trial_record``: one file per trial, merged into
+``results.jsonl``, so the trials of one run folder may run in parallel (``activecrl sweep``).
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +34,12 @@ from .config import from_dict
 from .data import device_splits, load_dataset
 from .errors import ConfigError
 from .inference import predict
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_out_dir, to_jsonable
+from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
 from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .models import MODELS, build_model
 from .outputs import PoolOutputs
+from .records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
 from .runtime import configure_backends, resolve_device, seed_everything
 from .trainers import EpochInfo, TrainConfig, build_trainer
 from .validate import SEED_LIMIT, check_int
@@ -51,9 +47,7 @@ from .validate import SEED_LIMIT, check_int
 logger = logging.getLogger(__name__)
 
 
-RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
-TRIALS_DIR = "trials"  # trials/trial{t}.jsonl: the records of trial t, written by that trial only
 
 
 def _al_train_config() -> TrainConfig:
@@ -125,7 +119,7 @@ class LoopCallbacks:
     def stage_start(self, trial: int, stage: int, n_labeled: int) -> None: ...
     def epoch(self, info: EpochInfo) -> None: ...
     def query_start(self, trial: int, stage: int, n_pool: int) -> None: ...
-    def stage_end(self, record: dict) -> None: ...
+    def stage_end(self, record: StageRecord) -> None: ...
 
 
 def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
@@ -135,87 +129,6 @@ def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
 
 def torch_seed(seed: int, trial: int, stage: int) -> int:
     return int(np.random.SeedSequence([seed, trial, stage + 1, 7]).generate_state(1)[0])
-
-
-def read_records(out_dir: Path) -> list[dict]:
-    """All complete records of a run folder, ordered by (trial, stage).
-
-    The union of the per-trial files and ``results.jsonl`` (a merged view that may lag behind
-    them, and the only file of runs made before per-trial files existed); a torn last line of a
-    file (a crash mid-write) is ignored, and a (trial, stage) recorded twice is kept once.
-    """
-    out = Path(out_dir)
-    trial_files = sorted((out / TRIALS_DIR).glob("trial*.jsonl"))
-    unique: dict[tuple[int, int], dict] = {}
-    for path in [*trial_files, out / RESULTS_FILE]:  # per-trial files first: they are the source
-        for record in _read_jsonl(path):
-            unique.setdefault((record["trial"], record["stage"]), record)
-    return [unique[key] for key in sorted(unique)]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                logger.warning("ignoring a torn last line in %s (the run stopped while writing it)", path)
-                continue
-            raise ConfigError(f"{path} line {number} is not valid JSON; the file was edited or corrupted") from None
-    return records
-
-
-def _trial_file(out: Path, trial: int) -> Path:
-    return out / TRIALS_DIR / f"trial{trial}.jsonl"
-
-
-def _append_record(out: Path, record: dict) -> None:
-    """Append to the trial's own file (one write + fsync), then refresh ``results.jsonl``."""
-    path = _trial_file(out, record["trial"])
-    path.parent.mkdir(exist_ok=True)
-    line = (json.dumps(to_jsonable(record)) + "\n").encode()
-    with open(path, "ab") as handle:  # one write + fsync: the line is all there or (torn) ignored
-        if handle.tell() > 0:
-            _repair_tail(path, handle)
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-    merge_records(out)
-
-
-def _repair_tail(path: Path, handle) -> None:
-    with open(path, "rb") as reader:
-        reader.seek(-1, os.SEEK_END)
-        if reader.read(1) != b"\n":  # a torn line from a crash: drop it before appending
-            data = path.read_bytes()
-            handle.truncate(data.rfind(b"\n") + 1)
-            handle.seek(0, os.SEEK_END)
-
-
-def merge_records(out_dir: Path | str, rounds: int = 5) -> list[dict]:
-    """Rewrite ``results.jsonl`` as every record of the run folder, atomically (temp file + rename).
-
-    Writers of different trials may merge at the same time; each rename is atomic, so a reader
-    never sees a torn or interleaved file, but a writer whose view predates another's append can
-    rename last. Reading the files again after the rename and rewriting until they agree closes
-    that gap for whichever writer renames last (``activecrl sweep`` also merges once more at the
-    end of each point, which covers a writer killed in between).
-    """
-    out = Path(out_dir)
-    records = read_records(out)
-    for _ in range(rounds):
-        atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(to_jsonable(r)) + "\n" for r in records))
-        latest = read_records(out)
-        if latest == records:
-            break
-        records = latest
-    return records
 
 
 def resolve_dropout(config: ALConfig, strategy) -> float:
@@ -294,7 +207,8 @@ def write_run_config(out: Path, config: ALConfig, *, dropout: float, n_train: in
 
 
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
-                        callbacks: LoopCallbacks | None = None, trials: Iterable[int] | None = None) -> list[dict]:
+                        callbacks: LoopCallbacks | None = None,
+                        trials: Iterable[int] | None = None) -> list[StageRecord]:
     """Run (or resume) an experiment; returns all records of the run folder.
 
     ``trials`` runs only those trial indices (default: all of them); ``activecrl sweep`` runs
@@ -327,7 +241,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
         write_run_config(out, config, dropout=dropout, n_train=n_train)
 
     records = read_records(out)
-    done = {(r["trial"], r["stage"]) for r in records}
+    done = {(r.trial, r.stage) for r in records}
     for trial in trial_ids:
         cb.trial_start(trial, config.trials)
         trial_seed = config.seed + trial
@@ -365,17 +279,16 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
                 cb.query_start(trial, stage, len(pool))
                 queried = _query(strategy, model, train_data, pool, labeled, config, rng, device)
                 query_seconds = time.perf_counter() - start
-            record = {"trial": trial, "seed": trial_seed, "stage": stage, "n_labeled": int(len(labeled)),
-                      **metrics, "train_seconds": fit.train_seconds, "query_seconds": query_seconds,
-                      "final_train_loss": fit.epoch_losses[-1], "queried": queried.tolist()}
-            if stage == 0:
-                record["initial"] = labeled.tolist()
+            record = StageRecord(trial=trial, seed=trial_seed, stage=stage, n_labeled=int(len(labeled)),
+                                 metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
+                                 final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
+                                 initial=labeled.tolist() if stage == 0 else None)
             if config.warm_start and stage < config.stages - 1:
                 # named by stage: a crash between this save and the record below must not let a
                 # rerun of this stage start from its own weights
                 atomic_torch_save(_warm_path(out, trial, stage),
                                   {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            _append_record(out, record)
+            append_trial_record(out, record)
             _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
             records.append(record)
             cb.stage_end(record)
@@ -413,19 +326,19 @@ def _checked(strategy, picked, pool: np.ndarray, budget: int) -> np.ndarray:
     return np.sort(picked)
 
 
-def _labeled_after(records: list[dict], trial: int, config: ALConfig, n_train: int,
+def _labeled_after(records: list[StageRecord], trial: int, config: ALConfig, n_train: int,
                    through_stage: int | None = None) -> np.ndarray:
     """Labeled set at the start of ``through_stage + 1`` (or the seed set), rebuilt from records."""
-    mine = sorted((r for r in records if r["trial"] == trial), key=lambda r: r["stage"])
-    if mine and "initial" in mine[0]:
-        labeled = np.asarray(mine[0]["initial"], dtype=np.int64)
+    mine = sorted((r for r in records if r.trial == trial), key=lambda r: r.stage)
+    if mine and mine[0].initial is not None:
+        labeled = np.asarray(mine[0].initial, dtype=np.int64)
     else:
         rng = stage_rng(config.seed, trial, -1)
         labeled = np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
     if through_stage is not None:
         for r in mine:
-            if r["stage"] <= through_stage:
-                labeled = np.union1d(labeled, np.asarray(r["queried"], dtype=np.int64))
+            if r.stage <= through_stage:
+                labeled = np.union1d(labeled, np.asarray(r.queried, dtype=np.int64))
     return labeled
 
 

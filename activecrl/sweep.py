@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import signal
@@ -28,10 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import load_toml, merge
 from .errors import ActiveCRLError, ConfigError
 from .io import atomic_write_json, to_jsonable
-from .loop import CONFIG_FILE, ALConfig, LoopCallbacks, check_run, load_saved_config, merge_records, read_records
+from .loop import (CONFIG_FILE, ALConfig, LoopCallbacks, check_run, load_saved_config, run_active_learning,
+                   write_run_config)
+from .records import merge_records, read_records
 from .trainers import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -216,8 +221,6 @@ def _check_resource_options(cpus: float, gpus: float) -> None:
 
 
 def _check_devices(spec: SweepSpec, gpus: float) -> None:
-    import torch
-
     for point in spec.points:
         device = point.config.device.strip().lower()
         try:
@@ -257,8 +260,6 @@ def _check_out(spec: SweepSpec, out: Path) -> None:
         raise ConfigError(f"--out must be a directory, got the existing file {out} instead")
     marker = out / SWEEP_FILE
     if marker.is_file():
-        import json
-
         saved = json.loads(marker.read_text())
         if saved.get("points") != [p.name for p in spec.points] or saved.get("grid") != to_jsonable(spec.grid):
             raise ConfigError(f"{out} holds another sweep (its {SWEEP_FILE} has a different grid); rerun that "
@@ -274,8 +275,6 @@ def _check_out(spec: SweepSpec, out: Path) -> None:
 
 
 def _write_folders(spec: SweepSpec, out: Path, derived: dict[int, dict]) -> None:
-    from .loop import write_run_config
-
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_FILE).is_file():
         atomic_write_json(out / SWEEP_FILE, {"base": spec.base, "grid": spec.grid,
@@ -364,8 +363,7 @@ def _schedule(ray, spec: SweepSpec, out: Path, cpus: float, gpus: float, callbac
         status = PointStatus(point.name, point.label, stages_total=point.config.trials * point.config.stages,
                              stages_done=len(records))
         statuses.append(status)
-        todo = [t for t in range(point.config.trials)
-                if sum(r["trial"] == t for r in records) < point.config.stages]
+        todo = [t for t in range(point.config.trials) if sum(r.trial == t for r in records) < point.config.stages]
         left[point.index] = len(todo)
         if not todo:
             merge_records(folder)  # a driver killed before its final merge may have left it behind
@@ -421,7 +419,7 @@ def _describe(exc) -> str:
 
 
 class _TaskCallbacks(LoopCallbacks):
-    def stage_end(self, record: dict) -> None:
+    def stage_end(self, record) -> None:
         arm = os.environ.get(KILL_ONCE_ENV)
         if arm:
             try:
@@ -433,8 +431,6 @@ class _TaskCallbacks(LoopCallbacks):
 
 def _run_trial_task(folder: str, trial: int, threads: int, use_gpu: bool, board, point: int) -> int:
     """One Ray task: trial ``trial`` of the run folder ``folder``; returns its recorded stages."""
-    import torch
-
     torch.set_num_threads(threads)
     if not (Path(folder) / CONFIG_FILE).is_file():
         raise ConfigError(f"{folder} is not visible on {socket.gethostname()}: a sweep's --out must be on storage "
@@ -447,13 +443,11 @@ def _run_trial_task(folder: str, trial: int, threads: int, use_gpu: bool, board,
     # a task without a GPU share must not take one that Ray gave to another task
     device = saved.device if use_gpu or saved.device != "auto" else "cpu"
     records = run_active_learning_trial(folder, trial, device)
-    return sum(r["trial"] == trial for r in records)
+    return sum(r.trial == trial for r in records)
 
 
 def run_active_learning_trial(folder: str | os.PathLike, trial: int, device: str = "auto") -> list[dict]:
     """Run (or finish) one trial of an existing run folder with its saved options."""
-    from .loop import run_active_learning
-
     return run_active_learning(ALConfig(device=device), folder, resume=True, trials=[trial],
                                callbacks=_TaskCallbacks())
 

@@ -216,12 +216,10 @@ def test_readme_has_commands_to_check():
 
 @pytest.mark.parametrize("where,args", READMES, ids=[w for w, _ in READMES])
 def test_readme_commands_parse(where, args, captured, monkeypatch):
-    from activecrl import loop
-
     def saved(out):
         raise _Built
 
-    monkeypatch.setattr(loop, "load_saved_config", saved)  # `run --resume` does not build a new config
+    monkeypatch.setattr(cli, "load_saved_config", saved)  # `run --resume` does not build a new config
     captured(args)
 
 

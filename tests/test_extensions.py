@@ -146,8 +146,8 @@ def test_run_with_the_aleatoric_trainer(tmp_path):
                       trials=1, device="cpu", warm_start=True,
                       train=TrainConfig(epochs=2, batch_size=16, milestones=(0.6, 0.8)))
     records = run_active_learning(config, tmp_path / "run", dataset=ds)
-    assert [r["n_labeled"] for r in records] == [20, 30]
-    assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["final_train_loss"]) for r in records)
+    assert [r.n_labeled for r in records] == [20, 30]
+    assert all(np.isfinite(r.metrics["accuracy"]) and np.isfinite(r.final_train_loss) for r in records)
 
 
 def test_variance_head_is_a_model_option_recorded_with_the_model(blobs, tmp_path):

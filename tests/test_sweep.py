@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from activecrl.cli import app
 from activecrl.errors import ActiveCRLError, ConfigError, RegistryError
-from activecrl.loop import RESULTS_FILE, _append_record, read_records
+from activecrl.records import RESULTS_FILE, StageRecord, append_trial_record, read_records
 from activecrl.sweep import KILL_ONCE_ENV, expand_grid, load_sweep, run_sweep
 
 runner = CliRunner()
@@ -45,7 +45,12 @@ strategy = ["random", "least_conf"]
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+    return [{k: v for k, v in r.to_json().items() if not k.endswith("_seconds")} for r in records]
+
+
+def _record(trial, stage, **extra):
+    return StageRecord(trial=trial, seed=trial, stage=stage, n_labeled=10, metrics={"accuracy": 0.5},
+                       queried=list(range(200)), extra=extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +111,7 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
 
 def _append_many(out, trial, n):
     for stage in range(n):
-        _append_record(Path(out), {"trial": trial, "stage": stage, "queried": list(range(200)), "pad": "x" * 2000})
+        append_trial_record(Path(out), _record(trial, stage, pad="x" * 2000))
 
 
 def test_parallel_trials_never_tear_interleave_or_lose_records(tmp_path):
@@ -118,18 +123,18 @@ def test_parallel_trials_never_tear_interleave_or_lose_records(tmp_path):
         proc.join()
         assert proc.exitcode == 0
     expected = [(t, s) for t in range(4) for s in range(8)]
-    assert [(r["trial"], r["stage"]) for r in read_records(tmp_path)] == expected
+    assert [(r.trial, r.stage) for r in read_records(tmp_path)] == expected
     lines = (tmp_path / RESULTS_FILE).read_text().splitlines()  # the merged view is complete too
     assert [(r["trial"], r["stage"]) for r in map(json.loads, lines)] == expected
 
 
 def test_read_records_keeps_a_stage_once_and_reads_old_folders(tmp_path):
-    old = [{"trial": 0, "stage": 0, "a": 1}, {"trial": 0, "stage": 1, "a": 2}]
+    old = [_record(0, 0).to_json(), _record(0, 1).to_json()]
     (tmp_path / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in old))  # a run folder of before
-    assert read_records(tmp_path) == old
-    _append_record(tmp_path, {"trial": 1, "stage": 0, "a": 3})
-    _append_record(tmp_path, {"trial": 1, "stage": 0, "a": 3})  # a retried task writing the same stage again
-    assert [r["a"] for r in read_records(tmp_path)] == [1, 2, 3]
+    assert [r.to_json() for r in read_records(tmp_path)] == old
+    append_trial_record(tmp_path, _record(1, 0))
+    append_trial_record(tmp_path, _record(1, 0))  # a retried task writing the same stage again
+    assert [(r.trial, r.stage) for r in read_records(tmp_path)] == [(0, 0), (0, 1), (1, 0)]
     assert len((tmp_path / RESULTS_FILE).read_text().splitlines()) == 3
 
 

@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 
 from ..errors import DataError
+from ..io import atomic_torch_save
 from .dataset import ImageDataset
 
 try:
@@ -121,8 +122,6 @@ def _read_dataset_cache(cache_file: Path) -> ImageDataset | None:
 
 
 def _write_cache(cache_file: Path, blob: dict) -> None:
-    from ..io import atomic_torch_save
-
     try:
         atomic_torch_save(cache_file, blob)
     except OSError as exc:  # read-only or full disk: still usable, just slower next time
