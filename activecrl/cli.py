@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,6 +35,7 @@ from .models import MODELS
 from .ood import DETECTORS, OODConfig, run_ood, save_ood
 from .report import write_report
 from .results import load_run, plot_curves
+from .sweep import load_sweep, run_sweep
 from .trainers import TRAINERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -313,8 +315,6 @@ def sweep(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Run every combination of a grid of run options on Ray: one task per (grid point, trial)."""
-    from .sweep import load_sweep, run_sweep
-
     _setup_logging(verbose)
     spec = load_sweep(config)
     try:
@@ -339,8 +339,6 @@ class _SweepView:
     STYLE = {"queued": "dim", "running": "cyan", "finished": "green", "failed": "bold red"}
 
     def __init__(self, out: Path):
-        from rich.live import Live
-
         self.out, self.start = out, time.time()
         self.live = Live(console=console, auto_refresh=False, vertical_overflow="visible")
 
