@@ -31,6 +31,9 @@ __all__ = ["normalize_rows", "seed_from", "kmeans_pp_seeds", "kmeans", "knn_mean
 
 _BLOCK_ELEMENTS = 1 << 23  # 8M float32 (32 MB) per distance block
 _MAX_CELLS = 1024
+_SKETCH_DIMS = 64  # principal directions of the ball graph's lower-bound sketch
+_SKETCH_MIN_N = 4096  # below, one full pass is cheap
+_PAIR_FRACTION = 0.02  # above this fraction of sketch candidates a block is compared in full
 _SMALL_KNN = 2048  # rows up to which k-NN is one numpy block (2048^2 floats = 16 MB)
 
 
@@ -182,38 +185,102 @@ def _within(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray, d2
     return np.nonzero(dot > (0.5 * (a_sq - d2_cut))[:, None])
 
 
-def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str
+class Sketch:
+    """Rows in ``r + 1`` dimensions whose distances bound the true ones from below:
+    ``z_i = [(x_i - mu) V, |res_i|]`` with ``V`` the top ``r`` principal directions (of a sample)
+    and ``res_i`` the part of ``x_i - mu`` outside them. Then
+    ``|x_i - x_j|^2 = |P(x_i - x_j)|^2 + |res_i - res_j|^2 >= |P(x_i - x_j)|^2 + (|res_i| - |res_j|)^2``
+    (orthogonal projection, then the reverse triangle inequality), i.e. ``|z_i - z_j| <= |x_i - x_j|``.
+    Pairs farther than delta in the sketch are never compared in full."""
+
+    def __init__(self, x: np.ndarray, r: int, sample: int = 10_000):
+        n, d = x.shape
+        pick = np.sort(np.random.default_rng(0).choice(n, min(n, sample), replace=False))
+        xs = x[pick].astype(np.float64)
+        self.mu = xs.mean(axis=0)
+        xs -= self.mu
+        _, vecs = np.linalg.eigh(xs.T @ xs)
+        self.v = np.ascontiguousarray(vecs[:, ::-1][:, :r])  # (d, r), float64
+        z = np.empty((n, r + 1), dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // d)
+        for s in range(0, n, step):
+            xc = x[s:s + step].astype(np.float64) - self.mu
+            p = xc @ self.v
+            z[s:s + step, :r] = p
+            z[s:s + step, r] = np.sqrt(np.maximum((xc * xc).sum(axis=1) - (p * p).sum(axis=1), 0.0))
+        self.z = z
+        # float32 rounding of z against the float64 values: distances may shrink by this much
+        self.slack = 8.0 * (r + 2) * float(np.finfo(np.float32).eps) * float(np.abs(z).max(initial=0.0))
+
+
+def _pair_within(x: np.ndarray, x_sq: np.ndarray, i: np.ndarray, j: np.ndarray, d2_cut: float) -> np.ndarray:
+    """Mask of the pairs ``(i[k], j[k])`` with ``|x_i - x_j|^2 < d2_cut`` (the same float32
+    expression as ``_within``), in bounded chunks."""
+    out = np.empty(len(i), dtype=bool)
+    step = max(1, _BLOCK_ELEMENTS // x.shape[1])
+    for s in range(0, len(i), step):
+        a, b = i[s:s + step], j[s:s + step]
+        dot = np.einsum("ij,ij->i", x[a], x[b])
+        out[s:s + step] = dot - 0.5 * x_sq[b] > 0.5 * (x_sq[a] - d2_cut)
+    return out
+
+
+def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str, sketch_dims: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Out-neighbour CSR ``(ptr, idx)`` of ``x -> y`` iff ``|x - y| < delta`` over the rows of
     ``x`` (every row is its own neighbour when ``delta > 0``). Raises ``ConfigError`` naming
-    ``who`` when the graph would exceed ``max_edges`` edges."""
+    ``who`` when the graph would exceed ``max_edges`` edges.
+
+    Candidate pairs come from a ``Sketch`` of ``sketch_dims`` dimensions (default: 64 when
+    ``d >= 256`` and n >= 4096, else none), pruned further by ``Cells`` built on the sketch;
+    only pairs within delta in the sketch are compared in full."""
     n, d = x.shape
-    cells = Cells(x)
+    if sketch_dims is None:
+        sketch_dims = _SKETCH_DIMS if d >= 4 * _SKETCH_DIMS and n >= _SKETCH_MIN_N else 0
     x_sq = (x.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
-    # rounding margin of the float64 bounds (points within it of the plane are searched anyway)
-    margin = 1e-6 * (1.0 + float(np.sqrt(x_sq.max(initial=0.0))))
     d2_cut = np.float32(delta) ** 2
+    if sketch_dims:
+        sk = Sketch(x, int(sketch_dims))
+        z, slack = sk.z, sk.slack
+    else:
+        z, slack = x, 0.0
+    z_sq = (z.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    # a pair is a candidate when its sketch distance is below delta plus rounding margins
+    scale = 1.0 + float(np.sqrt(z_sq.max(initial=0.0)))
+    margin = 1e-5 * scale + 2.0 * slack
+    z_cut = np.float32((delta + margin) ** 2) if sketch_dims else d2_cut
+    cells = Cells(z)
     srcs, dsts, total = [], [], 0
     for c in range(len(cells.start)):
         rows = cells.order[cells.start[c]:cells.end[c]]
         if len(rows) == 0:
             continue
-        xa = x[rows]
-        reach = cells.lower_bound(xa, c).min(axis=0) < delta + margin
+        za = z[rows]
+        reach = cells.lower_bound(za, c).min(axis=0) < delta + margin
         cand = np.concatenate([cells.order[cells.start[b]:cells.end[b]] for b in np.flatnonzero(reach)])
-        yb, yb_sq = x[cand], x_sq[cand]
+        yb, yb_sq = z[cand], z_sq[cand]
         step = max(1, _BLOCK_ELEMENTS // max(1, len(cand)))
         for s in range(0, len(rows), step):
-            i, j = _within(xa[s:s + step], x_sq[rows[s:s + step]], yb, yb_sq, d2_cut)
-            total += len(i)
+            r = rows[s:s + step]
+            i, j = _within(za[s:s + step], z_sq[r], yb, yb_sq, z_cut)
+            if sketch_dims and len(i) > _PAIR_FRACTION * len(r) * len(cand):
+                # the sketch prunes little here: one full product is cheaper than gathered pairs
+                i, j = _within(x[r], x_sq[r], x[cand], x_sq[cand], d2_cut)
+                src, dst = r[i].astype(np.int64), cand[j].astype(np.int64)
+            else:
+                src, dst = r[i].astype(np.int64), cand[j].astype(np.int64)
+                if sketch_dims:
+                    keep = _pair_within(x, x_sq, src, dst, d2_cut)
+                    src, dst = src[keep], dst[keep]
+            total += len(src)
             if total > max_edges:
                 raise ConfigError(
                     f"{who}: the delta-ball graph must fit in max_edges={max_edges:,} edges, got more "
                     f"than that at delta={delta:.4g} (n={n:,}) instead; pass a smaller delta (or none, "
                     f"to choose it by purity) or raise max_edges"
                 )
-            srcs.append(rows[s:s + step][i].astype(np.int64))
-            dsts.append(cand[j].astype(np.int64))
+            srcs.append(src)
+            dsts.append(dst)
     src = np.concatenate(srcs) if srcs else np.empty(0, np.int64)
     dst = np.concatenate(dsts) if dsts else np.empty(0, np.int64)
     order = np.lexsort((dst, src))

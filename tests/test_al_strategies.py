@@ -13,7 +13,7 @@ import torch
 from activecrl.errors import ConfigError
 from activecrl.outputs import PoolOutputs
 from strategies import QueryContext, get_strategy
-from strategies._embedding import Cells, ball_graph, kmeans, other_label_nn_dist
+from strategies._embedding import Cells, Sketch, ball_graph, kmeans, other_label_nn_dist
 from strategies.badge import badge_kmeans_pp, d2_sample, gradient_factors
 from strategies.probcover import max_coverage_greedy, purity_delta
 
@@ -218,18 +218,29 @@ def test_probcover_every_pick_covers_the_most_new_points(seed):
         assert coverage(dist, delta, picks[:k]) >= (1 - 1 / np.e) * best
 
 
-def test_ball_graph_equals_brute_force_with_pruned_cells():
+@pytest.mark.parametrize("sketch_dims", [0, 3])
+def test_ball_graph_equals_brute_force_with_pruned_cells(sketch_dims):
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(600, 8)) * 0.3 + rng.normal(size=(12, 8))[rng.integers(12, size=600)] * 4)
+    x = (rng.normal(size=(600, 16)) * 0.3 + rng.normal(size=(12, 16))[rng.integers(12, size=600)] * 4)
+    x[:, 8:] *= 0.05  # most of the spread in 8 directions, as in real embeddings
     x = x.astype(np.float32)
     delta = 1.2
-    ptr, idx = ball_graph(x, delta, 10**7, "test")
+    ptr, idx = ball_graph(x, delta, 10**7, "test", sketch_dims=sketch_dims)
     d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
     sure_in, sure_out = d < delta - 1e-4, d > delta + 1e-4
     got = np.zeros_like(sure_in)
     got[np.repeat(np.arange(600), np.diff(ptr)), idx] = True
     assert (got[sure_in]).all() and not got[sure_out].any()
     assert len(Cells(x).start) > 1  # the pruned path ran
+
+
+def test_sketch_distances_bound_the_true_ones_from_below():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(300, 20)) * np.linspace(3, 0.1, 20)).astype(np.float32)
+    z = Sketch(x, 4).z.astype(np.float64)
+    d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    dz = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+    assert (dz <= d + 1e-5).all() and dz.mean() > 0.6 * d.mean()  # a bound, and not a trivial one
 
 
 def test_purity_delta_equals_brute_force_on_blobs():
