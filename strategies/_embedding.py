@@ -291,14 +291,22 @@ def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str, sketch_dim
 
 def other_label_nn_dist(x: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """For each of ``rows``: Euclidean distance to the nearest row of ``x`` whose label differs
-    (inf when every row has that label), float64; bounded blocks of ``rows`` x n."""
+    (inf when every row has that label), float64; bounded blocks of ``rows`` x n, reduced per
+    label with one ``minimum.reduceat`` pass (rows grouped by label)."""
     n = x.shape[0]
-    x_sq = (x.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    by_label = np.argsort(labels, kind="stable")
+    xs = np.ascontiguousarray(x[by_label])
+    xs_sq = (xs.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    lab_sorted = labels[by_label]
+    starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+    seg_label = lab_sorted[starts]
+    x_sq = (x[rows].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
     out = np.empty(len(rows))
     step = max(1, _BLOCK_ELEMENTS // max(1, n))
     for s in range(0, len(rows), step):
         r = rows[s:s + step]
-        blk = _sq_block(x[r], x_sq[r], x, x_sq)
-        blk[labels[r][:, None] == labels[None, :]] = np.inf
-        out[s:s + step] = np.sqrt(blk.min(axis=1).astype(np.float64))
+        blk = _sq_block(x[r], x_sq[s:s + step], xs, xs_sq)
+        per_label = np.minimum.reduceat(blk, starts, axis=1)  # (len(r), labels present)
+        per_label[labels[r][:, None] == seg_label[None, :]] = np.inf
+        out[s:s + step] = np.sqrt(per_label.min(axis=1).astype(np.float64))
     return out

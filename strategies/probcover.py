@@ -16,8 +16,9 @@ exactly: a ball ``{y : |x - y| < delta}`` is pure iff ``delta <= m(x)``, the dis
 the nearest point of another cluster, so delta is the ``(floor((1 - alpha) n) + 1)``-th smallest
 ``m(x)``. Only the points that can be among those smallest are measured: the k-means clusters
 are Voronoi cells of their centroids, so ``m(x)`` is at least the distance from ``x`` to the
-nearest bisecting hyperplane; points are measured in increasing order of that bound until the
-bound of the next one exceeds the current answer.
+nearest bisecting hyperplane, and at least the same distance in a low-dimensional sketch
+(``_embedding.Sketch``); points are measured in increasing order of that bound until the bound
+of the next one exceeds the current answer.
 
 Differences from the authors' code, all at the edges: once every point is covered (all
 out-degrees 0, where their code would pick point 0 again) the remaining picks are drawn
@@ -33,7 +34,8 @@ import numpy as np
 
 from activecrl.errors import ConfigError
 
-from ._embedding import ball_graph, csr_rows, kmeans, normalize_rows, other_label_nn_dist
+from ._embedding import (_SKETCH_DIMS, _SKETCH_MIN_N, Sketch, ball_graph, csr_rows, kmeans, normalize_rows,
+                         other_label_nn_dist)
 from .base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
@@ -42,10 +44,11 @@ __all__ = ["ProbCoverStrategy", "purity_delta", "max_coverage_greedy"]
 
 
 def purity_delta(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, alpha: float,
-                 chunk: int = 2048) -> float:
+                 chunk: int = 2048, sketch_dims: int | None = None) -> float:
     """The largest delta whose ball purity (fraction of points whose open delta-ball holds only
     their own cluster) is at least ``alpha``; ``labels`` are the Voronoi cells of ``centroids``.
-    Exact; inf when there is one cluster only."""
+    Exact; inf when there is one cluster only. ``sketch_dims`` (default as ``ball_graph``): a
+    ``Sketch`` whose other-cluster distances tighten the lower bounds."""
     n = x.shape[0]
     j = int(np.floor((1.0 - alpha) * n + 1e-9))  # impure balls allowed
     if j >= n:
@@ -63,6 +66,12 @@ def purity_delta(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, alpha
         h = (d2 - d2[np.arange(len(xs)), own][:, None]) / (2.0 * np.maximum(sep[own], 1e-300))
         h[np.arange(len(xs)), own] = np.inf
         lb[s:s + step] = np.maximum(h.min(axis=1), 0.0)
+    if sketch_dims is None:
+        sketch_dims = _SKETCH_DIMS if x.shape[1] >= 4 * _SKETCH_DIMS and n >= _SKETCH_MIN_N else 0
+    if sketch_dims:  # m(x) is at least the same distance in the sketch (Sketch docstring)
+        sk = Sketch(x, int(sketch_dims))
+        m_z = other_label_nn_dist(sk.z, labels, np.arange(n))
+        lb = np.maximum(lb, m_z - 2.0 * sk.slack - 1e-5 * (1.0 + float(np.abs(sk.z).max())))
     # rounding of the float32 distances: compare against a slightly lowered bound
     lb_safe = lb * (1.0 - 1e-5) - 1e-6
     order = np.argsort(lb_safe, kind="stable")

@@ -252,8 +252,8 @@ def test_purity_delta_equals_brute_force_on_blobs():
     # k-means recovers the blobs
     assert len({(a, b) for a, b in zip(labels.tolist(), blob.tolist())}) <= 6
     d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
-    for alpha in (0.95, 0.8):
-        delta = purity_delta(x, labels, cents, alpha, chunk=16)
+    for alpha, sketch in ((0.95, 0), (0.8, 0), (0.95, 1), (0.8, 1)):
+        delta = purity_delta(x, labels, cents, alpha, chunk=16, sketch_dims=sketch)
 
         def purity(r):
             return np.mean([(labels[d[i] < r] == labels[i]).all() for i in range(300)])
