@@ -4,16 +4,18 @@ neighbours and the delta-ball graph through faiss / BLAS, never an n x n matrix.
 * ``kmeans``: k-means++ seeds drawn with the strategy's ``rng``, then faiss ``Kmeans``
   (deterministic given ``rng``); labels from one exact nearest-centroid search, so the clusters
   are Voronoi cells of the returned centroids.
-* ``knn_mean_dist``: mean Euclidean distance of each row to its k nearest other rows
-  (faiss ``IndexFlatL2``), memory O(m * k).
+* ``knn_mean_dist``: mean Euclidean distance of each row to its k nearest other rows (one
+  numpy block for small sets, faiss ``IndexFlatL2`` above), memory O(m * k).
 * ``Cells``: a Voronoi partition of the rows by about sqrt(n) random pivots. For ``x`` in the
   cell of pivot ``a`` and any ``y`` in the cell of pivot ``b``, ``|x - y|`` is at least the
   distance of ``x`` to the bisecting hyperplane, ``(|x - p_b|^2 - |x - p_a|^2) / (2 |p_a - p_b|)``:
   a ball search around the rows of one cell only visits the cells that bound allows.
-* ``ball_graph``: the directed graph ``x -> y`` iff ``|x - y| < delta`` (ProbCover's graph) as
-  CSR arrays, built cell by cell with bounded blocks; memory O(n * d + edges).
-* ``other_label_nn_dist``: distance of rows to the nearest row with another label (for the
-  ball-purity radius), bounded blocks.
+* ``ball_graph``: the directed graph ``x -> y`` iff ``|x - y| < delta`` (ProbCover's graph with
+  a given delta) as CSR arrays, built cell by cell with bounded blocks, candidate pairs from a
+  lower-bound ``Sketch`` on wide embeddings; memory O(n * d + edges).
+* ``other_label_pass``: one exact pass over all pairs (torch, any device): distance of each row
+  to the nearest row with another label (ProbCover's purity radius) and the pairs within a
+  radius (its graph).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from activecrl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["normalize_rows", "seed_from", "kmeans_pp_seeds", "kmeans", "knn_mean_dist", "Cells", "ball_graph",
-           "other_label_nn_dist", "csr_rows"]
+           "csr_rows", "other_label_pass", "edges_to_csr"]
 
 _BLOCK_ELEMENTS = 1 << 23  # 8M float32 (32 MB) per distance block
 _MAX_CELLS = 1024
@@ -283,30 +286,67 @@ def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str, sketch_dim
             dsts.append(dst)
     src = np.concatenate(srcs) if srcs else np.empty(0, np.int64)
     dst = np.concatenate(dsts) if dsts else np.empty(0, np.int64)
+    return edges_to_csr(n, src, dst)
+
+
+def edges_to_csr(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-neighbour CSR ``(ptr, idx)`` of the edges ``src -> dst`` (targets sorted per row)."""
     order = np.lexsort((dst, src))
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
     return ptr, dst[order]
 
 
-def other_label_nn_dist(x: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each of ``rows``: Euclidean distance to the nearest row of ``x`` whose label differs
-    (inf when every row has that label), float64; bounded blocks of ``rows`` x n, reduced per
-    label with one ``minimum.reduceat`` pass (rows grouped by label)."""
+def _too_many_edges(who: str, max_edges: int, radius: float, n: int) -> ConfigError:
+    return ConfigError(
+        f"{who}: the delta-ball graph must fit in max_edges={max_edges:,} edges, got more than that "
+        f"at delta={radius:.4g} (n={n:,}) instead; pass a smaller delta (or none, to choose it by "
+        f"purity) or raise max_edges"
+    )
+
+
+def other_label_pass(x: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None, radius: float = 0.0,
+                     device: torch.device | str = "cpu", max_edges: int = 1 << 62, who: str = "probcover"):
+    """One exact pass over ``rows`` x all rows (bounded blocks, torch on ``device``, no TF32):
+    ``m`` (float64, per row: distance to the nearest row with another label, inf if none) and
+    the pairs within ``radius``: ``(src, dst, d2)`` with ``d2 = |x_src - x_dst|^2 < radius^2``
+    (float32, the same expression as ``ball_graph``). ProbCover gets its purity radius and,
+    when that radius is below ``radius``, its graph from this one pass."""
+    from .coreset import _exact_fp32
+
+    device = torch.device(device)
     n = x.shape[0]
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     by_label = np.argsort(labels, kind="stable")
-    xs = np.ascontiguousarray(x[by_label])
-    xs_sq = (xs.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
     lab_sorted = labels[by_label]
-    starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
-    seg_label = lab_sorted[starts]
-    x_sq = (x[rows].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
-    out = np.empty(len(rows))
+    bounds = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1], True])
+    seg_label = torch.as_tensor(lab_sorted[bounds[:-1]], device=device)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    x_sq = (xt.double() ** 2).sum(dim=1).float()
+    xs, xs_half = xt[torch.as_tensor(by_label, device=device)], 0.5 * x_sq[torch.as_tensor(by_label, device=device)]
+    lab_t = torch.as_tensor(labels, device=device)
+    by_label_t = torch.as_tensor(by_label, device=device)
+    r2 = float(np.float32(radius) ** 2)
+    m = np.empty(len(rows))
+    srcs, dsts, d2s, total = [], [], [], 0
     step = max(1, _BLOCK_ELEMENTS // max(1, n))
-    for s in range(0, len(rows), step):
-        r = rows[s:s + step]
-        blk = _sq_block(x[r], x_sq[s:s + step], xs, xs_sq)
-        per_label = np.minimum.reduceat(blk, starts, axis=1)  # (len(r), labels present)
-        per_label[labels[r][:, None] == seg_label[None, :]] = np.inf
-        out[s:s + step] = np.sqrt(per_label.min(axis=1).astype(np.float64))
-    return out
+    with _exact_fp32(device):
+        for s in range(0, len(rows), step):
+            r = torch.as_tensor(rows[s:s + step], device=device)
+            t = xt[r] @ xs.T
+            t -= xs_half[None, :]  # t = a.b - |b|^2 / 2, so |a - b|^2 = |a|^2 - 2 t
+            best = torch.stack([t[:, a:b].max(dim=1).values for a, b in zip(bounds[:-1], bounds[1:])], dim=1)
+            best[lab_t[r][:, None] == seg_label[None, :]] = float("-inf")
+            a_sq = x_sq[r]
+            m2 = (a_sq - 2.0 * best.max(dim=1).values).clamp_min_(0)
+            m[s:s + step] = m2.double().sqrt().cpu().numpy()
+            if radius > 0:
+                i, j = torch.nonzero(t > (0.5 * (a_sq - r2))[:, None], as_tuple=True)
+                total += len(i)
+                if total > max_edges:
+                    raise _too_many_edges(who, max_edges, radius, n)
+                d2s.append((a_sq[i] - 2.0 * t[i, j]).cpu().numpy())
+                srcs.append(r[i].cpu().numpy())
+                dsts.append(by_label_t[j].cpu().numpy())
+    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
+    return m, cat(srcs, np.int64), cat(dsts, np.int64), cat(d2s, np.float32)
