@@ -19,11 +19,22 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from strategies import STRATEGIES
+
+from . import __version__
 from .cli_options import build_config, config_command, given_flags
+from .data import DATASETS
 from .errors import ActiveCRLError
-from .experiment import TrainRunConfig
-from .loop import ALConfig
-from .ood.run import OODConfig
+from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
+from .io import prepare_out_dir
+from .loop import ALConfig, load_saved_config, run_active_learning
+from .methods import METHODS, validate_method_config
+from .metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
+from .models import MODELS
+from .ood import DETECTORS, OODConfig, run_ood, save_ood
+from .report import write_report
+from .results import load_run, plot_curves
+from .trainers import TRAINERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
@@ -34,8 +45,6 @@ PAPER_SCALE_NOTE = "AURC, E-AURC ×10³; NLL ×10; others in %"
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
-
         console.print(f"activecrl {__version__}")
         raise typer.Exit()
 
@@ -58,8 +67,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
-    from .metrics import METRIC_NAMES, PAPER_SCALE
-
     table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
     table.add_column("run")
     for name in METRIC_NAMES:
@@ -81,16 +88,10 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
-    from .experiment import save_train_run, train_and_evaluate
-    from .io import prepare_out_dir
-
     _setup_logging(verbose)
     config = build_config(TrainRunConfig, overrides, config, train.config_options)
     method, trainer, train_cfg = config.method, config.trainer, config.train
-    if method != "plain" or config.temperature_scaling:
-        from .methods import validate_method_config
-
-        validate_method_config(config)  # fail before training, not after
+    validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = trainer if method == "plain" else f"{method} ({trainer})"
     total = train_cfg.epochs * (config.members if method == "ensemble" else 1)
@@ -131,9 +132,6 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
-    from .loop import load_saved_config, run_active_learning
-    from .results import load_run, plot_curves
-
     _setup_logging(verbose)
     if resume:
         if out is None:
@@ -160,8 +158,6 @@ def run(
 
 class _RichLoop:
     def __init__(self, config):
-        from .loop import LoopCallbacks  # noqa: F401  (duck-typed; documented interface)
-
         self.config = config
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
@@ -190,9 +186,9 @@ class _RichLoop:
 
     def stage_end(self, record):
         self.progress.advance(self.stage_task)
-        self.progress.console.print(f"trial {record['trial'] + 1} stage {record['stage'] + 1}: "
-                                    f"{record['n_labeled']} labels → accuracy {record['accuracy']:.4f}, "
-                                    f"AURC {record['aurc'] * 1e3:.2f}")
+        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: "
+                                    f"{record.n_labeled} labels → accuracy {record.metrics['accuracy']:.4f}, "
+                                    f"AURC {record.metrics['aurc'] * 1e3:.2f}")
 
 
 def _summary_table(summary) -> Table:
@@ -217,8 +213,6 @@ def _summary_table(summary) -> Table:
 def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`"),
          output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="image file to write")):
     """Plot accuracy and AURC against labeled-set size (mean ± std over trials) for each run."""
-    from .results import load_run, plot_curves
-
     path = plot_curves([load_run(r) for r in runs], output)
     console.print(f"wrote [bold]{path}[/]")
 
@@ -226,8 +220,6 @@ def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl 
 @app.command()
 def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`")):
     """Per-stage table (mean ± std over trials) and the area under each budget curve."""
-    from .results import load_run
-
     loaded = [load_run(r) for r in runs]
     for s in loaded:
         console.print(_summary_table(s))
@@ -252,17 +244,12 @@ def ood(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
-    from .io import prepare_out_dir
-    from .ood import run_ood, save_ood
-
     _setup_logging(verbose)
     config = build_config(OODConfig, overrides, config, ood.config_options)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))
     save_ood(result, out, overwrite=True)
-    from .metrics import OOD_METRIC_NAMES
-
     detector = config.detector
     table = Table(title=f"{result.run_info['dataset']} vs {result.run_info['ood_set']} · {detector} · "
                         f"{result.run_info['trainer']} ({result.run_info['method']})",
@@ -275,7 +262,7 @@ def ood(
         console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
     tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
         f"tuned on {result.protocol.get('ood_tuning')}"
-    if detector in ("odin", "mahalanobis"):
+    if DETECTORS.get(detector).tuned:
         console.print(tuned)
     console.print(f"saved to [bold]{out}[/]")
 
@@ -284,8 +271,6 @@ def ood(
 def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` / `activecrl ood` runs"),
            output: Path = typer.Option(Path("report.md"), "-o", "--output", help="Markdown file to write")):
     """Paper-style tables (Table 1: train runs, Table 3: ood runs), mean ± std over seeds."""
-    from .report import write_report
-
     result, path = write_report(runs, output)
     for t in result.tables:
         table = Table(title=t.title, caption=t.caption)
@@ -297,30 +282,22 @@ def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl tr
     console.print(f"wrote [bold]{path}[/]")
 
 
+def accepted_names() -> dict[str, list[str]]:
+    """What each command's option accepts by name (besides paths), exactly what its validation passes."""
+    return {"train/run --dataset": DATASETS.names(), "train/run --model": MODELS.names(),
+            "train --method": METHODS.names(), "train --trainer": TRAINERS.names(),
+            "run --trainer": TRAINERS.names(), "run --strategy": STRATEGIES.names(),
+            "ood --detector": DETECTORS.names()}
+
+
 @app.command("list")
 def list_registered():
-    """Show the registered datasets, models, trainers and strategies."""
-    from . import methods  # noqa: F401  (registers the aleatoric trainer)
-    from .data import DATASETS
-    from .models import MODELS
-    from .trainers import TRAINERS
-
-    from .methods import METHODS
-    from .ood import DETECTORS
-
-    rows = [("datasets", DATASETS.names()), ("models", MODELS.names()), ("trainers", TRAINERS.names()),
-            ("train --method", list(METHODS)), ("ood --detector", list(DETECTORS))]
-    try:
-        from strategies import STRATEGIES
-
-        rows.append(("strategies", STRATEGIES.names()))
-    except ImportError:  # pragma: no cover - the package ships both
-        pass
-    table = Table(title="activecrl registries")
-    table.add_column("kind")
+    """Show the names each command accepts: datasets, models, methods, trainers, strategies, detectors."""
+    table = Table(title="activecrl registries (plugins add names through entry points)")
+    table.add_column("option")
     table.add_column("names")
-    for kind, names in rows:
-        table.add_row(kind, ", ".join(names))
+    for option, names in accepted_names().items():
+        table.add_row(option, ", ".join(names))
     console.print(table)
 
 

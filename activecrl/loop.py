@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,21 +24,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from strategies import QueryContext, get_strategy
+
 from . import __version__
 from .config import from_dict
+from .data import device_splits, load_dataset
 from .errors import ConfigError
 from .inference import predict
 from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
 from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
+from .models import MODELS, build_model
 from .outputs import PoolOutputs
+from .records import RESULTS_FILE, StageRecord, append_record, read_records
 from .runtime import configure_backends, resolve_device, seed_everything
 from .trainers import EpochInfo, TrainConfig, build_trainer
+from .validate import SEED_LIMIT, check_int
 
 logger = logging.getLogger(__name__)
 
 
-RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
 
 
@@ -88,13 +92,9 @@ class ALConfig:
             self.train = from_dict(TrainConfig, self.train, base=_al_train_config())  # keys not given keep the run's
         # initial >= 2: BatchNorm cannot train on a single sample
         for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r} instead")
-        if self.pool_subset is not None and (not isinstance(self.pool_subset, int) or self.pool_subset < 1):
-            raise ConfigError(f"pool_subset must be a positive integer or None, got {self.pool_subset!r} instead")
+            check_int(name, getattr(self, name), minimum)
+        check_int("seed", self.seed, 0, below=SEED_LIMIT)
+        check_int("pool_subset", self.pool_subset, 1, none_ok=True)
         if self.pool_subset is not None and self.pool_subset < self.budget:
             raise ConfigError(f"pool_subset must be at least the budget ({self.budget}) so a stage can query it "
                               f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
@@ -116,7 +116,7 @@ class LoopCallbacks:
     def stage_start(self, trial: int, stage: int, n_labeled: int) -> None: ...
     def epoch(self, info: EpochInfo) -> None: ...
     def query_start(self, trial: int, stage: int, n_pool: int) -> None: ...
-    def stage_end(self, record: dict) -> None: ...
+    def stage_end(self, record: StageRecord) -> None: ...
 
 
 def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
@@ -126,45 +126,6 @@ def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
 
 def torch_seed(seed: int, trial: int, stage: int) -> int:
     return int(np.random.SeedSequence([seed, trial, stage + 1, 7]).generate_state(1)[0])
-
-
-def read_records(out_dir: Path) -> list[dict]:
-    """Complete records of ``results.jsonl``; a torn last line (crash mid-write) is ignored."""
-    path = Path(out_dir) / RESULTS_FILE
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                logger.warning("ignoring a torn last line in %s (the run stopped while writing it)", path)
-                continue
-            raise ConfigError(f"{path} line {number} is not valid JSON; the file was edited or corrupted") from None
-    return records
-
-
-def _append_record(path: Path, record: dict) -> None:
-    line = (json.dumps(to_jsonable(record)) + "\n").encode()
-    with open(path, "ab") as handle:  # one write + fsync: the line is all there or (torn) ignored
-        if handle.tell() > 0:
-            _repair_tail(path, handle)
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _repair_tail(path: Path, handle) -> None:
-    with open(path, "rb") as reader:
-        reader.seek(-1, os.SEEK_END)
-        if reader.read(1) != b"\n":  # a torn line from a crash: drop it before appending
-            data = path.read_bytes()
-            handle.truncate(data.rfind(b"\n") + 1)
-            handle.seek(0, os.SEEK_END)
 
 
 def resolve_dropout(config: ALConfig, strategy) -> float:
@@ -183,23 +144,29 @@ def resolve_dropout(config: ALConfig, strategy) -> float:
     return 0.0
 
 
+def check_run_config(config: ALConfig):
+    """The names and options of ``config`` that only a lookup can check: (strategy, trainer, dropout).
+
+    ``run_active_learning`` calls this before it writes anything; ``activecrl list`` shows exactly
+    the names that pass it.
+    """
+    strategy = get_strategy(config.strategy, **config.strategy_params)
+    trainer = build_trainer(config.trainer, config.train)
+    dropout = resolve_dropout(config, strategy)
+    MODELS.get(config.model)
+    return strategy, trainer, dropout
+
+
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
-                        callbacks: LoopCallbacks | None = None) -> list[dict]:
+                        callbacks: LoopCallbacks | None = None) -> list[StageRecord]:
     """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
-    from strategies import get_strategy
-
-    from .data import device_splits, load_dataset
-    from .models import MODELS, build_model
-
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
     if resume:
         config = _check_resume(config, out)
     # fail on a bad name, option or dataset before creating anything in ``out``
-    strategy = get_strategy(config.strategy, **config.strategy_params)
-    build_trainer(config.trainer, config.train)
-    dropout = resolve_dropout(config, strategy)
-    MODELS.get(config.model)
+    strategy, trainer, dropout = check_run_config(config)
+    model_options = trainer.model_options()  # e.g. the aleatoric trainer's variance head
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
@@ -214,7 +181,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
 
     def new_model():
         model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                            image_size=dataset.image_size, dropout=dropout)
+                            image_size=dataset.image_size, dropout=dropout, **model_options)
         if dropout > 0 and not getattr(model, "supports_dropout", True):
             raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
                               f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
@@ -228,7 +195,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
                                               "n_train": n_train, **config.to_dict()})
 
     records = read_records(out)
-    done = {(r["trial"], r["stage"]) for r in records}
+    done = {(r.trial, r.stage) for r in records}
     results_path = out / RESULTS_FILE
     for trial in range(config.trials):
         cb.trial_start(trial, config.trials)
@@ -267,17 +234,16 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
                 cb.query_start(trial, stage, len(pool))
                 queried = _query(strategy, model, train_data, pool, labeled, config, rng, device)
                 query_seconds = time.perf_counter() - start
-            record = {"trial": trial, "seed": trial_seed, "stage": stage, "n_labeled": int(len(labeled)),
-                      **metrics, "train_seconds": fit.train_seconds, "query_seconds": query_seconds,
-                      "final_train_loss": fit.epoch_losses[-1], "queried": queried.tolist()}
-            if stage == 0:
-                record["initial"] = labeled.tolist()
+            record = StageRecord(trial=trial, seed=trial_seed, stage=stage, n_labeled=int(len(labeled)),
+                                 metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
+                                 final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
+                                 initial=labeled.tolist() if stage == 0 else None)
             if config.warm_start and stage < config.stages - 1:
                 # named by stage: a crash between this save and the record below must not let a
                 # rerun of this stage start from its own weights
                 atomic_torch_save(_warm_path(out, trial, stage),
                                   {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            _append_record(results_path, record)
+            append_record(results_path, record)
             _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
             records.append(record)
             cb.stage_end(record)
@@ -287,8 +253,6 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
 
 
 def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> np.ndarray:
-    from strategies import QueryContext
-
     budget = min(config.budget, len(pool))
     if budget == 0:
         return np.empty(0, dtype=np.int64)
@@ -317,19 +281,19 @@ def _checked(strategy, picked, pool: np.ndarray, budget: int) -> np.ndarray:
     return np.sort(picked)
 
 
-def _labeled_after(records: list[dict], trial: int, config: ALConfig, n_train: int,
+def _labeled_after(records: list[StageRecord], trial: int, config: ALConfig, n_train: int,
                    through_stage: int | None = None) -> np.ndarray:
     """Labeled set at the start of ``through_stage + 1`` (or the seed set), rebuilt from records."""
-    mine = sorted((r for r in records if r["trial"] == trial), key=lambda r: r["stage"])
-    if mine and "initial" in mine[0]:
-        labeled = np.asarray(mine[0]["initial"], dtype=np.int64)
+    mine = sorted((r for r in records if r.trial == trial), key=lambda r: r.stage)
+    if mine and mine[0].initial is not None:
+        labeled = np.asarray(mine[0].initial, dtype=np.int64)
     else:
         rng = stage_rng(config.seed, trial, -1)
         labeled = np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
     if through_stage is not None:
         for r in mine:
-            if r["stage"] <= through_stage:
-                labeled = np.union1d(labeled, np.asarray(r["queried"], dtype=np.int64))
+            if r.stage <= through_stage:
+                labeled = np.union1d(labeled, np.asarray(r.queried, dtype=np.int64))
     return labeled
 
 

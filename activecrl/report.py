@@ -24,6 +24,8 @@ from typing import Iterable
 import numpy as np
 
 from .errors import ConfigError
+from .experiment import TrainRunConfig
+from .io import atomic_write_text
 from .metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
 
 logger = logging.getLogger(__name__)
@@ -126,8 +128,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _group_key(config: dict) -> dict:
     # options a run's config.json lacks (saved by an older version) take today's defaults, so a
     # run is grouped with its newer seeds instead of standing alone
-    from .experiment import TrainRunConfig
-
     defaults = _flatten(dataclasses.asdict(TrainRunConfig())) if "train" in config else {}
     full = {**defaults, **_flatten(config)}
     return {k: v for k, v in full.items() if k.split(".")[-1] not in _IGNORED}
@@ -327,8 +327,7 @@ def build_report(paths: Iterable[Path | str]) -> Report:
 
 
 def write_report(paths: Iterable[Path | str], out: Path | str) -> tuple[Report, Path]:
-    from .io import atomic_write_text
-
+    """Build the report of ``paths`` and write it to ``out`` as Markdown."""
     report = build_report(paths)
     out = Path(out)
     header = (f"# activecrl report\n\n{report.n_train_runs} training run(s), {report.n_ood_runs} OOD run(s).\n\n")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import DATASETS, load_dataset, load_image_folder
 from ..errors import ConfigError, DataError
 
 SYNTHETIC_SETS = ("noise", "gaussian", "uniform", "smooth")
@@ -85,8 +86,6 @@ def load_ood_images(spec: str, *, channels: int, size: int, data_dir=None, n_syn
                     seed: int = 0) -> torch.Tensor:
     """OOD images for a model: a synthetic set name, a registered dataset name (its test split), or an
     image folder / archive (``load_image_folder``), converted to ``channels`` x ``size`` x ``size``."""
-    from ..data import DATASETS, load_dataset, load_image_folder
-
     spec = str(spec)
     if spec in SYNTHETIC_SETS:
         return synthetic_images(spec, n_synthetic, channels, size, seed)
