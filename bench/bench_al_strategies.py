@@ -38,24 +38,9 @@ import time
 import numpy as np
 import torch
 
+from _memory import reset_peak_rss, status_mb  # bench/_memory.py (this script's folder is on sys.path)
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def make_pool(n: int, d: int, classes: int, seed: int = 0):
@@ -154,8 +139,8 @@ def worker(args) -> None:
         emb = np.ascontiguousarray(np.load(args.embeddings)[:args.n], dtype=np.float32)
     else:
         emb = make_embeddings(args.n, args.d)
-    _reset_peak_rss()
-    base = _status_mb("VmRSS")
+    reset_peak_rss()
+    base = status_mb("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(0)
     if args.worker == "badge":
@@ -178,7 +163,7 @@ def worker(args) -> None:
             out["delta"] = s.delta_
             out["greedy_picks"] = s.n_greedy_
     out["seconds"], out["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
-    out["extra_peak_mb"] = _status_mb("VmHWM") - base
+    out["extra_peak_mb"] = status_mb("VmHWM") - base
     out["picks"] = [int(i) for i in picks]
     print(json.dumps(out))
 
