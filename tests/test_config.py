@@ -98,6 +98,16 @@ def test_generated_options_reach_the_config_as_typed_values():
     seen.clear()
     assert runner.invoke(demo, ["go"]).exit_code == 0
     assert seen == {"out": "x"}  # defaults are not overrides: a --config file keeps its values
+    eager = typer.Typer()
+
+    @eager.command()
+    @config_command("activecrl.trainers:TrainConfig")
+    def fit(overrides: dict):
+        seen.update(overrides)
+
+    seen.clear()
+    assert runner.invoke(eager, ["--epochs", "3", "--no-nesterov"]).exit_code == 0
+    assert seen == {"epochs": 3, "nesterov": False} and fit.config_options[0].flag == "epochs"
     bad = runner.invoke(demo, ["go", "--milestones", "0.5,x"])
     assert isinstance(bad.exception, ConfigError) and "--milestones must be comma-separated numbers" in str(bad.exception)
 
