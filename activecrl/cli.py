@@ -299,6 +299,14 @@ def list_registered():
     for option, names in accepted_names().items():
         table.add_row(option, ", ".join(names))
     console.print(table)
+    from .trainers import TRAINERS, trainer_description
+
+    recipes = Table(title="trainers: what each is made of")
+    recipes.add_column("trainer")
+    recipes.add_column("loss + ingredients")
+    for name in TRAINERS.names():
+        recipes.add_row(name, escape(trainer_description(name)))
+    console.print(recipes)
 
 
 def main() -> None:

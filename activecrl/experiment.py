@@ -39,7 +39,7 @@ class TrainRunConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
     model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
-    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | a registered trainer"})
+    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     dropout: float = field(default=0.0, metadata={
         "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
     data_dir: str | None = field(default=None, metadata={
@@ -94,10 +94,13 @@ class TrainRunResult:
         return out
 
 
-def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None) -> dict:
+def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None,
+                   head: str = "linear", cos_temp: float = 8.0) -> dict:
     """What ``load_trained`` needs to rebuild the model and its input pipeline."""
     info = {
         "model": model_name,
+        "head": head,
+        "cos_temp": float(cos_temp),
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
         "image_size": dataset.image_size,
@@ -151,7 +154,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     eval_seconds = time.perf_counter() - start
 
     model = method.models_[0]
-    model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"))
+    model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
+                                model.build_config.get("head", "linear"), model.build_config.get("cos_temp", 8.0))
     model_info["method"] = method.name
     if method.saved_model:
         model_info["model_pt_holds"] = method.saved_model
@@ -195,7 +199,8 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     info = blob["model_info"]
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
                         image_size=info["image_size"], dropout=info.get("dropout", 0.0),
-                        variance_head=info.get("variance_head"))
+                        variance_head=info.get("variance_head"), head=info.get("head", "linear"),
+                        cos_temp=info.get("cos_temp", 8.0))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})

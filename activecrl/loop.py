@@ -62,7 +62,7 @@ class ALConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
     model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
-    trainer: str = field(default="crl", metadata={"help": "baseline | crl | a registered trainer"})
+    trainer: str = field(default="crl", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
     strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword arguments of the strategy, e.g. weight=0.1 (repeat for more)"})

@@ -120,3 +120,19 @@ def test_threads_option_sets_torch_threads():
         assert runner.invoke(app, ["--threads", "0", "list"]).exit_code != 0
     finally:
         torch.set_num_threads(before)
+
+
+def test_recipes_and_ingredient_flags(tmp_path):
+    out = _ok(runner.invoke(app, ["list"]))
+    assert "sure" in out and "fmfp" in out and "optimizer=sam" in out
+    run = tmp_path / "sure"
+    _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "sure", "--schedule", "cosine",
+                            "--epochs", "2", "--device", "cpu", "--out", str(run)]))
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["model_info"]["head"] == "cosine" and blob["config"]["trainer"] == "sure"
+    bad = tmp_path / "bad"
+    for args, message in ((["--optimizer", "adam"], "sgd, sam"), (["--trainer", "fmfp", "--epochs", "1"], "swa_start"),
+                          (["--trainer", "nope"], "sure")):
+        result = runner.invoke(app, ["train", "--dataset", "digits", "--device", "cpu", "--out", str(bad), *args])
+        assert result.exit_code != 0 and message in str(result.exception), (args, result.exception)
+        assert not bad.exists()
