@@ -25,6 +25,7 @@ from . import __version__
 from .bootstrap import rescore_runs
 from .cli_options import build_config, config_command, given_flags
 from .compare import compare_runs, write_compare
+from .config import preset_names
 from .data import DATASETS
 from .errors import ActiveCRLError
 from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
@@ -139,7 +140,8 @@ class _epoch_progress:
 def run(
     overrides: dict,
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
-    config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file; flags override it"),
+    config: Optional[str] = typer.Option(None, help=f"a preset ({', '.join(preset_names())}) or a TOML file; "
+                                                   "flags override it"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
