@@ -91,8 +91,11 @@ cold_start() {  # README: "Low budgets and self-supervised embeddings (issue #11
     fresh results/cold_start/$s-ssl
     $ACTIVECRL run $R --strategy $s --embeddings $E --initial-strategy $s --out results/cold_start/$s-ssl
   done
-  $ACTIVECRL plot results/cold_start/*/ -o results/cold_start/curves.png
-  to_file results/cold_start/summary.txt $ACTIVECRL summary results/cold_start/*/
+  runs="results/cold_start/random results/cold_start/least_conf results/cold_start/badge results/cold_start/typiclust-ssl results/cold_start/probcover-ssl"
+  $ACTIVECRL plot $runs -o results/cold_start/curves.png
+  to_file results/cold_start/summary.txt $ACTIVECRL summary $runs
+  fresh results/cold_start/compare
+  $ACTIVECRL compare $runs -o results/cold_start/compare
 }
 
 steps=("$@")
