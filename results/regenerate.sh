@@ -72,10 +72,14 @@ ood() {  # results/ood/COMMANDS.md
 
 recipes() {  # README: "A CPU recipe not behind a plain script (issue #10)"; ~40 min at load ~1
   R=results/recipes_cpu
-  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --initial 1000 --budget 1000 --stages 3 --trials 1 --epochs 20 --device cpu"
+  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --budget 1000 --trials 1 --epochs 20 --device cpu"
   fresh $R/cpu_recipe_before $R/cpu_recipe_after
-  $ACTIVECRL run $C --out $R/cpu_recipe_before
-  $ACTIVECRL run $C --schedule onecycle --nesterov --weight-decay 5e-4 --out $R/cpu_recipe_after
+  $ACTIVECRL run $C --initial 1000 --stages 3 --out $R/cpu_recipe_before
+  $ACTIVECRL run $C --initial 1000 --stages 3 --schedule onecycle --nesterov --weight-decay 5e-4 --out $R/cpu_recipe_after
+  F="--schedule onecycle --nesterov --weight-decay 5e-4 --model small_cnn4"  # = preset cifar10_cpu_fast's training
+  fresh $R/cpu_recipe_after_cnn4_1k $R/cpu_recipe_after_cnn4_2k3k
+  $ACTIVECRL run $C $F --initial 1000 --stages 1 --out $R/cpu_recipe_after_cnn4_1k
+  $ACTIVECRL run $C $F --initial 2000 --stages 2 --out $R/cpu_recipe_after_cnn4_2k3k
   to_file $R/plain_reference.jsonl ${DRY:+echo} python bench/plain_cpu_reference.py --dataset "$CIFAR10" \
       --labels 1000 2000 3000 --epochs 20 --threads 1
 }
