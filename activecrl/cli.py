@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,7 +23,10 @@ from rich.table import Table
 from strategies import STRATEGIES
 
 from . import __version__
+from .bootstrap import rescore_runs
 from .cli_options import build_config, config_command, given_flags
+from .compare import compare_runs, write_compare
+from .config import preset_names
 from .data import DATASETS
 from .errors import ActiveCRLError
 from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
@@ -32,15 +36,16 @@ from .methods import METHODS, validate_method_config
 from .metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
 from .models import MODELS
 from .ood import DETECTORS, OODConfig, run_ood, save_ood
-from .report import write_report
+from .report import TRAIN_HEADERS, write_report
 from .results import load_run, plot_curves
+from .sweep import load_sweep, run_sweep
 from .trainers import TRAINERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
 
-PAPER_SCALE_NOTE = "AURC, E-AURC ×10³; NLL ×10; others in %"
+PAPER_SCALE_NOTE = "AURC, E-AURC, AUGRC ×10³; NLL ×10; others in %"
 
 
 def _print_version(value: bool) -> None:
@@ -66,15 +71,25 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
 
 
-def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
+def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True,
+                  ci95: dict | None = None) -> Table:
+    """One column per metric (``–`` where a run lacks one); with ``ci95`` and one run, a metric per line."""
+    scale = PAPER_SCALE if paper_scale else {}
+    digits = 2 if paper_scale else 4
+    fmt = lambda v, m: "–" if v is None else f"{v * scale.get(m, 1):.{digits}f}"  # noqa: E731
     table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
+    if ci95 and len(rows) == 1:  # nine values with intervals only fit a terminal one per line
+        for col in ("metric", rows[0][0], "95% CI (bootstrap)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for m in METRIC_NAMES:
+            ci = ci95.get(m)
+            table.add_row(TRAIN_HEADERS[m], fmt(rows[0][1].get(m), m), f"[{fmt(ci[0], m)}, {fmt(ci[1], m)}]" if ci else "–")
+        return table
     table.add_column("run")
     for name in METRIC_NAMES:
-        table.add_column(name, justify="right")
+        table.add_column(TRAIN_HEADERS[name], justify="right")
     for label, metrics in rows:
-        scale = PAPER_SCALE if paper_scale else {}
-        table.add_row(label, *(f"{metrics[m] * scale.get(m, 1):.2f}" if paper_scale else f"{metrics[m]:.4f}"
-                               for m in METRIC_NAMES))
+        table.add_row(label, *(fmt(metrics.get(m), m) for m in METRIC_NAMES))
     return table
 
 
@@ -87,7 +102,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
-    """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
+    """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
     _setup_logging(verbose)
     config = build_config(TrainRunConfig, overrides, config, train.config_options)
     method, trainer, train_cfg = config.method, config.trainer, config.train
@@ -99,7 +114,7 @@ def train(
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
     console.print(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
-                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)]))
+                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)], ci95=result.ci95))
     if "temperature" in result.method_info:
         console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
     console.print(f"saved to [bold]{out}[/]")
@@ -127,7 +142,8 @@ class _epoch_progress:
 def run(
     overrides: dict,
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
-    config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file; flags override it"),
+    config: Optional[str] = typer.Option(None, help=f"a preset ({', '.join(preset_names())}) or a TOML file; "
+                                                   "flags override it"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
@@ -191,21 +207,28 @@ class _RichLoop:
                                     f"AURC {record.metrics['aurc'] * 1e3:.2f}")
 
 
+def _pm(mean, std, scale: float, digits: int) -> str:
+    """``mean±std`` scaled; "–" for a metric the run did not record (e.g. AUGRC in older runs)."""
+    if mean != mean:  # NaN
+        return "–"
+    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}" if std == std else f"{mean * scale:.{digits}f}"
+
+
 def _summary_table(summary) -> Table:
     table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: mean ± std over trials",
-                  caption="AURC ×10³")
-    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "ECE", "train s", "query s"):
+                  caption="AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %")
+    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "AUGRC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")
     m, s = summary.mean, summary.std
     for i, n in enumerate(summary.n_labeled):
         table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
-                      f"{m['accuracy'][i] * 100:.2f}±{s['accuracy'][i] * 100:.2f}",
-                      f"{m['aurc'][i] * 1e3:.1f}±{s['aurc'][i] * 1e3:.1f}",
-                      f"{m['eaurc'][i] * 1e3:.1f}±{s['eaurc'][i] * 1e3:.1f}",
-                      f"{m['ece'][i] * 100:.2f}", f"{m['train_seconds'][i]:.1f}", f"{m['query_seconds'][i]:.2f}")
+                      _pm(m['accuracy'][i], s['accuracy'][i], 100, 2), _pm(m['aurc'][i], s['aurc'][i], 1e3, 1),
+                      _pm(m['eaurc'][i], s['eaurc'][i], 1e3, 1), _pm(m['augrc'][i], s['augrc'][i], 1e3, 1),
+                      _pm(m['ece'][i], float("nan"), 100, 2), f"{m['train_seconds'][i]:.1f}",
+                      f"{m['query_seconds'][i]:.2f}")
     table.add_section()
     table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
-                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "")
+                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "", "")
     return table
 
 
@@ -232,6 +255,8 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
             table.add_row(s.label, str(s.path), str(len(acc)), f"{acc.mean():.2f} ± {acc.std():.2f}",
                           f"{aurc.mean():.1f} ± {aurc.std():.1f}")
         console.print(table)
+        console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "
+                      "(penalty matrix) run [bold]activecrl compare " + " ".join(str(r) for r in runs) + " -o DIR[/]")
 
 
 @app.command()
@@ -307,6 +332,99 @@ def list_registered():
     for name in TRAINERS.names():
         recipes.add_row(name, escape(trainer_description(name)))
     console.print(recipes)
+
+
+@app.command()
+def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` runs (with predictions.npz)"),
+            bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
+                                                               "many test-set resamples, e.g. 1000"),
+            seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
+    """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
+    for path, blob in zip(runs, blobs):
+        console.print(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
+    console.print(f"updated metrics.json in {len(runs)} run folder(s)")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl run` runs, in the order of the rows"),
+            output: Path = typer.Option(..., "-o", "--output", help="folder for compare.json, penalty.png, curves.png")):
+    """AUBC per run with 95% intervals over trials, and the pairwise penalty matrix (paired t-tests per stage)."""
+    result = compare_runs(runs)
+    written = write_compare(result, output)
+    table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
+                  caption="accuracy in %, AURC ×10³; 'beaten' = penalty column mean (lower is better)")
+    for col in ("run", "dataset", "trials", "AUBC accuracy", "AUBC AURC", "beaten"):
+        table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
+    for j, run in enumerate(result.runs):
+        acc, aurc = result.aubc[run.label], result.aubc_aurc[run.label]
+        fmt = lambda a, k, d: f"{a.mean * k:.{d}f}" + (f" [{a.ci95[0] * k:.{d}f}, {a.ci95[1] * k:.{d}f}]"  # noqa: E731
+                                                       if a.ci95 else "")
+        beaten = result.column_means[j]
+        table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, 100, 2), fmt(aurc, 1000, 1),
+                      "–" if beaten is None else f"{beaten:.2f}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
+
+
+@app.command()
+def sweep(
+    config: str = typer.Option(..., help="sweep TOML file (e.g. configs/sweeps/digits.toml): a run's options plus a [grid] "
+                                         "table of lists; every combination runs"),
+    out: Path = typer.Option(..., help="sweep folder: one run folder per grid point; rerun to continue"),
+    address: Optional[str] = typer.Option(None, help="HOST:PORT of a Ray cluster (`ray start --head`); "
+                                                     "default: a local Ray instance on this machine"),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial (its torch threads)"),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; 0.25 lets 4 trials share one GPU"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Run every combination of a grid of run options on Ray: one task per (grid point, trial)."""
+    _setup_logging(verbose)
+    spec = load_sweep(config)
+    try:
+        with _SweepView(out) as view:
+            statuses = run_sweep(spec, out, address=address, cpus_per_trial=cpus_per_trial,
+                                 gpus_per_trial=gpus_per_trial, callbacks=view)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: recorded stages are saved; rerun the same command to continue")
+        raise typer.Exit(130)
+    for status in statuses:
+        if status.error:
+            console.print(f"[bold red]{escape(status.name)} failed:[/] {escape(status.error)}")
+    finished = sum(s.state == "finished" for s in statuses)
+    console.print(f"{finished} of {len(statuses)} grid points finished; run folders in [bold]{out}[/] "
+                  f"(`activecrl summary {out}/*/`)")
+    raise typer.Exit(0 if finished == len(statuses) else 1)
+
+
+class _SweepView:
+    """A live table of the grid: state, stages done and elapsed time per point."""
+
+    STYLE = {"queued": "dim", "running": "cyan", "finished": "green", "failed": "bold red"}
+
+    def __init__(self, out: Path):
+        self.out, self.start = out, time.time()
+        self.live = Live(console=console, auto_refresh=False, vertical_overflow="visible")
+
+    def __enter__(self):
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.stop()
+
+    def update(self, statuses) -> None:
+        counts = {state: sum(s.state == state for s in statuses) for state in self.STYLE}
+        table = Table(title=f"sweep {self.out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
+                      f" · {time.time() - self.start:.0f} s")
+        for col in ("point", "state", "stages", "elapsed", "error"):
+            table.add_column(col, justify="right" if col in ("stages", "elapsed") else "left")
+        for s in statuses:
+            table.add_row(escape(s.name), f"[{self.STYLE[s.state]}]{s.state}[/]", f"{s.stages_done}/{s.stages_total}",
+                          "" if s.elapsed is None else f"{s.elapsed:.0f} s", escape(s.error or ""))
+        self.live.update(table, refresh=True)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import re
 import tomllib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import typer
@@ -65,7 +66,7 @@ def _kind(option: ConfigOption) -> tuple[str, Any]:
     origin = typing.get_origin(tp)
     if tp is bool:
         return "bool", bool
-    if tp in (int, float, str):
+    if tp in (int, float, str, Path):
         return "scalar", tp
     if origin is Literal:
         return "scalar", type(typing.get_args(tp)[0])
@@ -75,7 +76,7 @@ def _kind(option: ConfigOption) -> tuple[str, Any]:
     if origin is dict or tp is dict:
         return "mapping", str
     raise TypeError(f"config option {option.key} has type {option.type!r}; the CLI maps bool, int, float, str, "
-                    "Literal, X | None, tuple[X, ...] and dict fields: use one of those")
+                    "Path, Literal, X | None, tuple[X, ...] and dict fields: use one of those")
 
 
 def _parse_literal(text: str) -> Any:

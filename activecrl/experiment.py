@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .bootstrap import bootstrap_info, bootstrap_intervals
 from .config import from_dict
 from .data import device_splits, load_dataset
 from .errors import ConfigError, DataError
@@ -29,6 +30,7 @@ from .metrics import classification_metrics
 from .models import build_model
 from .runtime import configure_backends, resolve_device
 from .trainers import EpochInfo, TrainConfig
+from .validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class TrainRunConfig:
         "help": "fit a temperature on a held-out part of the training split"})
     holdout_fraction: float = field(default=0.1, metadata={
         "help": "training fraction held out for --temperature-scaling"})
+    bootstrap: int = field(default=0, metadata={"help": "bootstrap resamples of the test set for 95% intervals "
+                                                        "of every metric (metrics.json ci95; e.g. 1000); 0 = none"})
+
+    def __post_init__(self):
+        check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
 
 
 @dataclass
@@ -79,6 +86,7 @@ class TrainRunResult:
     model_info: dict = field(default_factory=dict)
     method_info: dict = field(default_factory=dict)  # what the method did (metrics.json "method")
     member_states: list[dict] | None = None  # ensemble members' weights (saved to members.pt)
+    ci95: dict[str, list[float]] | None = None  # bootstrap intervals (config.bootstrap > 0)
 
     def to_json(self) -> dict:
         out = {
@@ -91,6 +99,9 @@ class TrainRunResult:
         }
         if self.method_info:
             out["method"] = self.method_info
+        if self.ci95 is not None:
+            out["ci95"] = self.ci95
+            out["bootstrap"] = bootstrap_info(self.config.bootstrap, self.config.train.seed)
         return out
 
 
@@ -123,6 +134,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     One pipeline for every method (``activecrl.methods``; ``plain`` is one model scored by its max
     softmax probability): check the options, load the data, hold out a part for temperature
     scaling if asked, let the method train, predict and score, then compute the metrics.
+    ``config.bootstrap > 0`` adds 95 % bootstrap intervals of every metric (``result.ci95``,
+    ``activecrl.bootstrap``), from the arrays predictions.npz stores.
     """
     method = build_method(config)  # every option is checked before any work
     config = method.config
@@ -159,9 +172,14 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     model_info["method"] = method.name
     if method.saved_model:
         model_info["model_pt_holds"] = method.saved_model
-    return TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
-                          confidence, train_seconds, eval_seconds, model_info, method_info=info,
-                          member_states=method.member_states)
+    result = TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
+                            confidence, train_seconds, eval_seconds, model_info, method_info=info,
+                            member_states=method.member_states)
+    if config.bootstrap > 0:
+        # from the arrays predictions.npz stores, so `activecrl rescore` recomputes the same intervals
+        result.ci95 = bootstrap_intervals(result.probs, result.labels, result.confidence,
+                                          n_resamples=config.bootstrap, seed=config.train.seed)
+    return result
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:

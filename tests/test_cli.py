@@ -26,10 +26,14 @@ def test_list_shows_every_registry():
 def test_train_writes_metrics_predictions_and_model(tmp_path):
     out = tmp_path / "run"
     text = _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "crl", "--epochs", "2",
-                                   "--device", "cpu", "--out", str(out)]))
-    assert "accuracy" in text
+                                   "--bootstrap", "50", "--device", "cpu", "--out", str(out)]))
+    assert "ACC" in text and "95% CI" in text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"accuracy", "aurc", "eaurc", "aupr_err", "fpr95", "ece", "nll", "brier"}
+    assert set(metrics["metrics"]) == {"accuracy", "aurc", "eaurc", "augrc", "aupr_err", "fpr95", "ece", "nll",
+                                       "brier"}
+    assert set(metrics["ci95"]) == set(metrics["metrics"]) and metrics["bootstrap"]["n_resamples"] == 50
+    low, high = metrics["ci95"]["accuracy"]
+    assert low <= metrics["metrics"]["accuracy"] <= high and low < high
     assert metrics["train_seconds"] > 0 and metrics["config"]["trainer"] == "crl"
     preds = np.load(out / "predictions.npz")
     n = preds["labels"].shape[0]

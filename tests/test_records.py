@@ -40,19 +40,20 @@ def test_round_trip_keeps_the_flat_layout():
 
 
 def test_other_versions_keys_are_tolerated(tmp_path):
-    # a newer version's metric (augrc) and field (note); an older version without ece
-    newer = _line(augrc=0.05, note={"by": "v9"})
+    # a newer version's metric (eaugrc) and field (note); an older version without ece and augrc
+    newer = _line(eaugrc=0.05, note={"by": "v9"})
     older = _line(trial=1)
-    del older["ece"]
+    del older["ece"], older["augrc"]
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(newer) + "\n" + json.dumps(older) + "\n")
     a, b = read_records(tmp_path)
-    assert a.metrics["augrc"] == 0.05 and a.extra == {"note": {"by": "v9"}}
+    assert a.metrics["eaugrc"] == 0.05 and a.extra == {"note": {"by": "v9"}}
     assert a.to_json() == newer  # rewritten with the same content (metrics grouped together)
     assert "ece" not in b.metrics and b.value("ece") is None
     (tmp_path / "config.json").write_text(json.dumps({"strategy": "random", "trainer": "crl"}))
     summary = load_run(tmp_path)
-    assert summary.mean["augrc"][0] != summary.mean["augrc"][0]  # NaN: one trial lacks it (mean of 0.05, nan)
+    assert summary.mean["eaugrc"][0] != summary.mean["eaugrc"][0]  # NaN: one trial lacks it (mean of 0.05, nan)
+    assert summary.mean["augrc"][0] != summary.mean["augrc"][0]  # the older run predates AUGRC
     assert summary.mean["ece"][0] != summary.mean["ece"][0]
     assert summary.mean["accuracy"][0] == pytest.approx(newer["accuracy"])
     # a NaN metric is written as null and read back as NaN
