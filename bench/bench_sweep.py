@@ -74,8 +74,8 @@ def main():
         assert all(s.state == "finished" for s in statuses), [(s.name, s.error) for s in statuses]
         swept, after_start = end - start, end - marks.first
 
-        same = all([r["queried"] for r in read_records(work / "seq" / p.name)] ==
-                   [r["queried"] for r in read_records(work / "sweep" / p.name)] for p in spec.points)
+        same = all([r.queried for r in read_records(work / "seq" / p.name)] ==
+                   [r.queried for r in read_records(work / "sweep" / p.name)] for p in spec.points)
         n = sum(p.config.trials for p in spec.points)
         result = {"trials": n, "device": args.device, "cpus_per_trial": args.cpus_per_trial,
                   "gpus_per_trial": args.gpus_per_trial, "sequential_s": round(sequential, 1),
