@@ -42,10 +42,38 @@ def _app(version: bool = typer.Option(False, "--version", callback=_print_versio
          threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                                help="CPU threads for torch (1 is fastest on a busy, shared CPU)")):
     """Deep active learning with confidence-aware training (CRL, Moon et al. 2020)."""
+    _global_options["threads"] = threads  # run and train put it in their config (recorded, kept on --resume)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+_global_options: dict = {}  # set by the callback above on every invocation
+
+
+def _global_threads() -> int | None:
+    """The global ``--threads`` value (None: automatic), for the commands that record it in their config."""
+    return _global_options.get("threads")
+
+
+def _print_table(table: Table) -> None:
+    """Print a table without ever cutting a number: where the output is not a terminal (a log file,
+    ``tee``, CI) rich would squeeze it to 80 columns and end cells in "…", so it is printed at its
+    natural width; on a terminal narrower than the table, cells wrap (fold) instead of being cut."""
+    from rich.measure import Measurement
+
+    for column in table.columns:
+        column.overflow = "fold"
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = max(width, Measurement.get(console, console.options.update_width(10**6), table).maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -100,18 +128,18 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
-    from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
+    from .experiment import TrainRunConfig, quick_train_config, save_train_run, train_and_evaluate
     from .io import prepare_out_dir
-    from .trainers import TrainConfig
 
     _setup_logging(verbose)
-    train_cfg = TrainConfig().updated(**_train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed,
+    train_cfg = quick_train_config().updated(**_train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed,
                                                            compile_ or None))
     config = TrainRunConfig(dataset=dataset, model=model, trainer=trainer, dropout=dropout,
                             data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg,
                             method=method, mc_samples=mc_samples, snapshots=snapshots, snapshot_start=snapshot_start,
                             members=members,
-                            temperature_scaling=temperature_scaling, holdout_fraction=holdout_fraction)
+                            temperature_scaling=temperature_scaling, holdout_fraction=holdout_fraction,
+                            threads=_global_threads())
     if method != "plain" or temperature_scaling:
         from .methods import validate_method_config
 
@@ -122,8 +150,9 @@ def train(
     with _epoch_progress(f"{model} / {label}", total) as on_epoch:
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
-    console.print(metrics_table(f"{dataset} · {model} · {label} · {train_cfg.epochs} epochs "
-                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)]))
+    _print_table(metrics_table(f"{dataset} · {model} · {label} · {train_cfg.epochs} epochs "
+                               f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
+                               [(label, result.metrics)]))
     if "temperature" in result.method_info:
         console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
     console.print(f"saved to [bold]{out}[/]")
@@ -174,7 +203,7 @@ def run(
 ):
     """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
     from .config import load_toml, merge
-    from .loop import ALConfig, load_saved_config, run_active_learning
+    from .loop import CONFIG_FILE, ALConfig, completed_stages, resume_command, resume_config, run_active_learning
     from .results import load_run, plot_curves
 
     _setup_logging(verbose)
@@ -182,29 +211,30 @@ def run(
                       budget=budget, stages=stages, trials=trials, seed=seed, pool_subset=pool_subset,
                       dropout=dropout, warm_start=warm_start, deterministic=deterministic, config=config,
                       train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None) or None)
+    values = merge(load_toml(config) if config else {},
+                   {**experiment, "config": None, "device": device, "data_dir": str(data_dir) if data_dir else None,
+                    "threads": _global_threads()})
     if resume:
         if out is None:
             raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
-        given = sorted(k for k, v in experiment.items() if v is not None)
-        if given:  # silently ignoring them would let a user believe they changed the run
-            raise ActiveCRLError(f"--resume continues the run saved in {out}/config.json; drop "
-                                 f"{', '.join('--' + k.replace('_', '-') for k in given)} (only --device and "
-                                 f"--data-dir may change), or start a new run with another --out")
-        al_config = load_saved_config(out)
+        al_config = resume_config(out, values)  # the same options again are fine; different ones are refused
     else:
-        values = merge(load_toml(config) if config else {},
-                       {**experiment, "config": None, "device": device, "data_dir": str(data_dir) if data_dir else None})
         al_config = ALConfig.from_dict(values)
-    if resume:
-        al_config = dataclasses.replace(al_config, device=device or al_config.device,
-                                        data_dir=str(data_dir) if data_dir else al_config.data_dir)
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with _RichLoop(al_config) as callbacks:
-        run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
+    try:
+        with _RichLoop(al_config) as callbacks:
+            run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
+    except KeyboardInterrupt:
+        if not (out / CONFIG_FILE).is_file():  # stopped before the run began: nothing to continue
+            raise
+        console.print(f"[yellow]interrupted[/]: {completed_stages(out)} of {al_config.trials * al_config.stages} "
+                      f"stages are saved in {escape(str(out))}; continue with:\n  {escape(resume_command(out))}",
+                      soft_wrap=True)  # never break the command a user will copy
+        raise typer.Exit(130) from None
     summary = load_run(out)
-    console.print(_summary_table(summary))
+    _print_table(_summary_table(summary))
     plot = plot_curves([summary], out / "curves.png")
     console.print(f"results: [bold]{out / 'results.jsonl'}[/]   plot: [bold]{plot}[/]")
 
@@ -246,17 +276,23 @@ class _RichLoop:
                                     f"AURC {record['aurc'] * 1e3:.2f}")
 
 
+def _pm(mean: float, std: float, n_trials: int, digits: int) -> str:
+    # one trial has no spread: print the value alone rather than a misleading ±0.00
+    return f"{mean:.{digits}f}" if n_trials <= 1 else f"{mean:.{digits}f}±{std:.{digits}f}"
+
+
 def _summary_table(summary) -> Table:
-    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: mean ± std over trials",
-                  caption="AURC ×10³")
+    spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread (no ±)"
+    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}", caption="AURC ×10³")
     for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")
     m, s = summary.mean, summary.std
     for i, n in enumerate(summary.n_labeled):
-        table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
-                      f"{m['accuracy'][i] * 100:.2f}±{s['accuracy'][i] * 100:.2f}",
-                      f"{m['aurc'][i] * 1e3:.1f}±{s['aurc'][i] * 1e3:.1f}",
-                      f"{m['eaurc'][i] * 1e3:.1f}±{s['eaurc'][i] * 1e3:.1f}",
+        k = int(summary.n_trials[i])
+        table.add_row(str(i + 1), str(n), str(k),
+                      _pm(m['accuracy'][i] * 100, s['accuracy'][i] * 100, k, 2),
+                      _pm(m['aurc'][i] * 1e3, s['aurc'][i] * 1e3, k, 1),
+                      _pm(m['eaurc'][i] * 1e3, s['eaurc'][i] * 1e3, k, 1),
                       f"{m['ece'][i] * 100:.2f}", f"{m['train_seconds'][i]:.1f}", f"{m['query_seconds'][i]:.2f}")
     table.add_section()
     table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
@@ -281,16 +317,17 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
 
     loaded = [load_run(r) for r in runs]
     for s in loaded:
-        console.print(_summary_table(s))
+        _print_table(_summary_table(s))
     if len(loaded) > 1:
-        table = Table(title="area under the budget curve (mean over the label range)")
+        table = Table(title="area under the budget curve (mean over the label range; ± std over trials, "
+                            "none for one trial)")
         for col in ("run", "folder", "trials", "accuracy %", "AURC ×10³"):
             table.add_column(col)
         for s in loaded:
             acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
-            table.add_row(s.label, str(s.path), str(len(acc)), f"{acc.mean():.2f} ± {acc.std():.2f}",
-                          f"{aurc.mean():.1f} ± {aurc.std():.1f}")
-        console.print(table)
+            table.add_row(s.label, str(s.path), str(len(acc)), _pm(acc.mean(), acc.std(), len(acc), 2),
+                          _pm(aurc.mean(), aurc.std(), len(aurc), 1))
+        _print_table(table)
 
 
 @app.command()
@@ -337,7 +374,7 @@ def ood(
     for name in OOD_METRIC_NAMES:
         table.add_column(name, justify="right")
     table.add_row(*(f"{result.metrics[m] * 100:.2f}" for m in OOD_METRIC_NAMES))
-    console.print(table)
+    _print_table(table)
     if result.params:
         console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
     tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
@@ -367,7 +404,7 @@ def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl tr
             table.add_column(col, justify="right" if i >= t.numeric_from else "left")
         for row in t.rows:
             table.add_row(*row)
-        console.print(table)
+        _print_table(table)
     console.print(f"wrote [bold]{path}[/]")
 
 
@@ -395,7 +432,7 @@ def list_registered():
     table.add_column("names")
     for kind, names in rows:
         table.add_row(kind, ", ".join(names))
-    console.print(table)
+    _print_table(table)
 
 
 def main() -> None:

@@ -26,14 +26,15 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import from_dict
+from .config import from_dict, merge
 from .errors import ConfigError
 from .inference import predict
 from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
 from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .outputs import PoolOutputs
-from .runtime import configure_backends, resolve_device, seed_everything
+from .runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
+                      torch_threads)
 from .trainers import EpochInfo, TrainConfig, build_trainer
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class ALConfig:
     data_dir: str | None = None
     download: bool = True
     eval_batch_size: int = 1024
+    threads: int | None = field(default=None, metadata={"help": (
+        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
+        "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
     train: TrainConfig = field(default_factory=_al_train_config)
 
     def __post_init__(self):
@@ -91,6 +95,7 @@ class ALConfig:
                               f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
+        check_threads_option(self.threads)
 
     def to_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self))
@@ -184,8 +189,9 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
 
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
+    saved_threads = None
     if resume:
-        config = _check_resume(config, out)
+        config, saved_threads = _check_resume(config, out)
     # fail on a bad name, option or dataset before creating anything in ``out``
     strategy = get_strategy(config.strategy, **config.strategy_params)
     build_trainer(config.trainer, config.train)
@@ -194,12 +200,11 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
-        prepare_out_dir(out, marker=CONFIG_FILE, create=False)  # never overwrite a run
+        prepare_out_dir(out, marker=CONFIG_FILE, create=False, remedy=_resume_remedy(out))  # never overwrite a run
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     n_train = dataset.n_train
-    if config.initial > n_train:
-        raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
+    check_label_budget(config, n_train)
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
@@ -212,11 +217,25 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
                               f"model that supports it (see `activecrl list`)")
         return model
 
-    new_model()  # a model that cannot serve this run fails here, before anything is written
+    # a model that cannot serve this run fails here, before anything is written; its size sets the threads
+    threads = resolve_threads(config.threads, new_model())
+    if saved_threads is not None and threads != saved_threads and device.type == "cpu":
+        raise ConfigError(
+            f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
+            f"and this run's stages were computed with {saved_threads} thread(s), got {threads} instead"
+            f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
     if not resume:
-        prepare_out_dir(out, marker=CONFIG_FILE)
+        prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
         atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                              "n_train": n_train, **config.to_dict()})
+                                              "n_train": n_train, "threads_used": threads, **config.to_dict()})
+    with torch_threads(threads):
+        _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device)
+    return read_records(out)
+
+
+def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_model, train_data, test_data,
+                test_labels, n_train: int, device) -> None:
+    """Every (trial, stage) not yet in ``results.jsonl``, in order, each appended when complete."""
 
     records = read_records(out)
     done = {(r["trial"], r["stage"]) for r in records}
@@ -274,7 +293,6 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
             cb.stage_end(record)
             logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, len(labeled), metrics["accuracy"])
             labeled = np.union1d(labeled, queried)
-    return read_records(out)
 
 
 def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> np.ndarray:
@@ -335,18 +353,100 @@ def _load_warm_state(out: Path, trial: int, stage: int):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_saved_config(out: Path | str) -> ALConfig:
-    """The ``ALConfig`` saved in a run folder's ``config.json``."""
+def _resume_remedy(out: Path) -> str:
+    return f"choose another --out, or continue it with: {resume_command(out)}"
+
+
+def resume_command(out: Path | str) -> str:
+    """The command line that continues the run in ``out`` (printed after an interruption)."""
+    import shlex
+
+    return f"activecrl run --resume --out {shlex.quote(str(out))}"
+
+
+def check_label_budget(config: ALConfig, n_train: int) -> None:
+    """The seed set and every stage's query must fit in the training split: a budget the pool cannot
+    fill is refused like an oversized seed set, rather than silently clipped in the last stages."""
+    if config.initial > n_train:
+        raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
+    needed = config.initial + config.budget * (config.stages - 1)
+    if needed > n_train:
+        most = (n_train - config.initial) // (config.stages - 1)
+        raise ConfigError(
+            f"initial + budget x (stages - 1) must be at most the training split size {n_train}, got "
+            f"{config.initial} + {config.budget} x {config.stages - 1} = {needed} instead; lower --budget "
+            f"(at most {most} here), --stages or --initial")
+
+
+def completed_stages(out: Path | str) -> int:
+    """How many (trial, stage) records ``out/results.jsonl`` holds."""
+    return len({(r["trial"], r["stage"]) for r in read_records(Path(out))})
+
+
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used")
+# where a run executes, not what it computes: these may change on --resume
+RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
+
+
+def _read_saved(out: Path | str) -> dict:
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
-    saved = json.loads(path.read_text())
-    for key in ("activecrl_version", "dropout_used", "n_train"):
+    return json.loads(path.read_text())
+
+
+def load_saved_config(out: Path | str) -> ALConfig:
+    """The ``ALConfig`` saved in a run folder's ``config.json``."""
+    saved = _read_saved(out)
+    for key in _SAVED_EXTRAS:
         saved.pop(key, None)
     return ALConfig.from_dict(saved)
 
 
-def _check_resume(config: ALConfig, out: Path) -> ALConfig:
-    """Resume uses the saved experiment; only where it runs (device, data folder) may change."""
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "strategy_params":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _option_name(key: str) -> str:
+    # train.epochs is --epochs on the command line; the TOML key where no flag exists
+    leaf = key.split(".")[-1]
+    return "--" + leaf.replace("_", "-") if leaf != "strategy_params" else key
+
+
+def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
+    """The saved experiment of ``out`` with ``given`` options applied, for ``--resume``.
+
+    ``given`` holds the options of the command line (nested like ``ALConfig.to_dict()``; a preset's
+    values already merged in). Options equal to the saved ones are accepted, so the natural retry
+    (the same command with ``--resume`` added) works; where the run executes (``RESUME_MAY_CHANGE``)
+    may change; any other difference is refused, naming each option with both values.
+    """
+    saved = load_saved_config(out)
+    merged = ALConfig.from_dict(merge(saved.to_dict(), given or {}))  # validates and normalises types
+    before, after = _flat(saved.to_dict()), _flat(merged.to_dict())
+    changed = [k for k in after if after[k] != before.get(k) and k.split(".")[-1] not in RESUME_MAY_CHANGE]
+    if changed:
+        listed = ", ".join(f"{_option_name(k)} {after[k]!r} (saved: {before.get(k)!r})" for k in changed)
+        raise ConfigError(
+            f"--resume continues the run saved in {Path(out) / CONFIG_FILE}, but these options differ from it: "
+            f"{listed}; drop them or give the saved values (only --device, --data-dir and --threads may change), "
+            f"or start a new run with another --out")
+    return merged
+
+
+def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
+    """Resume uses the saved experiment; only where it runs (device, data folder, threads) may change.
+
+    Returns that config and the thread count the saved stages were computed with (None: an older run
+    that did not record it)."""
+    saved = _read_saved(out)
     saved_config = load_saved_config(out)
-    return dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir)
+    resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
+                                  threads=config.threads if config.threads is not None else saved_config.threads)
+    return resumed, saved.get("threads_used")
