@@ -381,6 +381,9 @@ def ood(
         f"tuned on {result.protocol.get('ood_tuning')}"
     if detector in ("odin", "mahalanobis"):
         console.print(tuned)
+    for what, key in (("OOD set", "ood_conversion"), ("OOD tuning set", "ood_val_conversion")):
+        if result.run_info.get(key):  # never convert silently: say what the model was shown
+            console.print(f"[yellow]{what} converted[/]: {escape(result.run_info[key])}", soft_wrap=True)
     console.print(f"saved to [bold]{out}[/]")
 
 

@@ -7,12 +7,12 @@ data that is never the test OOD set unless ``tune_on_test_ood`` asks for the pap
 - ``scores.py``: the scores themselves (MSP, energy, the ODIN score grid, Mahalanobis: class
   Gaussian, whitening and ``MahalanobisScorer``), and what each detector computes.
 - ``data.py``: OOD images (synthetic noise sets, FGSM validation images, an OOD set converted to the
-  model's channels and size by ``load_ood_images``).
+  model's channels and size by ``load_ood_set``, which also says what it converted).
 - ``run.py``: ``OODConfig`` / ``OODResult``, the tuning protocol (split, grid, ``select_best``),
   ``run_ood`` (one function per detector family) and ``save_ood`` / ``read_ood``.
 """
 
-from .data import SYNTHETIC_SETS, fgsm_images, load_ood_images, synthetic_images
+from .data import SYNTHETIC_SETS, convert_to_model_input, fgsm_images, load_ood_images, load_ood_set, synthetic_images
 from .run import (DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, DETECTORS, OODConfig, OODResult, read_ood, run_ood,
                   save_ood, select_best)
 from .scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,
