@@ -282,7 +282,7 @@ def _pm(mean: float, std: float, n_trials: int, digits: int) -> str:
 
 
 def _summary_table(summary) -> Table:
-    spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread (no ±)"
+    spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread"
     table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}", caption="AURC ×10³")
     for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")

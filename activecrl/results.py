@@ -78,9 +78,10 @@ def load_run(path: Path | str) -> RunSummary:
 def distinct_labels(runs: list[RunSummary]) -> list[str]:
     """Legend labels: the run's label, plus its folder where two runs share a label (two runs of one
     strategy must not draw under one name), and the whole path where folder names collide too."""
-    labels = [run.label for run in runs]
+    plain = [run.label for run in runs]
+    labels = list(plain)
     for i, run in enumerate(runs):
-        if labels.count(run.label) > 1:
+        if plain.count(run.label) > 1:
             same = [r for r in runs if r.label == run.label]
             names = [r.path.name for r in same]
             where = run.path.name if names.count(run.path.name) == 1 else str(run.path)
