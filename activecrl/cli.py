@@ -6,7 +6,6 @@ the result. Everything here can be done from a notebook with the same functions.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -443,8 +442,9 @@ def main() -> None:
     try:
         app()
     except ActiveCRLError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message may hold "[nan, ...]"
+        # a message may hold "[nan, ...]"; soft_wrap: a command or path in it is never broken across lines
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")
+        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")  # run says more
         raise SystemExit(130)

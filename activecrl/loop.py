@@ -204,7 +204,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     n_train = dataset.n_train
-    check_label_budget(config, n_train)
+    check_label_budget(config, n_train, stages=not resume)  # a resumed run was accepted when it started
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
@@ -364,13 +364,14 @@ def resume_command(out: Path | str) -> str:
     return f"activecrl run --resume --out {shlex.quote(str(out))}"
 
 
-def check_label_budget(config: ALConfig, n_train: int) -> None:
-    """The seed set and every stage's query must fit in the training split: a budget the pool cannot
-    fill is refused like an oversized seed set, rather than silently clipped in the last stages."""
+def check_label_budget(config: ALConfig, n_train: int, *, stages: bool = True) -> None:
+    """The seed set and (``stages``) every stage's query must fit in the training split: a budget the
+    pool cannot fill is refused like an oversized seed set, rather than silently clipped in the last
+    stages."""
     if config.initial > n_train:
         raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
     needed = config.initial + config.budget * (config.stages - 1)
-    if needed > n_train:
+    if stages and needed > n_train:
         most = (n_train - config.initial) // (config.stages - 1)
         raise ConfigError(
             f"initial + budget x (stages - 1) must be at most the training split size {n_train}, got "
