@@ -18,7 +18,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .cli_options import build_config, config_command
 from .errors import ActiveCRLError
+from .experiment import TrainRunConfig
+from .loop import ALConfig
+from .ood.run import OODConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
@@ -39,7 +43,8 @@ def _print_version(value: bool) -> None:
 def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                       help="Print the version and exit."),
          threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                               help="CPU threads for torch (1 is fastest on a busy, shared CPU)")):
+                                               help="CPU threads for torch (default: 1 per million model parameters, "
+                                                    "at most the CPUs this process may use)")):
     """Deep active learning with confidence-aware training (CRL, Moon et al. 2020)."""
     _global_options["threads"] = threads  # run and train put it in their config (recorded, kept on --resume)
     if threads is not None:
@@ -51,9 +56,11 @@ def _app(version: bool = typer.Option(False, "--version", callback=_print_versio
 _global_options: dict = {}  # set by the callback above on every invocation
 
 
-def _global_threads() -> int | None:
-    """The global ``--threads`` value (None: automatic), for the commands that record it in their config."""
-    return _global_options.get("threads")
+def _with_global_threads(overrides: dict) -> dict:
+    """``activecrl --threads N run`` means ``run --threads N``: both go into the config (recorded in the
+    run folder, kept on --resume); the command's own flag wins."""
+    threads = _global_options.get("threads")
+    return overrides if threads is None or "threads" in overrides else {**overrides, "threads": threads}
 
 
 def _print_table(table: Table) -> None:
@@ -80,11 +87,6 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
 
 
-def _train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed, compile_) -> dict:
-    return {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, rank_target=rank_target,
-                                     crl_weight=crl_weight, seed=seed, compile=compile_).items() if v is not None}
-
-
 def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
     from .metrics import METRIC_NAMES, PAPER_SCALE
 
@@ -100,56 +102,32 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = 
 
 
 @app.command()
+@config_command(TrainRunConfig)
 def train(
-    dataset: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"),
-    model: str = typer.Option("small_cnn", help="registered model name (see `activecrl list`)"),
-    trainer: str = typer.Option("baseline", help="baseline | crl | a registered trainer"),
-    rank_target: Optional[str] = typer.Option(None, help="CRL confidence: softmax | entropy | margin"),
-    crl_weight: Optional[float] = typer.Option(None, help="lambda for CRL (default 1.0)"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (paper: 300)"),
-    batch_size: Optional[int] = typer.Option(None, help="mini-batch size (paper: 128)"),
-    lr: Optional[float] = typer.Option(None, help="initial learning rate (paper: 0.1)"),
-    dropout: float = typer.Option(0.0, help="dropout before the classifier (mc_dropout/aleatoric default 0.3)"),
-    method: str = typer.Option("plain", help="plain | mc_dropout | aleatoric | aes | ensemble"),
-    mc_samples: int = typer.Option(50, help="MC-dropout passes at test time (mc_dropout, aleatoric)"),
-    snapshots: int = typer.Option(10, help="AES snapshots k (paper: 10 and 30)"),
-    snapshot_start: float = typer.Option(0.5, help="AES takes its snapshots after this fraction of the epochs"),
-    members: int = typer.Option(5, help="ensemble members (seeds seed, seed+1, …)"),
-    temperature_scaling: bool = typer.Option(False, "--temperature-scaling",
-                                             help="fit a temperature on held-out training data"),
-    holdout_fraction: float = typer.Option(0.1, help="training fraction held out for --temperature-scaling"),
-    seed: int = typer.Option(0, help="random seed"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)"),
-    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (else $ACTIVECRL_DATA, else ~/.cache/activecrl)"),
+    overrides: dict,
     out: Path = typer.Option(..., help="run folder for metrics.json, predictions.npz, model.pt"),
+    config: Optional[str] = typer.Option(None, help="TOML file (or preset name) of these options; flags override it"),
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
-    from .experiment import TrainRunConfig, quick_train_config, save_train_run, train_and_evaluate
+    from .experiment import save_train_run, train_and_evaluate
     from .io import prepare_out_dir
 
     _setup_logging(verbose)
-    train_cfg = quick_train_config().updated(**_train_overrides(epochs, batch_size, lr, rank_target, crl_weight, seed,
-                                                           compile_ or None))
-    config = TrainRunConfig(dataset=dataset, model=model, trainer=trainer, dropout=dropout,
-                            data_dir=str(data_dir) if data_dir else None, device=device, train=train_cfg,
-                            method=method, mc_samples=mc_samples, snapshots=snapshots, snapshot_start=snapshot_start,
-                            members=members,
-                            temperature_scaling=temperature_scaling, holdout_fraction=holdout_fraction,
-                            threads=_global_threads())
-    if method != "plain" or temperature_scaling:
+    config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
+    method, trainer, train_cfg = config.method, config.trainer, config.train
+    if method != "plain" or config.temperature_scaling:
         from .methods import validate_method_config
 
         validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = trainer if method == "plain" else f"{method} ({trainer})"
-    total = train_cfg.epochs * (members if method == "ensemble" else 1)
-    with _epoch_progress(f"{model} / {label}", total) as on_epoch:
+    total = train_cfg.epochs * (config.members if method == "ensemble" else 1)
+    with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
-    _print_table(metrics_table(f"{dataset} · {model} · {label} · {train_cfg.epochs} epochs "
+    _print_table(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
                                f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
                                [(label, result.metrics)]))
     if "temperature" in result.method_info:
@@ -174,51 +152,29 @@ class _epoch_progress:
 
 
 @app.command()
+@config_command(ALConfig, exclude={"train.seed"},  # each stage's training seed derives from (--seed, trial, stage)
+                aliases={"warm_start": "--warm-start/--retrain"})
 def run(
-    dataset: Optional[str] = typer.Option(None, help="digits (default) | cifar10 | cifar100 | svhn | a path"),
-    model: Optional[str] = typer.Option(None, help="model name (default small_cnn)"),
-    trainer: Optional[str] = typer.Option(None, help="baseline | crl (default crl)"),
-    strategy: Optional[str] = typer.Option(None, help="strategy name or package.module:Class (default least_conf)"),
-    initial: Optional[int] = typer.Option(None, help="size of the random seed set"),
-    budget: Optional[int] = typer.Option(None, help="labels queried per stage"),
-    stages: Optional[int] = typer.Option(None, help="models trained per trial"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per stage"),
-    trials: Optional[int] = typer.Option(None, help="independent trials (seeds seed, seed+1, …)"),
-    seed: Optional[int] = typer.Option(None, help="base seed"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    pool_subset: Optional[int] = typer.Option(None, help="score only this many random pool samples per stage"),
-    dropout: Optional[float] = typer.Option(None, help="dropout before the classifier (MC dropout default 0.3)"),
-    rank_target: Optional[str] = typer.Option(None, help="CRL confidence: softmax | entropy | margin"),
-    batch_size: Optional[int] = typer.Option(None, help="mini-batch size"),
-    lr: Optional[float] = typer.Option(None, help="initial learning rate"),
-    warm_start: Optional[bool] = typer.Option(None, "--warm-start/--retrain", help="fine-tune instead of retraining"),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="CUDA: deterministic kernels, "
-                                                 "so the same seed gives the same queries (slower)"),
-    data_dir: Optional[Path] = typer.Option(None, help="dataset folder"),
+    overrides: dict,
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
-    config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file"),
+    config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file; flags override it"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
     from .config import load_toml, merge
-    from .loop import CONFIG_FILE, ALConfig, completed_stages, resume_command, resume_config, run_active_learning
+    from .loop import CONFIG_FILE, completed_stages, resume_command, resume_config, run_active_learning
     from .results import load_run, plot_curves
 
     _setup_logging(verbose)
-    experiment = dict(dataset=dataset, model=model, trainer=trainer, strategy=strategy, initial=initial,
-                      budget=budget, stages=stages, trials=trials, seed=seed, pool_subset=pool_subset,
-                      dropout=dropout, warm_start=warm_start, deterministic=deterministic, config=config,
-                      train=_train_overrides(epochs, batch_size, lr, rank_target, None, None, None) or None)
-    values = merge(load_toml(config) if config else {},
-                   {**experiment, "config": None, "device": device, "data_dir": str(data_dir) if data_dir else None,
-                    "threads": _global_threads()})
+    overrides = _with_global_threads(overrides)
     if resume:
         if out is None:
             raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
-        al_config = resume_config(out, values)  # the same options again are fine; different ones are refused
+        # the same options again are fine (the natural retry); different ones are refused by name
+        al_config = resume_config(out, merge(load_toml(config) if config else {}, overrides))
     else:
-        al_config = ALConfig.from_dict(values)
+        al_config = build_config(ALConfig, overrides, config, run.config_options)
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -330,43 +286,27 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
 
 
 @app.command()
+@config_command(OODConfig)
 def ood(
-    run: Path = typer.Option(..., help="folder of an `activecrl train` run (its model.pt)"),
-    ood_set: str = typer.Option(..., "--ood", help="OOD test set: image folder/archive, dataset name, or noise"),
-    detector: str = typer.Option("msp", help="msp | odin | mahalanobis | energy"),
+    overrides: dict,
     out: Path = typer.Option(..., help="folder for ood.json and scores.npz"),
-    ood_val: str = typer.Option("noise", help="OOD tuning data: noise | gaussian | uniform | smooth | fgsm | a path"),
-    tune_on_test_ood: bool = typer.Option(False, "--tune-on-test-ood",
-                                          help="paper protocol: tune on --n-tune samples of the test OOD set"),
-    n_tune: int = typer.Option(1000, help="tuning samples per side (excluded from the evaluation)"),
-    temperatures: Optional[str] = typer.Option(None, help="ODIN temperature grid, e.g. '1,10,100,1000'"),
-    epsilons: Optional[str] = typer.Option(None, help="perturbation grid, e.g. '0,0.0005,0.001,0.0014,0.002,0.005,0.01'"),
-    feature_ensemble: bool = typer.Option(False, "--feature-ensemble", help="Mahalanobis over every block"),
-    max_samples: Optional[int] = typer.Option(None, help="evaluate on at most N random samples per side"),
-    seed: int = typer.Option(0, help="seed of the tuning/evaluation split"),
-    batch_size: int = typer.Option(256, help="batch size of the scoring passes"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (default: the run's)"),
+    config: Optional[str] = typer.Option(None, help="TOML file of these options; flags override it"),
     overwrite: bool = typer.Option(False, help="replace an existing result in --out"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
     from .io import prepare_out_dir
-    from .ood import OODConfig, run_ood, save_ood
+    from .ood import run_ood, save_ood
 
     _setup_logging(verbose)
-    grids = {name: tuple(_floats(value, "--" + name)) for name, value in
-             (("temperatures", temperatures), ("epsilons", epsilons)) if value is not None}
-    config = OODConfig(run=str(run), ood=ood_set, detector=detector, data_dir=str(data_dir) if data_dir else None,
-                       ood_val=ood_val, tune_on_test_ood=tune_on_test_ood, n_tune=n_tune,
-                       feature_ensemble=feature_ensemble, max_samples=max_samples, seed=seed, batch_size=batch_size,
-                       device=device, **grids)
+    config = build_config(OODConfig, overrides, config, ood.config_options)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))
     save_ood(result, out, overwrite=True)
     from .metrics import OOD_METRIC_NAMES
 
+    detector = config.detector
     table = Table(title=f"{result.run_info['dataset']} vs {result.run_info['ood_set']} · {detector} · "
                         f"{result.run_info['trainer']} ({result.run_info['method']})",
                   caption=f"in %; {result.score_in.size} in / {result.score_out.size} out")
@@ -384,13 +324,6 @@ def ood(
         if result.run_info.get(key):  # never convert silently: say what the model was shown
             console.print(f"[yellow]{what} converted[/]: {escape(result.run_info[key])}", soft_wrap=True)
     console.print(f"saved to [bold]{out}[/]")
-
-
-def _floats(text: str, option: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", ",").split(",") if v]
-    except ValueError:
-        raise ActiveCRLError(f"{option} must be comma-separated numbers, e.g. 1,10,100, got {text!r} instead") from None
 
 
 @app.command()

@@ -37,28 +37,38 @@ def quick_train_config() -> TrainConfig:
 
 @dataclass
 class TrainRunConfig:
-    dataset: str = "digits"
-    model: str = "small_cnn"
-    trainer: str = "baseline"
-    dropout: float = 0.0  # dropout before the classifier
-    data_dir: str | None = None
-    download: bool = True
-    device: str = "auto"
-    eval_batch_size: int = 1024
-    train: TrainConfig = field(default_factory=quick_train_config)
+    # Each field is a CLI flag of `activecrl train` (--mc-samples) and a TOML key; metadata["help"] is its help.
+    dataset: str = field(default="digits", metadata={
+        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
+    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | a registered trainer"})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
+    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation passes"})
+    train: TrainConfig = field(default_factory=quick_train_config, metadata={
+        "help": "optimisation (the [train] table); the paper's 300 epochs: --epochs 300 or a *_train_paper preset"})
     threads: int | None = field(default=None, metadata={"help": (
         "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
         "use); metrics.json records the count used")})
     # comparison methods and temperature scaling: see activecrl.methods
-    method: str = "plain"  # plain | mc_dropout | aleatoric | aes | ensemble
-    mc_samples: int = 50  # MC-dropout passes at test time (mc_dropout, aleatoric)
-    aleatoric_samples: int = 50  # Gaussian logit samples per example in the aleatoric loss
-    variance: str = "sample"  # aleatoric log-variance head: one per sample | one per class
-    snapshots: int = 10  # AES: k snapshots over the last (1 - snapshot_start) of training
-    snapshot_start: float = 0.5
-    members: int = 5  # ensemble size (seeds seed, seed + 1, ...)
-    temperature_scaling: bool = False  # fit T on a held-out part of the training split
-    holdout_fraction: float = 0.1
+    method: str = field(default="plain", metadata={"help": "plain | mc_dropout | aleatoric | aes | ensemble"})
+    mc_samples: int = field(default=50, metadata={"help": "MC-dropout passes at test time (mc_dropout, aleatoric)"})
+    aleatoric_samples: int = field(default=50, metadata={
+        "help": "Gaussian logit samples per example in the aleatoric loss"})
+    variance: str = field(default="sample", metadata={
+        "help": "aleatoric log-variance head: sample (one per example) | class (one per class)"})
+    snapshots: int = field(default=10, metadata={"help": "AES snapshots k (the paper: 10 and 30)"})
+    snapshot_start: float = field(default=0.5, metadata={
+        "help": "AES takes its snapshots after this fraction of the epochs"})
+    members: int = field(default=5, metadata={"help": "ensemble members (seeds seed, seed+1, ...)"})
+    temperature_scaling: bool = field(default=False, metadata={
+        "help": "fit a temperature on a held-out part of the training split"})
+    holdout_fraction: float = field(default=0.1, metadata={
+        "help": "training fraction held out for --temperature-scaling"})
 
     def __post_init__(self):
         check_threads_option(self.threads)

@@ -55,32 +55,41 @@ def _al_train_config() -> TrainConfig:
 class ALConfig:
     """One active-learning experiment. Defaults: the offline demo on ``digits``."""
 
-    dataset: str = "digits"
-    model: str = "small_cnn"
-    trainer: str = "crl"
-    strategy: str = "least_conf"
-    strategy_params: dict[str, Any] = field(default_factory=dict)
-    initial: int = 100  # size of the random seed set
-    budget: int = 100  # labels queried after each stage but the last
-    stages: int = 5  # models trained per trial (the paper: 10)
-    trials: int = 3
-    seed: int = 0
-    pool_subset: int | None = None  # score only a random subset of the pool per stage
-    warm_start: bool = False  # continue from the previous stage's weights instead of retraining
-    dropout: float | None = None  # None: 0, or DEFAULT_MC_DROPOUT for strategies that need it
-    device: str = "auto"
-    deterministic: bool = False  # CUDA: deterministic kernels, no autotuning (same seed -> same queries)
-    data_dir: str | None = None
-    download: bool = True
-    eval_batch_size: int = 1024
+    # Each field is a CLI flag of `activecrl run` (--pool-subset) and a TOML key; metadata["help"] is its help.
+    dataset: str = field(default="digits", metadata={
+        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
+    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    trainer: str = field(default="crl", metadata={"help": "baseline | crl | a registered trainer"})
+    strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
+    strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments of the strategy, e.g. weight=0.1 (repeat for more)"})
+    initial: int = field(default=100, metadata={"help": "size of the random seed set"})
+    budget: int = field(default=100, metadata={"help": "labels queried after each stage but the last"})
+    stages: int = field(default=5, metadata={"help": "models trained per trial (the paper: 10)"})
+    trials: int = field(default=3, metadata={"help": "independent trials (seeds seed, seed+1, ...)"})
+    seed: int = field(default=0, metadata={"help": "base seed"})
+    pool_subset: int | None = field(default=None, metadata={
+        "help": "score only this many random pool samples per stage (default: the whole pool)"})
+    warm_start: bool = field(default=False, metadata={
+        "help": "fine-tune the previous stage's weights instead of retraining from scratch"})
+    dropout: float | None = field(default=None, metadata={
+        "help": f"dropout before the classifier (default 0, or {DEFAULT_MC_DROPOUT} for strategies that sample it)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "CUDA: deterministic kernels, no autotuning, so the same seed gives the same queries (slower)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
+    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation and scoring passes"})
     threads: int | None = field(default=None, metadata={"help": (
         "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
         "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
-    train: TrainConfig = field(default_factory=_al_train_config)
+    train: TrainConfig = field(default_factory=_al_train_config, metadata={
+        "help": "training of each stage (the [train] table)"})
 
     def __post_init__(self):
         if isinstance(self.train, dict):
-            self.train = from_dict(TrainConfig, self.train)
+            self.train = from_dict(TrainConfig, self.train, base=_al_train_config())  # keys not given keep the run's
         # initial >= 2: BatchNorm cannot train on a single sample
         for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
             value = getattr(self, name)
@@ -415,9 +424,11 @@ def _flat(values: dict, prefix: str = "") -> dict:
 
 
 def _option_name(key: str) -> str:
-    # train.epochs is --epochs on the command line; the TOML key where no flag exists
-    leaf = key.split(".")[-1]
-    return "--" + leaf.replace("_", "-") if leaf != "strategy_params" else key
+    """The flag of a (dotted) ALConfig key: train.epochs is --epochs; the TOML key where no flag exists."""
+    from .config import config_options
+
+    flags = {option.key: "--" + option.flag.replace("_", "-") for option in config_options(ALConfig)}
+    return flags.get(key, key)
 
 
 def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:

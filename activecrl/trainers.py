@@ -34,22 +34,27 @@ register_trainer = TRAINERS.register
 class TrainConfig:
     """Optimisation settings; defaults are the paper's (section 4, 300 epochs, batch 128)."""
 
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
+    # Each field is a CLI flag (--batch-size) and a TOML key under [train]; metadata["help"] is its help.
+    epochs: int = field(default=300, metadata={"help": "training epochs (the paper: 300)"})
+    batch_size: int = field(default=128, metadata={"help": "mini-batch size (the paper: 128)"})
+    lr: float = field(default=0.1, metadata={"help": "initial learning rate of SGD"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "SGD weight decay (L2)"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
     # lr is multiplied by ``gamma`` at these fractions of ``epochs``: 150 and 250 of 300 in the
     # classification benchmark, 120 and 160 of 200 (0.6, 0.8) in the active-learning protocol.
-    milestones: tuple[float, ...] = (0.5, 5 / 6)
-    gamma: float = 0.1
-    crl_weight: float = 1.0  # lambda in L = CE + lambda * CRL
-    rank_target: str = "softmax"  # kappa: softmax | entropy | margin
-    seed: int = 0
-    amp: bool = True  # bf16 autocast, CUDA only (CPU runs stay in float32)
-    channels_last: bool = True  # NHWC activations: faster convolutions with cuDNN and with oneDNN on CPUs
-    compile: bool = False  # torch.compile the model (CUDA only; first epoch pays the compile)
+    milestones: tuple[float, ...] = field(default=(0.5, 5 / 6), metadata={
+        "help": "fractions of the epochs after which lr is multiplied by gamma, e.g. 0.6,0.8"})
+    gamma: float = field(default=0.1, metadata={"help": "lr factor at each milestone"})
+    crl_weight: float = field(default=1.0, metadata={"help": "lambda in loss = CE + lambda * CRL (crl trainer)"})
+    rank_target: str = field(default="softmax", metadata={
+        "help": "CRL confidence kappa: softmax | entropy | margin"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (CPU runs stay in float32)"})
+    channels_last: bool = field(default=True, metadata={
+        "help": "NHWC activations: faster convolutions with cuDNN and with oneDNN on CPUs"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model (CUDA only; the first epoch pays the compile)"})
 
     def __post_init__(self):
         self.milestones = tuple(float(m) for m in self.milestones)

@@ -3,9 +3,10 @@
 ``get_strategy("entropy")`` or ``get_strategy("my_pkg.my_mod:MyStrategy", **params)`` gives a
 ``Strategy``; ``strategy.query(QueryContext(pool=..., labeled=...), budget, rng)`` returns the
 training-split indices to label. Built-ins: random, entropy, least_conf, margin, mc_dropout,
-bald, coreset. Add one by subclassing ``Strategy`` and implementing ``select``; register it with
-``@register_strategy("name")``, load it by path, or expose it in the ``activecrl.strategies``
-entry-point group.
+bald, coreset, badge, typiclust, probcover (the last two work in ``context.embeddings`` when
+given, through ``Strategy.embedding``). Add one by subclassing ``Strategy`` and implementing
+``select``; register it with ``@register_strategy("name")``, load it by path, or expose it in
+the ``activecrl.strategies`` entry-point group.
 """
 
 from .base import (
@@ -19,15 +20,20 @@ from .base import (
 )
 
 # built-ins register themselves on import
-from . import random_sampling, uncertainty, mc_dropout, coreset  # noqa: E402,F401
+from . import random_sampling, uncertainty, mc_dropout, coreset, badge, typiclust, probcover  # noqa: E402,F401
+from .badge import BadgeStrategy, badge_kmeans_pp, gradient_factors
 from .coreset import CoresetStrategy, k_center_greedy
 from .mc_dropout import BALDStrategy, MCDropoutStats, MCDropoutStrategy, mc_dropout_stats, mc_probs
+from .probcover import ProbCoverStrategy, max_coverage_greedy, purity_delta
 from .random_sampling import RandomStrategy
+from .typiclust import TypiClustStrategy, typicality
 from .uncertainty import EntropyStrategy, LeastConfidenceStrategy, MarginStrategy, entropy_scores
 
 __all__ = [
     "STRATEGIES", "QueryContext", "Strategy", "StrategyError", "get_strategy", "register_strategy",
     "select_top", "RandomStrategy", "EntropyStrategy", "LeastConfidenceStrategy", "MarginStrategy",
     "MCDropoutStrategy", "BALDStrategy", "CoresetStrategy", "MCDropoutStats", "mc_dropout_stats",
-    "mc_probs", "k_center_greedy", "entropy_scores",
+    "mc_probs", "k_center_greedy", "entropy_scores", "BadgeStrategy", "badge_kmeans_pp",
+    "gradient_factors", "TypiClustStrategy", "typicality", "ProbCoverStrategy", "purity_delta",
+    "max_coverage_greedy",
 ]

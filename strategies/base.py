@@ -54,6 +54,9 @@ class QueryContext:
     training-split indices). ``labeled``: the same for the labeled set (core-set needs its
     features), or None. ``model``/``data``/``device``/``batch_size``: for strategies that need
     further passes (MC dropout); ``data`` is a ``DeviceData`` of the training split.
+    ``embeddings``: optional (n_train, d) matrix, one row per training-split image (a
+    self-supervised encoder's or a user's features); strategies that work in an embedding space
+    (typiclust, probcover) read it through ``Strategy.embedding`` instead of ``features``.
     """
 
     pool: PoolOutputs
@@ -62,6 +65,7 @@ class QueryContext:
     data: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 1024
+    embeddings: np.ndarray | torch.Tensor | None = None
 
     def __post_init__(self):
         if not isinstance(self.pool, PoolOutputs):
@@ -75,6 +79,13 @@ class QueryContext:
                 or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r} instead")
         self.batch_size = int(self.batch_size)
+        if self.embeddings is not None:
+            shape = tuple(self.embeddings.shape) if hasattr(self.embeddings, "shape") else None
+            if shape is None or len(shape) != 2 or shape[1] < 1:
+                raise ConfigError(
+                    f"embeddings must be a 2-D (n_train, d) array with one row per training-split "
+                    f"image, got {type(self.embeddings).__name__} of shape {shape} instead"
+                )
 
 
 class Strategy:
@@ -91,6 +102,61 @@ class Strategy:
     requires_dropout: bool = False
     needs_features: bool = False
     needs_model_outputs: bool = True
+    uses_embeddings: bool = False  # reads Strategy.embedding: context.embeddings when given
+
+    def embedding(self, context: QueryContext) -> tuple[np.ndarray, np.ndarray]:
+        """(pool, labeled) embedding rows as float32 C-contiguous arrays, (n_pool, d) and
+        (n_labeled, d) (zero rows when there is no labeled set: cold start).
+
+        ``context.embeddings`` (one row per training-split image, indexed by training-split
+        index) when present, else the current model's penultimate ``features`` of the pool and
+        labeled outputs. Non-finite values, a wrong shape or too few rows raise ``ConfigError``
+        naming this strategy.
+        """
+        who = self._label()
+        lab = context.labeled if context.labeled is not None and len(context.labeled) else None
+        if context.embeddings is not None:
+            emb = context.embeddings
+            n_rows = emb.shape[0]
+            idx = context.pool.indices.numpy()
+            lab_idx = lab.indices.numpy() if lab is not None else np.empty(0, dtype=np.int64)
+            top = int(max(idx.max(initial=-1), lab_idx.max(initial=-1)))
+            if top >= n_rows or min(idx.min(initial=0), lab_idx.min(initial=0)) < 0:
+                raise ConfigError(
+                    f"{who}: embeddings must have one row per training-split image, got {n_rows} rows "
+                    f"for training-split index {top} instead; compute them on the same training split"
+                )
+            if isinstance(emb, torch.Tensor):
+                emb = emb.detach().cpu().numpy()
+            pool_x, lab_x = np.take(emb, idx, axis=0), np.take(emb, lab_idx, axis=0)
+            source = "embeddings"
+        else:
+            if context.pool.features is None:
+                raise ConfigError(
+                    f"{who} needs an embedding, got neither context.embeddings nor pool features "
+                    f"instead; pass embeddings (activecrl run --embeddings) or compute features with "
+                    f"predict(model, data, indices, features=True)"
+                )
+            pool_x = context.pool.features.numpy()
+            if lab is not None and lab.features is None:
+                raise ConfigError(f"{who} needs features of the labeled set too, got features=None instead")
+            lab_x = lab.features.numpy() if lab is not None else np.empty((0, pool_x.shape[1]), np.float32)
+            source = "features"
+        out = []
+        for what, x in (("pool", pool_x), ("labeled", lab_x)):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != pool_x.shape[1] or x.shape[1] < 1:
+                raise ConfigError(f"{who}: {what} {source} must be 2-D with {pool_x.shape[1]} columns, "
+                                  f"got shape {x.shape} instead")
+            bad = ~np.isfinite(x).all(axis=1)
+            if bad.any():
+                raise ConfigError(
+                    f"{who}: {what} {source} must be finite, got {int(bad.sum())} row(s) with NaN or "
+                    f"inf instead (e.g. row {int(np.flatnonzero(bad)[0])}); check the encoder or "
+                    f"the model (a diverged training gives NaN features)"
+                )
+            out.append(x)
+        return out[0], out[1]
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         """Return ``min(budget, len(context.pool))`` unique indices from ``context.pool.indices``."""
@@ -107,7 +173,7 @@ class Strategy:
             raise ConfigError(f"context must be a QueryContext, got {type(context).__name__} instead")
         if not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)
-        if self.needs_features:
+        if self.needs_features and not (self.uses_embeddings and context.embeddings is not None):
             _require_features(self._label(), context)
         expected = min(budget, len(context.pool))
         if expected == 0:

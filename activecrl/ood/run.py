@@ -21,7 +21,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -47,22 +47,32 @@ DEFAULT_EPSILONS = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)  # Lee et al
 
 @dataclass
 class OODConfig:
-    run: str  # folder of an `activecrl train` run (model.pt)
-    ood: str  # test OOD set: image folder/archive, registered dataset name, or a synthetic set
-    detector: str = "msp"
-    data_dir: str | None = None  # where datasets/caches live (default: the run's, else $ACTIVECRL_DATA)
-    ood_val: str = "noise"  # OOD tuning data: noise | gaussian | uniform | smooth | fgsm | a path | a dataset
-    tune_on_test_ood: bool = False  # paper protocol (Lee et al.): tune on n_tune samples of the test OOD set
-    n_tune: int = 1000
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    epsilons: tuple[float, ...] = DEFAULT_EPSILONS
-    energy_temperature: float = 1.0
-    feature_ensemble: bool = False  # Mahalanobis over every block of model.feature_maps + logistic regression
-    fgsm_epsilon: float = 0.05  # pixel-space step of the FGSM validation images (ood_val = fgsm)
-    max_samples: int | None = None  # evaluate on at most this many random in / out samples each
-    seed: int = 0
-    batch_size: int = 256
-    device: str = "auto"
+    # Each field is a CLI flag of `activecrl ood` (--n-tune) and a TOML key; metadata["help"] is its help.
+    run: str = field(metadata={"help": "folder of an `activecrl train` run (its model.pt)"})
+    ood: str = field(metadata={
+        "help": "test OOD set: image folder/archive, registered dataset name, or noise"})
+    detector: str = field(default="msp", metadata={"help": "msp | odin | mahalanobis | energy"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset folder (default: the run's, else $ACTIVECRL_DATA)"})
+    ood_val: str = field(default="noise", metadata={
+        "help": "OOD tuning data: noise | gaussian | uniform | smooth | fgsm | a path | a dataset"})
+    tune_on_test_ood: bool = field(default=False, metadata={
+        "help": "paper protocol (Lee et al.): tune on --n-tune samples of the test OOD set"})
+    n_tune: int = field(default=1000, metadata={"help": "tuning samples per side (excluded from the evaluation)"})
+    temperatures: tuple[float, ...] = field(default=DEFAULT_TEMPERATURES, metadata={
+        "help": "ODIN temperature grid, e.g. 1,10,100,1000"})
+    epsilons: tuple[float, ...] = field(default=DEFAULT_EPSILONS, metadata={
+        "help": "input-perturbation grid of ODIN and Mahalanobis, e.g. 0,0.001,0.002"})
+    energy_temperature: float = field(default=1.0, metadata={"help": "temperature of the energy score"})
+    feature_ensemble: bool = field(default=False, metadata={
+        "help": "Mahalanobis over every block, combined by logistic regression"})
+    fgsm_epsilon: float = field(default=0.05, metadata={
+        "help": "pixel-space step of the FGSM validation images (--ood-val fgsm)"})
+    max_samples: int | None = field(default=None, metadata={
+        "help": "evaluate on at most this many random samples per side (default: all)"})
+    seed: int = field(default=0, metadata={"help": "seed of the tuning/evaluation split"})
+    batch_size: int = field(default=256, metadata={"help": "batch size of the scoring passes"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
 
     def __post_init__(self):
         self.temperatures = tuple(float(t) for t in self.temperatures)

@@ -1,0 +1,242 @@
+"""Speed and memory of badge, typiclust and probcover (strategies/badge.py, typiclust.py,
+probcover.py), each implementation in its own subprocess (peak RSS measured there).
+
+BADGE (pool 20,000 x 512, 100 classes, budget 1,000) against references that build the
+explicit gradient embeddings ``g_i = (p_i - e_{y_i}) (x) f_i`` (n x C d = 20,000 x 51,200) and run
+k-means++ seeding on them:
+
+* ``authors``: as the BADGE authors' ``init_centers`` (github.com/JordanAsh/badge,
+  ``query_strategies/badge_sampling.py``): first centre the largest norm, then per pick
+  ``sklearn.metrics.pairwise_distances(X, [mu])`` and a Python loop keeping the nearest-centre
+  distance, D^2 sampling. Their embedding matrix is float64 (``np.zeros``); here it is float32
+  (4.1 GB instead of 8.2 GB, which this machine cannot spare), which favours the reference.
+* ``explicit``: the same explicit float32 matrix with precomputed norms and one ``torch.mv``
+  per pick (the best one can do with the explicit matrix).
+
+Both draw with the same ``d2_sample`` primitive as ours, so with the same ``rng`` they pick the
+same points; the bench checks that at a small size, run in full. At full size the references'
+picks cost the same each (one pass over the matrix), so a prefix of ``--ref-picks`` picks is
+timed and scaled to the budget (building the matrix is timed in full).
+
+typiclust and probcover run alone at pool 50,000 x 512 (clustered synthetic embeddings), no
+labels, budget 1,000 (typiclust: 500 k-means clusters, the authors' cap).
+
+    PYTHONPATH=. python bench/bench_al_strategies.py              # everything (~10 min here)
+    PYTHONPATH=. python bench/bench_al_strategies.py --skip-ref    # ours only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def make_pool(n: int, d: int, classes: int, seed: int = 0):
+    """Clustered features (one cluster per class, like penultimate features) and logits that
+    mostly predict the cluster, with moderate confidence."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(classes, d)).astype(np.float32)
+    y = rng.integers(classes, size=n)
+    feats = centers[y] + rng.normal(size=(n, d)).astype(np.float32)
+    logits = rng.normal(scale=1.5, size=(n, classes)).astype(np.float32)
+    logits[np.arange(n), y] += 4.0
+    return torch.from_numpy(feats), torch.from_numpy(logits)
+
+
+def make_embeddings(n: int, d: int, seed: int = 0, classes: int = 10, modes: int = 20):
+    """Synthetic self-supervised-like embeddings: ``classes`` groups, each a mixture of ``modes``
+    sub-clusters of different spread (so purity and typicality have structure at two scales)."""
+    rng = np.random.default_rng(seed)
+    top = rng.normal(size=(classes, d)) * 1.0
+    sub = top[:, None, :] + rng.normal(size=(classes, modes, d)) * 0.5
+    spread = rng.uniform(0.1, 0.4, size=(classes, modes))
+    c, m = rng.integers(classes, size=n), rng.integers(modes, size=n)
+    x = sub[c, m] + rng.normal(size=(n, d)) * spread[c, m][:, None] * (1.0 / np.sqrt(d)) * 8
+    return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- references
+def explicit_embedding(logits: torch.Tensor, feats: torch.Tensor) -> np.ndarray:
+    """The n x (C d) gradient embedding matrix (float32), as the BADGE code builds it (row i,
+    block c: ``f_i * (p_ic - [c == y_i])``; the sign does not change distances)."""
+    from strategies.badge import gradient_factors
+
+    q, f = gradient_factors(logits, feats)
+    n, c = q.shape
+    g = np.empty((n, c * feats.shape[1]), dtype=np.float32)
+    for k in range(c):  # block by block: no (n, C, d) float64 temporary
+        g[:, k * f.shape[1]:(k + 1) * f.shape[1]] = f.numpy() * q.numpy()[:, k:k + 1]
+    return g
+
+
+def authors_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_picks: int | None = None) -> list:
+    """BADGE's init_centers on an explicit matrix (per pick: sklearn pairwise_distances and a
+    Python loop for the nearest-centre distance), drawing with ``d2_sample``."""
+    from sklearn.metrics import pairwise_distances
+
+    from strategies.badge import d2_sample
+
+    ind = int(np.argmax([np.linalg.norm(s, 2) for s in g]))
+    picks = [ind]
+    dist = pairwise_distances(g, g[[ind]]).ravel().astype(float)
+    stop = k if max_picks is None else min(k, max_picks)
+    while len(picks) < stop:
+        w = dist ** 2
+        w[picks] = 0.0
+        ind = d2_sample(w, rng)
+        picks.append(ind)
+        new = pairwise_distances(g, g[[ind]]).ravel().astype(float)
+        for i in range(len(g)):  # as their code: a Python loop over the pool
+            if dist[i] > new[i]:
+                dist[i] = new[i]
+    return picks
+
+
+def explicit_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_picks: int | None = None) -> list:
+    """k-means++ on the explicit matrix with one torch.mv per pick (norms precomputed)."""
+    from strategies.badge import d2_sample
+
+    gt = torch.from_numpy(g)
+    sq = (gt * gt).sum(dim=1).double().numpy()
+    picks = [int(np.argmax(sq))]
+    d2 = np.full(len(g), np.inf)
+    stop = k if max_picks is None else min(k, max_picks)
+    while True:
+        c = picks[-1]
+        new = np.maximum(sq + sq[c] - 2.0 * torch.mv(gt, gt[c]).double().numpy(), 0.0)
+        np.minimum(d2, new, out=d2)
+        d2[picks] = 0.0
+        if len(picks) >= stop:
+            return picks
+        picks.append(d2_sample(d2, rng))
+
+
+# ---------------------------------------------------------------------------- worker
+def worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    import faiss  # noqa: F401  (library load is not the algorithm's memory)
+    import sklearn.metrics  # noqa: F401
+
+    import strategies
+    from activecrl.outputs import PoolOutputs
+
+    out = {"worker": args.worker}
+    if args.worker in ("badge", "authors", "explicit"):
+        feats, logits = make_pool(args.n, args.d, args.classes)
+    else:
+        emb = make_embeddings(args.n, args.d)
+    _reset_peak_rss()
+    base = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    if args.worker == "badge":
+        ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), logits, feats))
+        picks = strategies.get_strategy("badge").query(ctx, args.budget, rng)
+    elif args.worker in ("authors", "explicit"):
+        g = explicit_embedding(logits, feats)
+        out["build_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        fn = authors_kmeans_pp if args.worker == "authors" else explicit_kmeans_pp
+        picks = fn(g, args.budget, rng, max_picks=args.max_picks)
+        out["picks_made"] = len(picks)
+        out["picks_s"] = time.perf_counter() - t1
+    else:
+        ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), torch.zeros(args.n, 10)),
+                                      embeddings=emb)
+        s = strategies.get_strategy(args.worker)
+        picks = s.query(ctx, args.budget, rng)
+        if args.worker == "probcover":
+            out["delta"] = s.delta_
+            out["greedy_picks"] = s.n_greedy_
+    out["seconds"] = time.perf_counter() - t0
+    out["extra_peak_mb"] = _status_mb("VmHWM") - base
+    out["picks"] = [int(i) for i in picks]
+    print(json.dumps(out))
+
+
+def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, classes=None, d=None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n), "--budget", str(budget),
+           "--d", str(d or args.d), "--classes", str(classes or args.classes), "--threads", str(args.threads)]
+    if max_picks:
+        cmd += ["--max-picks", str(max_picks)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    if res.returncode != 0:
+        raise SystemExit(f"worker {kind} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", default=None)
+    p.add_argument("--n", type=int, default=20_000, help="BADGE pool size")
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--budget", type=int, default=1000)
+    p.add_argument("--max-picks", type=int, default=None)
+    p.add_argument("--ref-picks", type=int, default=20, help="picks timed for each full-size reference")
+    p.add_argument("--big-n", type=int, default=50_000, help="pool of typiclust / probcover")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-ref", action="store_true")
+    p.add_argument("--skip-badge", action="store_true")
+    p.add_argument("--skip-embedding", action="store_true")
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    print(f"torch {torch.__version__}, {args.threads} threads, cpus {os.cpu_count()}, load {os.getloadavg()}")
+    if not args.skip_badge:
+        # small case, run in full: the references must pick exactly what ours picks
+        small = dict(n=2000, budget=100, classes=10, d=64)
+        ours = run("badge", args, **small)
+        for ref in ([] if args.skip_ref else ["explicit", "authors"]):
+            r = run(ref, args, **small)
+            same = sum(a == b for a, b in zip(ours["picks"], r["picks"]))
+            print(f"small case n=2000 C=10 d=64 budget 100: {ref} picks {same}/100 equal to ours, in order")
+        ours = run("badge", args, args.n, args.budget)
+        print(f"badge ours     n={args.n} d={args.d} C={args.classes} budget {args.budget}: "
+              f"{ours['seconds']:.2f} s, extra peak {ours['extra_peak_mb']:.0f} MB "
+              f"(features + logits {args.n * (args.d + args.classes) * 4 / 2**20:.0f} MB)")
+        for ref in ([] if args.skip_ref else ["explicit", "authors"]):
+            r = run(ref, args, args.n, args.budget, max_picks=args.ref_picks)
+            per_pick = r["picks_s"] / r["picks_made"]
+            total = r["build_s"] + per_pick * args.budget
+            same = sum(a == b for a, b in zip(ours["picks"], r["picks"]))
+            print(f"badge {ref:8s} build {r['build_s']:.1f} s + {r['picks_made']} picks {r['picks_s']:.1f} s "
+                  f"-> {args.budget} picks ~{total:.0f} s, extra peak {r['extra_peak_mb']:.0f} MB; "
+                  f"first {r['picks_made']} picks equal to ours: {same}; "
+                  f"ratio time {total / ours['seconds']:.0f}x, memory {r['extra_peak_mb'] / max(ours['extra_peak_mb'], 1):.0f}x")
+    if not args.skip_embedding:
+        for kind in ("typiclust", "probcover"):
+            r = run(kind, args, args.big_n, args.budget)
+            extra = f", delta {r['delta']:.4f}, {r['greedy_picks']} greedy picks" if kind == "probcover" else ""
+            print(f"{kind:9s} n={args.big_n} d={args.d} budget {args.budget}: {r['seconds']:.2f} s, "
+                  f"extra peak {r['extra_peak_mb']:.0f} MB (embeddings {args.big_n * args.d * 4 / 2**20:.0f} MB){extra}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Configs are the one source of options: every field is a flag and a TOML key, with help and defaults."""
+
+import dataclasses
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from activecrl import cli
+from activecrl.cli import app
+from activecrl.cli_options import config_command
+from activecrl.config import config_options, find_config, from_dict, load_toml, preset_names
+from activecrl.errors import ConfigError
+from activecrl.experiment import TrainRunConfig
+from activecrl.loop import ALConfig
+from activecrl.ood.run import OODConfig
+from activecrl.trainers import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+COMMANDS = {"run": ALConfig, "train": TrainRunConfig, "ood": OODConfig}
+# options a command derives itself instead of taking them (with the reason in cli.py)
+DERIVED = {"run": {"train.seed"}}  # each stage's training seed comes from (--seed, trial, stage)
+
+
+def _click_command(name):
+    return typer.main.get_command(app).commands[name]
+
+
+def _flags(name) -> set[str]:
+    return {opt for p in _click_command(name).params for opt in (*p.opts, *p.secondary_opts)}
+
+
+def _all_keys(cls, prefix=()):
+    for f in dataclasses.fields(cls):
+        nested = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(nested):
+            yield from _all_keys(type(nested), prefix + (f.name,))
+        else:
+            yield prefix + (f.name,), f
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_config_field_has_help_a_flag_and_a_toml_key(command):
+    cls = COMMANDS[command]
+    flags = _flags(command)
+    by_key = {o.key: o for o in config_options(cls)}
+    for path, f in _all_keys(cls):
+        key = ".".join(path)
+        assert f.metadata.get("help"), f"{cls.__name__}.{key} has no metadata help"
+        if key in DERIVED.get(command, ()):
+            continue
+        option = by_key[key]
+        assert "--" + option.flag.replace("_", "-") in flags, f"{command} has no flag for {key}"
+        if not option.required:  # a TOML key: accepted, and lands where it belongs
+            values = {}
+            node = values
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = list(option.default) if isinstance(option.default, tuple) else option.default
+            extra = {"run": "r", "ood": "noise"} if cls is OODConfig else {}
+            built = from_dict(cls, {**extra, **values})
+            target = built
+            for part in path:
+                target = getattr(target, part)
+            assert target == option.default
+
+
+def test_generated_options_reach_the_config_as_typed_values():
+    seen = {}
+    demo = typer.Typer()
+
+    @demo.command()
+    @config_command(ALConfig, aliases={"warm_start": "--warm-start/--retrain"})
+    def go(overrides: dict, out: str = typer.Option("x")):
+        seen.update(overrides, out=out)
+
+    @demo.command()
+    def other():
+        pass
+
+    result = runner.invoke(demo, ["go", "--epochs", "5", "--milestones", "0.25,0.5", "--milestones", "0.75",
+                                  "--no-amp", "--retrain", "--pool-subset", "300", "--strategy-params", "weight=0.5",
+                                  "--strategy-params", "name=far", "--train-seed", "3", "--out", "y"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"train": {"epochs": 5, "milestones": (0.25, 0.5, 0.75), "amp": False, "seed": 3},
+                    "warm_start": False, "pool_subset": 300, "strategy_params": {"weight": 0.5, "name": "far"},
+                    "out": "y"}
+    seen.clear()
+    assert runner.invoke(demo, ["go"]).exit_code == 0
+    assert seen == {"out": "x"}  # defaults are not overrides: a --config file keeps its values
+    bad = runner.invoke(demo, ["go", "--milestones", "0.5,x"])
+    assert isinstance(bad.exception, ConfigError) and "--milestones must be comma-separated numbers" in str(bad.exception)
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Run a command up to the config it builds (nothing trained, nothing written)."""
+    configs = []
+    original = cli.build_config
+
+    def build(*args, **kwargs):
+        configs.append(original(*args, **kwargs))
+        raise _Built
+
+    monkeypatch.setattr(cli, "build_config", build)
+
+    def invoke(args):
+        result = runner.invoke(app, args)
+        assert isinstance(result.exception, _Built), (result.output, result.exception)
+        return configs.pop() if configs else None
+
+    return invoke
+
+
+def test_run_epochs_keeps_the_run_batch_size_and_milestones(captured, tmp_path):
+    config = captured(["run", "--epochs", "5"])
+    assert (config.train.epochs, config.train.batch_size, config.train.milestones) == (5, 32, (0.6, 0.8))
+    toml = tmp_path / "run.toml"
+    toml.write_text("strategy = 'entropy'\n[train]\nepochs = 5\n")
+    config = captured(["run", "--config", str(toml), "--crl-weight", "0.5"])
+    assert config.strategy == "entropy"
+    assert (config.train.epochs, config.train.batch_size, config.train.milestones, config.train.crl_weight) == \
+        (5, 32, (0.6, 0.8), 0.5)
+    # the library path too: a partial train dict updates the run default
+    assert ALConfig.from_dict({"train": {"epochs": 5}}).train == TrainConfig(epochs=5, batch_size=32,
+                                                                               milestones=(0.6, 0.8))
+    assert ALConfig(train={"lr": 0.05}).train.batch_size == 32
+
+
+def test_command_line_overrides_the_config_file_for_train_and_ood(captured, tmp_path):
+    toml = tmp_path / "train.toml"
+    toml.write_text("model = 'small_cnn'\nmethod = 'aes'\nsnapshots = 4\n[train]\nepochs = 7\nbatch_size = 64\n")
+    config = captured(["train", "--config", str(toml), "--snapshots", "3", "--lr", "0.05", "--out", str(tmp_path / "o")])
+    assert (config.method, config.snapshots, config.train.epochs, config.train.batch_size, config.train.lr) == \
+        ("aes", 3, 7, 64, 0.05)
+    assert config.train.milestones == TrainConfig().milestones
+    toml = tmp_path / "ood.toml"
+    toml.write_text("run = 'runs/x'\nood = 'noise'\ndetector = 'odin'\ntemperatures = [1, 1000]\n")
+    config = captured(["ood", "--config", str(toml), "--epsilons", "0,0.002", "--out", str(tmp_path / "o")])
+    assert (config.run, config.detector, config.temperatures, config.epsilons) == \
+        ("runs/x", "odin", (1.0, 1000.0), (0.0, 0.002))
+    missing = runner.invoke(app, ["ood", "--ood", "noise", "--out", str(tmp_path / "o")])
+    assert isinstance(missing.exception, ConfigError) and "--run is required" in str(missing.exception)
+
+
+def test_a_train_key_at_the_top_level_says_where_it_belongs(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("epochs = 5\nstages = 2\n")
+    with pytest.raises(ConfigError, match=r"'epochs' is a TrainConfig option: put it under \[train\]") as info:
+        from_dict(ALConfig, load_toml(toml))
+    assert "unknown" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"unknown ALConfig option\(s\) \['stagez'\]"):
+        from_dict(ALConfig, {"stagez": 2})
+
+
+def test_help_shows_defaults_and_no_bool_placeholders():
+    def text(args):
+        result = runner.invoke(app, args, env={"COLUMNS": "200"}, terminal_width=200)
+        assert result.exit_code == 0, result.output
+        return re.sub(r"\s+", " ", result.output)
+
+    for command in ("", "run", "train", "ood", "plot", "summary", "report", "list"):
+        assert "<bool>" not in text([command, "--help"] if command else ["--help"])
+    run_help, train_help = text(["run", "--help"]), text(["train", "--help"])
+    assert re.search(r"--epochs .*?\[default: 20\]", run_help)  # the run's own default, not TrainConfig's
+    assert re.search(r"--batch-size .*?\[default: 32\]", run_help)
+    assert re.search(r"--milestones .*?\[default: 0.6,0.8\]", run_help)
+    assert re.search(r"--warm-start --retrain .*?\[default: retrain\]", run_help)
+    assert f"[default: {TrainRunConfig().train.epochs}]" in train_help
+    assert "[default: msp]" in text(["ood", "--help"])
+
+
+def _readme_commands():
+    """Every `activecrl train|run|ood` command line in README.md and results/*/COMMANDS.md, variables filled."""
+    for doc in [ROOT / "README.md", *sorted(ROOT.glob("results/*/COMMANDS.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            env = {}
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip()
+                loop = re.match(r"for (\w+) in (\S+)", line)
+                if loop:
+                    env[loop.group(1)] = loop.group(2)  # the loop's first value
+                assign = re.match(r'(\w+)="?([^"]*)"?$', line)
+                if assign:
+                    env[assign.group(1)] = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)),
+                                                  assign.group(2))
+                if line.startswith("activecrl ") and "..." not in line:
+                    line = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), line)
+                    args = shlex.split(line, comments=True)[1:]
+                    while args and args[0].startswith("--"):  # global options (--threads 1)
+                        args = args[2:]
+                    if args and args[0] in COMMANDS:
+                        yield f"{doc.name}: {line}", args
+
+
+READMES = list(_readme_commands())
+
+
+def test_readme_has_commands_to_check():
+    assert len(READMES) >= 15
+
+
+@pytest.mark.parametrize("where,args", READMES, ids=[w for w, _ in READMES])
+def test_readme_commands_parse(where, args, captured, monkeypatch):
+    from activecrl import loop
+
+    def saved(out):
+        raise _Built
+
+    monkeypatch.setattr(loop, "load_saved_config", saved)  # `run --resume` does not build a new config
+    captured(args)
+
+
+def test_presets_resolve_by_name_and_path():
+    assert {"cifar10_paper", "cifar100_paper", "svhn_paper", "cifar10_shared_cpu"} <= set(preset_names())
+    for name in preset_names():
+        if "_train_" in name:  # a preset of `activecrl train`: the paper's classification schedule
+            from activecrl.experiment import TrainRunConfig
+
+            assert from_dict(TrainRunConfig, load_toml(name)).train.epochs == 300
+            continue
+        config = from_dict(ALConfig, load_toml(name))
+        assert config.train.milestones == (0.6, 0.8)
+    assert load_toml("cifar10_paper.toml") == load_toml(ROOT / "configs" / "cifar10_paper.toml")
+    with pytest.raises(ConfigError, match="presets: .*cifar10_paper"):
+        find_config("nope")
+    with pytest.raises(ConfigError):
+        find_config("../README.md")
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = ALConfig(strategy="entropy", strategy_params={"weight": 0.5}, train=TrainConfig(epochs=3))
+    again = ALConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+def test_presets_fall_back_to_the_checkout_when_configs_is_not_importable(monkeypatch):
+    # an editable install made before configs/ was a package does not map it
+    from activecrl import config as config_module
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(config_module.resources, "files", missing)
+    assert "cifar10_paper" in preset_names()
+    assert load_toml("cifar10_paper")["dataset"] == "cifar10"
