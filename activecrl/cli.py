@@ -113,14 +113,12 @@ def train(
     """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
     from .experiment import save_train_run, train_and_evaluate
     from .io import prepare_out_dir
+    from .methods import validate_method_config
 
     _setup_logging(verbose)
     config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
     method, trainer, train_cfg = config.method, config.trainer, config.train
-    if method != "plain" or config.temperature_scaling:
-        from .methods import validate_method_config
-
-        validate_method_config(config)  # fail before training, not after
+    validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = trainer if method == "plain" else f"{method} ({trainer})"
     total = train_cfg.epochs * (config.members if method == "ensemble" else 1)
