@@ -294,7 +294,7 @@ def ood(
 ):
     """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
     from .io import prepare_out_dir
-    from .ood import run_ood, save_ood
+    from .ood import DETECTORS, run_ood, save_ood
 
     _setup_logging(verbose)
     config = build_config(OODConfig, overrides, config, ood.config_options)
@@ -316,7 +316,7 @@ def ood(
         console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
     tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
         f"tuned on {result.protocol.get('ood_tuning')}"
-    if detector in ("odin", "mahalanobis"):
+    if DETECTORS.get(detector).tuned:
         console.print(tuned)
     for what, key in (("OOD set", "ood_conversion"), ("OOD tuning set", "ood_val_conversion")):
         if result.run_info.get(key):  # never convert silently: say what the model was shown
@@ -341,30 +341,30 @@ def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl tr
     console.print(f"wrote [bold]{path}[/]")
 
 
-@app.command("list")
-def list_registered():
-    """Show the registered datasets, models, trainers and strategies."""
-    from . import methods  # noqa: F401  (registers the aleatoric trainer)
+def accepted_names() -> dict[str, list[str]]:
+    """What each command's option accepts by name (besides paths), exactly what its validation passes."""
+    from strategies import STRATEGIES
+
     from .data import DATASETS
+    from .methods import METHODS
     from .models import MODELS
+    from .ood import DETECTORS
     from .trainers import TRAINERS
 
-    from .methods import METHODS
-    from .ood import DETECTORS
+    return {"train/run --dataset": DATASETS.names(), "train/run --model": MODELS.names(),
+            "train --method": METHODS.names(), "train --trainer": TRAINERS.names(),
+            "run --trainer": TRAINERS.names(), "run --strategy": STRATEGIES.names(),
+            "ood --detector": DETECTORS.names()}
 
-    rows = [("datasets", DATASETS.names()), ("models", MODELS.names()), ("trainers", TRAINERS.names()),
-            ("train --method", list(METHODS)), ("ood --detector", list(DETECTORS))]
-    try:
-        from strategies import STRATEGIES
 
-        rows.append(("strategies", STRATEGIES.names()))
-    except ImportError:  # pragma: no cover - the package ships both
-        pass
-    table = Table(title="activecrl registries")
-    table.add_column("kind")
+@app.command("list")
+def list_registered():
+    """Show the names each command accepts: datasets, models, methods, trainers, strategies, detectors."""
+    table = Table(title="activecrl registries (plugins add names through entry points)")
+    table.add_column("option")
     table.add_column("names")
-    for kind, names in rows:
-        table.add_row(kind, ", ".join(names))
+    for option, names in accepted_names().items():
+        table.add_row(option, ", ".join(names))
     _print_table(table)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,9 +20,14 @@ from torch import nn
 
 from . import __version__
 from .config import from_dict
+from .data import device_splits, load_dataset
 from .errors import ConfigError, DataError
 from .io import atomic_savez, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
-from .runtime import check_threads_option, resolve_device, resolve_threads, torch_threads
+from .methods import build_method, holdout_split, temperature_scale
+from .methods.temperature import log_probs
+from .metrics import classification_metrics
+from .models import build_model
+from .runtime import check_threads_option, configure_backends, resolve_device, resolve_threads, torch_threads
 from .trainers import EpochInfo, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -105,9 +111,9 @@ class TrainRunResult:
         return out
 
 
-def model_info_for(dataset, model_name: str, dropout: float) -> dict:
+def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None) -> dict:
     """What ``load_trained`` needs to rebuild the model and its input pipeline."""
-    return {
+    info = {
         "model": model_name,
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
@@ -119,29 +125,61 @@ def model_info_for(dataset, model_name: str, dropout: float) -> dict:
         "std": [float(s) for s in dataset.std],
         "augment": bool(dataset.augment),
     }
+    if variance_head is not None:  # build_model's option (the aleatoric trainer's log-variance head)
+        info["variance_head"] = variance_head
+    return info
 
 
 def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
                        progress: Callable[[EpochInfo], None] | None = None) -> TrainRunResult:
-    """Train ``config.model`` with ``config.trainer`` on the training split; evaluate on test.
+    """Train ``config.model`` as ``config.method`` says on the training split; evaluate on test.
 
-    One code path serves the plain run and the comparison methods (``config.method``, temperature
-    scaling): ``activecrl.methods.train_and_evaluate_method``, where ``plain`` is one member
-    trained once and scored by its max softmax probability.
+    One pipeline for every method (``activecrl.methods``; ``plain`` is one model scored by its max
+    softmax probability): check the options, load the data, hold out a part for temperature
+    scaling if asked, let the method train, predict and score, then compute the metrics.
     """
-    from .data import load_dataset
-    from .methods import train_and_evaluate_method
-    from .models import build_model
-
+    method = build_method(config)  # every option is checked before any work
+    config = method.config
+    device = resolve_device(config.device)
+    configure_backends(device)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     probe = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                         image_size=dataset.image_size)  # its size sets the automatic thread count
     threads = resolve_threads(config.threads, probe)
-    with torch_threads(threads):
-        result = train_and_evaluate_method(config, dataset=dataset, progress=progress)
-    result.threads_used = threads
-    return result
+    with torch_threads(threads):  # restored afterwards: a notebook keeps its own setting
+        train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
+
+        info: dict = {"name": method.name}
+        fit_idx = holdout_idx = None
+        if config.temperature_scaling:
+            holdout_idx, fit_idx = holdout_split(config.holdout_fraction, dataset.n_train, config.train.seed)
+            info.update(holdout_fraction=config.holdout_fraction, n_holdout=int(holdout_idx.size),
+                        n_train_used=int(fit_idx.size))
+        train_seconds = method.fit(dataset, train_data, None if fit_idx is None else torch.from_numpy(fit_idx),
+                                   progress)
+
+        start = time.perf_counter()
+        probs, logits = method.predictive(test_data)
+        logits = log_probs(probs) if logits is None else logits
+        if config.temperature_scaling:
+            probs, logits, scaled = temperature_scale(method, train_data, holdout_idx,
+                                                      dataset.train_labels[holdout_idx].numpy(), logits)
+            info.update(scaled)
+        labels = dataset.test_labels.numpy()
+        confidence = method.confidence(probs)
+        info.update(confidence=method.confidence_label, **method.describe())
+        metrics = classification_metrics(probs, labels, confidence)
+        eval_seconds = time.perf_counter() - start
+
+        model = method.models_[0]
+        model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"))
+        model_info["method"] = method.name
+        if method.saved_model:
+            model_info["model_pt_holds"] = method.saved_model
+        return TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
+                              confidence, train_seconds, eval_seconds, model_info, method_info=info,
+                              member_states=method.member_states, threads_used=threads)
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:
@@ -166,8 +204,6 @@ def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = F
 
 def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     """Rebuild a model saved by ``save_train_run``: returns ``(model, model_info, config_dict)``."""
-    from .models import build_model
-
     path = Path(run_dir)
     path = path / "model.pt" if path.is_dir() else path
     if not path.is_file():
@@ -180,11 +216,8 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
         raise DataError(f"{path} is not a model saved by activecrl (missing state_dict/model_info)")
     info = blob["model_info"]
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                        image_size=info["image_size"], dropout=info.get("dropout", 0.0))
-    if info.get("variance_head"):  # an aleatoric run: the model carries a log-variance head
-        from .methods import add_variance_head
-
-        add_variance_head(model, per_class=info["variance_head"] == "class")
+                        image_size=info["image_size"], dropout=info.get("dropout", 0.0),
+                        variance_head=info.get("variance_head"))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})

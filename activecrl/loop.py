@@ -25,17 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from strategies import QueryContext, get_strategy
+
 from . import __version__
 from .config import from_dict, merge
+from .data import device_splits, load_dataset
 from .errors import ConfigError
 from .inference import predict
 from .io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
 from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
+from .models import MODELS, build_model
 from .outputs import PoolOutputs
 from .runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
                       torch_threads)
 from .trainers import EpochInfo, TrainConfig, build_trainer
+from .validate import SEED_LIMIT, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +97,9 @@ class ALConfig:
             self.train = from_dict(TrainConfig, self.train, base=_al_train_config())  # keys not given keep the run's
         # initial >= 2: BatchNorm cannot train on a single sample
         for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r} instead")
-        if self.pool_subset is not None and (not isinstance(self.pool_subset, int) or self.pool_subset < 1):
-            raise ConfigError(f"pool_subset must be a positive integer or None, got {self.pool_subset!r} instead")
+            check_int(name, getattr(self, name), minimum)
+        check_int("seed", self.seed, 0, below=SEED_LIMIT)
+        check_int("pool_subset", self.pool_subset, 1, none_ok=True)
         if self.pool_subset is not None and self.pool_subset < self.budget:
             raise ConfigError(f"pool_subset must be at least the budget ({self.budget}) so a stage can query it "
                               f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
@@ -188,24 +189,30 @@ def resolve_dropout(config: ALConfig, strategy) -> float:
     return 0.0
 
 
+def check_run_config(config: ALConfig):
+    """The names and options of ``config`` that only a lookup can check: (strategy, trainer, dropout).
+
+    ``run_active_learning`` calls this before it writes anything; ``activecrl list`` shows exactly
+    the names that pass it.
+    """
+    strategy = get_strategy(config.strategy, **config.strategy_params)
+    trainer = build_trainer(config.trainer, config.train)
+    dropout = resolve_dropout(config, strategy)
+    MODELS.get(config.model)
+    return strategy, trainer, dropout
+
+
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
                         callbacks: LoopCallbacks | None = None) -> list[dict]:
     """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
-    from strategies import get_strategy
-
-    from .data import device_splits, load_dataset
-    from .models import MODELS, build_model
-
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
     saved_threads = None
     if resume:
         config, saved_threads = _check_resume(config, out)
     # fail on a bad name, option or dataset before creating anything in ``out``
-    strategy = get_strategy(config.strategy, **config.strategy_params)
-    build_trainer(config.trainer, config.train)
-    dropout = resolve_dropout(config, strategy)
-    MODELS.get(config.model)
+    strategy, trainer, dropout = check_run_config(config)
+    model_options = trainer.model_options()  # e.g. the aleatoric trainer's variance head
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
@@ -219,7 +226,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
 
     def new_model():
         model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                            image_size=dataset.image_size, dropout=dropout)
+                            image_size=dataset.image_size, dropout=dropout, **model_options)
         if dropout > 0 and not getattr(model, "supports_dropout", True):
             raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
                               f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
@@ -305,8 +312,6 @@ def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_mo
 
 
 def _query(strategy, model, train_data, pool, labeled, config, rng, device) -> np.ndarray:
-    from strategies import QueryContext
-
     budget = min(config.budget, len(pool))
     if budget == 0:
         return np.empty(0, dtype=np.int64)

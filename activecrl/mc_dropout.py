@@ -29,7 +29,7 @@ sample or per class). In each pass the mean logits mu_t (the classifier, under t
 dropout mask) and sigma_t (the variance head on the same pass's features) give one draw
 ``mu_t + sigma_t * eps_t``, ``eps_t ~ N(0, I)`` per row, and the softmax of that draw is what is
 averaged. The variance head sits on the features, before the classifier's Dropout, exactly as in
-training (``methods._MeanAndLogVar``), so on the head-only path sigma is computed once per row
+training (``trainers._MeanAndLogVar``), so on the head-only path sigma is computed once per row
 and only the classifier is resampled. ``eps`` comes from its own ``torch.Generator`` (on the CPU,
 seeded from ``seed``, one (n, K) draw per pass, indexed by row), never from the generator dropout
 uses: the dropout masks are the ones plain MC dropout draws with the same seed, so sigma -> 0
@@ -49,11 +49,13 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from .errors import ConfigError
 from .inference import predict
+from .models import active_dropouts, dropout_only_in_head
+from .validate import check_int
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MCDropoutStats", "mc_dropout_stats", "dropout_only_train", "seeded", "active_dropouts",
-           "dropout_only_in_head", "check_n_samples", "DEFAULT_MC_DROPOUT"]
+           "dropout_only_in_head", "DEFAULT_MC_DROPOUT"]
 
 
 # The dropout rate put before the classifier when MC sampling needs dropout and the user set
@@ -78,18 +80,6 @@ class MCDropoutStats:
     def mutual_information(self) -> torch.Tensor:
         """BALD (Houlsby et al. 2011): entropy of the mean minus the mean of the entropies."""
         return self.predictive_entropy - self.mean_entropy
-
-
-def active_dropouts(model: nn.Module) -> list[nn.Module]:
-    """The Dropout modules of ``model`` with a rate above 0."""
-    return [m for m in model.modules() if isinstance(m, _DropoutNd) and m.p > 0]
-
-
-def dropout_only_in_head(model: nn.Module) -> bool:
-    """Whether every active Dropout module lives inside ``model.classifier``."""
-    classifier = getattr(model, "classifier", None)
-    inside = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
-    return all(id(m) in inside for m in active_dropouts(model))
 
 
 @contextlib.contextmanager
@@ -125,12 +115,6 @@ def seeded(device: torch.device, seed: int):
             else:  # mps and others: only the global seed reaches them
                 torch.manual_seed(seed)
             yield
-
-
-def check_n_samples(n_samples, minimum: int = 1, name: str = "n_samples") -> int:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {n_samples!r} instead")
-    return int(n_samples)
 
 
 def _seed_from(seed) -> int:
@@ -179,8 +163,8 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
     that sample (Kendall & Gal 2017; see the module docstring); needs ``model.features``,
     ``model.classifier`` and ``model.log_var_head``.
     """
-    n_samples = check_n_samples(n_samples)
-    batch_size = check_n_samples(batch_size, name="batch_size")
+    n_samples = check_int("n_samples", n_samples, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if not active_dropouts(model):
         rates = [m.p for m in model.modules() if isinstance(m, _DropoutNd)]
         raise ConfigError(
@@ -192,8 +176,8 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
                             and isinstance(getattr(model, "classifier", None), nn.Module)
                             and callable(getattr(model, "features", None))):
         raise ConfigError(f"logit sampling needs a model with features(), classifier and log_var_head, got "
-                          f"{type(model).__name__} without them; call activecrl.methods.add_variance_head(model) "
-                          "first, or use logit_noise=False")
+                          f"{type(model).__name__} without them; build it with "
+                          "build_model(..., variance_head='sample'), or use logit_noise=False")
     head_only = _resolve_head_only(model, head_only)
     if data is None and not (head_only and features is not None):
         raise ConfigError(

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .errors import ConfigError
+from .validate import check_int
 
 __all__ = [
     "METRIC_NAMES",
@@ -244,8 +245,7 @@ def ece(probs, labels, n_bins: int = 15) -> float:
     Bin b covers confidences in ``(b / n_bins, (b + 1) / n_bins]`` (bin 0 also holds 0), and
     ``ECE = sum_b (|b| / n) * |accuracy(b) - mean confidence(b)|``.
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ConfigError(f"n_bins must be a positive integer, got {n_bins!r} instead")
+    n_bins = check_int("n_bins", n_bins, 1)
     p, y = _probs_labels(probs, labels)
     conf = p.max(axis=1)
     hit = (p.argmax(axis=1) == y).astype(np.float64)

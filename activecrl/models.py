@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, DataError
 from .registry import Registry
+from .validate import check_int
 
 __all__ = [
     "MODELS", "register_model", "build_model", "ConfidenceModel",
@@ -55,12 +56,6 @@ def register_model(name: str):
 # Validation helpers: every bad value becomes a ConfigError saying what was expected.
 
 
-def _check_int(name: str, value, minimum: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead{hint}")
-    return int(value)
-
-
 def _check_dropout(p) -> float:
     ok = isinstance(p, numbers.Real) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p < 1
     if not ok:
@@ -68,6 +63,45 @@ def _check_dropout(p) -> float:
             f"dropout must be a number in [0, 1), got {p!r} instead; use 0 for no dropout"
         )
     return float(p)
+
+
+def active_dropouts(model: nn.Module) -> list[nn.Module]:
+    """The dropout modules of ``model`` (Dropout, Dropout2d, AlphaDropout, ...) with a rate above 0."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def dropout_only_in_head(model: nn.Module) -> bool:
+    """Whether every *active* dropout module lives inside ``model.classifier``.
+
+    A ``Dropout(p=0)`` in the body does not count: it is the identity in train mode too, so the
+    body stays deterministic and sampling only the head on cached features is still exact. (Its
+    rate is read now, so a later ``set_dropout``-style change is seen.)
+    """
+    classifier = getattr(model, "classifier", None)
+    inside = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
+    return all(id(m) in inside for m in active_dropouts(model))
+
+
+VARIANCE_HEADS = ("sample", "class")
+
+
+def add_variance_head(model: nn.Module, per_class: bool = False) -> nn.Module:
+    """Attach ``model.log_var_head``: a Linear on the penultimate features giving log sigma^2.
+
+    One value per sample (``per_class=False``) or one per class (Kendall & Gal 2017; the
+    ``aleatoric`` trainer and method). ``model.forward`` is unchanged (it still returns the mean
+    logits), so ``predict``, MC dropout and checkpoints work as usual. ``build_model(...,
+    variance_head="sample" | "class")`` calls this. Returns ``model``.
+    """
+    feature_dim = getattr(model, "feature_dim", None)
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(feature_dim, int) or not isinstance(num_classes, int):
+        raise ConfigError(f"add_variance_head needs a ConfidenceModel (with feature_dim and num_classes), "
+                          f"got {type(model).__name__} instead")
+    device = next(model.parameters()).device
+    model.log_var_head = nn.Linear(feature_dim, num_classes if per_class else 1).to(device)
+    nn.init.zeros_(model.log_var_head.bias)
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,14 +187,10 @@ class ConfidenceModel(nn.Module):
 
     @property
     def head_only_dropout(self) -> bool:
-        """True iff every dropout module lives in ``classifier``, so MC dropout can sample the
-        head on cached features instead of re-running the body."""
-        in_head = {id(m) for m in self.classifier.modules()}
-        return all(
-            id(m) in in_head
-            for m in self.modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd)  # Dropout, Dropout2d, AlphaDropout...
-        )
+        """True iff every active dropout module lives in ``classifier`` (see
+        :func:`dropout_only_in_head`), so MC dropout can sample the head on cached features
+        instead of re-running the body."""
+        return dropout_only_in_head(self)
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -323,7 +353,7 @@ class DenseNetBC(ConfidenceModel):
         super().__init__(in_channels)
         if depth < 10 or (depth - 4) % 6:
             raise ConfigError(f"DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190), got {depth} instead")
-        _check_int("growth", growth, 1)
+        check_int("growth", growth, 1)
         if not 0 < compression <= 1:
             raise ConfigError(f"compression must be in (0, 1], got {compression!r} instead")
         n = (depth - 4) // 6  # bottleneck layers per block (each layer = 2 convs)
@@ -396,18 +426,23 @@ def small_cnn(*, num_classes, in_channels, image_size, dropout) -> ConfidenceMod
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                dropout: float = 0.0) -> ConfidenceModel:
+                dropout: float = 0.0, variance_head: str | None = None) -> ConfidenceModel:
     """Build the registered model ``name`` for a dataset's class count, channels and size.
 
-    Raises RegistryError for an unknown name (listing the valid ones) and ConfigError for bad
-    arguments. The returned model carries ``build_config`` (the arguments, for checkpoints).
+    ``variance_head``: None, or ``"sample"`` / ``"class"`` to add a log-variance head
+    (:func:`add_variance_head`) for the ``aleatoric`` trainer. Raises RegistryError for an unknown
+    name (listing the valid ones) and ConfigError for bad arguments. The returned model carries
+    ``build_config`` (the arguments, for checkpoints).
     """
     factory = MODELS.get(name)
-    num_classes = _check_int("num_classes", num_classes, 2, "; a classifier needs at least 2 classes")
-    in_channels = _check_int("in_channels", in_channels, 1, " (1 for grayscale, 3 for RGB)")
+    num_classes = check_int("num_classes", num_classes, 2, "; a classifier needs at least 2 classes")
+    in_channels = check_int("in_channels", in_channels, 1, " (1 for grayscale, 3 for RGB)")
     min_size = max(MIN_IMAGE_SIZE, int(getattr(factory, "min_image_size", MIN_IMAGE_SIZE)))
-    image_size = _check_int("image_size", image_size, min_size, f" for model {name!r}")
+    image_size = check_int("image_size", image_size, min_size, f" for model {name!r}")
     dropout = _check_dropout(dropout)
+    if variance_head is not None and variance_head not in VARIANCE_HEADS:
+        raise ConfigError(f"variance_head must be None or one of {', '.join(VARIANCE_HEADS)}, got {variance_head!r} "
+                          "instead")
     model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                     dropout=dropout)
     if not isinstance(model, ConfidenceModel):
@@ -415,6 +450,10 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size
             f"model factory {name!r} must return a ConfidenceModel, got {type(model).__name__} "
             f"instead; subclass activecrl.models.ConfidenceModel"
         )
+    if variance_head is not None:  # after the factory: the body's initialisation draws come first
+        add_variance_head(model, per_class=variance_head == "class")
     model.build_config = dict(name=name, num_classes=num_classes, in_channels=in_channels,
                               image_size=image_size, dropout=dropout)
+    if variance_head is not None:
+        model.build_config["variance_head"] = variance_head
     return model

@@ -22,7 +22,9 @@ from torch import nn
 
 from .crl import RANK_TARGETS, CorrectnessHistory, confidence, correctness_ranking_loss
 from .errors import ConfigError, TrainingDiverged
+from .models import VARIANCE_HEADS
 from .registry import Registry
+from .validate import SEED_LIMIT, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +67,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{what}, got {value!r} instead")
 
-        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1", self.epochs)
-        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
-             "seed must be an integer in [0, 2**63)", self.seed)
-        need(isinstance(self.batch_size, int) and self.batch_size >= 2,
-             "batch_size must be an integer >= 2 (BatchNorm needs two samples)", self.batch_size)
+        check_int("epochs", self.epochs, 1)
+        check_int("seed", self.seed, 0, below=SEED_LIMIT)
+        check_int("batch_size", self.batch_size, 2, "; BatchNorm needs two samples per batch")
         need(self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number", self.lr)
         need(0 <= self.momentum < 1, "momentum must be in [0, 1)", self.momentum)
         need(self.weight_decay >= 0, "weight_decay must be >= 0", self.weight_decay)
@@ -122,6 +122,11 @@ class Trainer:
         self.config = base.updated(**overrides) if overrides else base
 
     # -- hooks for subclasses -------------------------------------------------------------
+    def model_options(self) -> dict:
+        """Extra ``build_model`` keyword arguments the model this trainer fits must be built with
+        (the loop and ``activecrl train`` pass them; e.g. the aleatoric trainer's variance head)."""
+        return {}
+
     def setup(self, model: nn.Module, data, device: torch.device) -> None:
         """Called once at the start of ``fit``."""
 
@@ -239,6 +244,81 @@ class CRLTrainer(Trainer):
 
     def after_step(self, logits, labels, indices):
         self.history_.update(indices, logits.argmax(dim=1) == labels)
+
+
+def sampled_softmax_loss(logits: torch.Tensor, log_var: torch.Tensor, labels: torch.Tensor,
+                         n_samples: int = 50, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Kendall & Gal (2017) classification loss ``mean_b -log (1/T) sum_t softmax(l_b + s_b e_bt)_y``.
+
+    ``logits`` (B, K); ``log_var`` (B, 1) or (B, K) = log sigma^2; ``noise`` (T, B, K) standard
+    normal draws (drawn here when None, T = ``n_samples``). Computed in log space
+    (``logsumexp_t log_softmax(...)_y - log T``) so it stays finite.
+    """
+    if logits.ndim != 2 or log_var.ndim != 2 or log_var.shape[0] != logits.shape[0] \
+            or log_var.shape[1] not in (1, logits.shape[1]):
+        raise ConfigError(f"logits must be (B, K) and log_var (B, 1) or (B, K), got shapes "
+                          f"{tuple(logits.shape)} and {tuple(log_var.shape)} instead")
+    if noise is None:
+        n_samples = check_int("aleatoric_samples", n_samples, 1)
+        noise = torch.randn((n_samples, *logits.shape), device=logits.device, dtype=logits.dtype)
+    elif noise.ndim != 3 or noise.shape[1:] != logits.shape:
+        raise ConfigError(f"noise must be (T, B, K) = (T, {logits.shape[0]}, {logits.shape[1]}), got shape "
+                          f"{tuple(noise.shape)} instead")
+    sigma = torch.exp(0.5 * log_var)
+    sampled = logits.unsqueeze(0) + sigma.unsqueeze(0) * noise  # (T, B, K)
+    logp = torch.log_softmax(sampled, dim=2)
+    idx = labels.view(1, -1, 1).expand(noise.shape[0], -1, 1)
+    logp_y = logp.gather(2, idx).squeeze(2)  # (T, B)
+    return -(torch.logsumexp(logp_y, dim=0) - math.log(noise.shape[0])).mean()
+
+
+class _MeanAndLogVar(nn.Module):
+    """Training view of a model with a variance head: [mean logits | log sigma^2] in one tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        feats = self.model.features(x)
+        return torch.cat([self.model.classifier(feats), self.model.log_var_head(feats)], dim=1)
+
+
+@register_trainer("aleatoric")
+class AleatoricTrainer(Trainer):
+    """Sampled-softmax loss of Kendall & Gal (2017) for a model with ``log_var_head``.
+
+    ``n_samples``: Gaussian logit samples per training example (T). ``variance``: the head the
+    model is built with (``model_options``): one log sigma^2 per ``"sample"`` or per ``"class"``.
+    ``activecrl train --trainer aleatoric`` is the Aleatoric + MC dropout method
+    (``activecrl.methods``); ``activecrl run --trainer aleatoric`` trains every stage's model with
+    this loss and scores it by its mean logits like any other trainer.
+    """
+
+    name = "aleatoric"
+
+    def __init__(self, config: TrainConfig | None = None, *, n_samples: int = 50, variance: str = "sample",
+                 **overrides):
+        super().__init__(config, **overrides)
+        self.n_samples = check_int("aleatoric_samples", n_samples, 1)
+        if variance not in VARIANCE_HEADS:
+            raise ConfigError(f"variance must be one of {', '.join(VARIANCE_HEADS)}, got {variance!r} instead")
+        self.variance = variance
+
+    def model_options(self) -> dict:
+        return {"variance_head": self.variance}
+
+    def fit(self, model, data, indices=None, *, progress=None):
+        if not isinstance(getattr(model, "log_var_head", None), nn.Linear):
+            raise ConfigError("the aleatoric trainer needs a model with a log-variance head, got "
+                              f"{type(model).__name__} without one; build it with "
+                              "build_model(..., variance_head='sample'), or use `activecrl train --method aleatoric`")
+        self.num_classes_ = int(model.num_classes)
+        return super().fit(_MeanAndLogVar(model), data, indices, progress=progress)
+
+    def loss(self, logits, labels, indices):
+        k = self.num_classes_
+        return sampled_softmax_loss(logits[:, :k], logits[:, k:], labels, self.n_samples)
 
 
 def build_trainer(name: str, config: TrainConfig | None = None, **overrides) -> Trainer:

@@ -2,7 +2,7 @@
 # The GPU checks to run whenever a CUDA machine is at hand (about 5 minutes on an H100/H200):
 # the CUDA tests that CPU CI skips, training throughput, CRL step overhead and the query step
 # over a 50,000-image pool. Results go to ${OUT:-gpu_results}/. Run from the repository root
-# in an environment where `pip install -e ".[test]"` has been done.
+# in an environment where `pip install -e ".[test,gpu]"` has been done (gpu: faiss-gpu for core-set).
 set -uo pipefail
 out=${OUT:-gpu_results}
 mkdir -p "$out"

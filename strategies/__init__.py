@@ -23,7 +23,7 @@ from .base import (
 from . import random_sampling, uncertainty, mc_dropout, coreset, badge, typiclust, probcover  # noqa: E402,F401
 from .badge import BadgeStrategy, badge_kmeans_pp, gradient_factors
 from .coreset import CoresetStrategy, k_center_greedy
-from .mc_dropout import BALDStrategy, MCDropoutStats, MCDropoutStrategy, mc_dropout_stats, mc_probs
+from .mc_dropout import BALDStrategy, MCDropoutStrategy
 from .probcover import ProbCoverStrategy, max_coverage_greedy, purity_delta
 from .random_sampling import RandomStrategy
 from .typiclust import TypiClustStrategy, typicality
@@ -32,8 +32,8 @@ from .uncertainty import EntropyStrategy, LeastConfidenceStrategy, MarginStrateg
 __all__ = [
     "STRATEGIES", "QueryContext", "Strategy", "StrategyError", "get_strategy", "register_strategy",
     "select_top", "RandomStrategy", "EntropyStrategy", "LeastConfidenceStrategy", "MarginStrategy",
-    "MCDropoutStrategy", "BALDStrategy", "CoresetStrategy", "MCDropoutStats", "mc_dropout_stats",
-    "mc_probs", "k_center_greedy", "entropy_scores", "BadgeStrategy", "badge_kmeans_pp",
+    "MCDropoutStrategy", "BALDStrategy", "CoresetStrategy",
+    "k_center_greedy", "entropy_scores", "BadgeStrategy", "badge_kmeans_pp",
     "gradient_factors", "TypiClustStrategy", "typicality", "ProbCoverStrategy", "purity_delta",
     "max_coverage_greedy",
 ]

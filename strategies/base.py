@@ -28,6 +28,7 @@ from torch import nn
 from activecrl.errors import ActiveCRLError, ConfigError, RegistryError
 from activecrl.outputs import PoolOutputs
 from activecrl.registry import Registry
+from activecrl.validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,7 @@ class QueryContext:
                 f"labeled must be a PoolOutputs or None, got {type(self.labeled).__name__} instead"
             )
         self.device = torch.device(self.device)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
-                or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r} instead")
-        self.batch_size = int(self.batch_size)
+        self.batch_size = check_int("batch_size", self.batch_size, 1)
         if self.embeddings is not None:
             shape = tuple(self.embeddings.shape) if hasattr(self.embeddings, "shape") else None
             if shape is None or len(shape) != 2 or shape[1] < 1:
@@ -166,9 +164,7 @@ class Strategy:
     def query(self, context: QueryContext, budget: int, rng: np.random.Generator | int | None = None
               ) -> np.ndarray:
         """Validate ``budget``, call ``select`` and check what it returns (int64 ndarray)."""
-        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
-            raise ConfigError(f"budget must be a non-negative integer, got {budget!r} instead")
-        budget = int(budget)
+        budget = check_int("budget", budget, 0)
         if not isinstance(context, QueryContext):
             raise ConfigError(f"context must be a QueryContext, got {type(context).__name__} instead")
         if not isinstance(rng, np.random.Generator):

@@ -5,7 +5,8 @@ which then becomes a center. Only a vector ``min_dist`` (n_pool,) of squared dis
 nearest center is kept, never an n x n or pool x labeled matrix:
 
 * initialisation: nearest labeled point of every pool point, with faiss ``IndexFlatL2`` (k=1) on
-  the CPU or chunked matrix products on a GPU;
+  the CPU, faiss's GPU index on CUDA when faiss has GPU support (the ``gpu`` extra), else chunked
+  matrix products on the GPU (:func:`nearest_center_backend`);
 * each pick: ``argmax(min_dist)``, then one matrix-vector product with the new center updates
   ``min_dist = minimum(min_dist, |x|^2 + |c|^2 - 2 x.c)`` (squared norms precomputed).
 
@@ -44,7 +45,7 @@ from .base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CoresetStrategy", "k_center_greedy", "nearest_center_sq_dist"]
+__all__ = ["CoresetStrategy", "k_center_greedy", "nearest_center_backend", "nearest_center_sq_dist"]
 
 _CHUNK_ELEMENTS = 1 << 24  # 16M floats (64 MB) per chunk of the GPU initialisation
 _PRUNE_MIN_N = 4096  # CPU pools at least this big are grouped (below, the plain loop is as fast)
@@ -69,24 +70,65 @@ def _exact_fp32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
+def nearest_center_backend(device: torch.device | str) -> str:
+    """Which search finds the nearest labeled point for features on ``device``:
+
+    * ``"faiss-gpu"``: CUDA features and a faiss built with GPU support that sees a GPU
+      (``pip install "activecrl[gpu]"`` installs faiss-gpu where PyPI has it);
+    * ``"torch"``: CUDA (or another accelerator) otherwise: chunked matrix products on the device;
+    * ``"faiss-cpu"``: CPU features (faiss-cpu is a core dependency).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "faiss-cpu"
+    if device.type == "cuda" and _faiss_has_gpu():
+        return "faiss-gpu"
+    return "torch"
+
+
+def _faiss_has_gpu() -> bool:
+    try:
+        import faiss  # lazily: only core-set needs it
+    except ImportError:
+        return False
+    # faiss-cpu builds have no GPU classes; a GPU build on a machine without a GPU sees none
+    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "GpuIndexFlatL2") and faiss.get_num_gpus() > 0
+
+
+def _faiss_nearest(x: torch.Tensor, centers: torch.Tensor, gpu: torch.device | None) -> np.ndarray:
+    """Exact nearest-center squared distances with faiss ``IndexFlatL2`` (k=1), on GPU ``gpu`` if given."""
+    import faiss
+
+    d = x.shape[1]
+    if gpu is not None:
+        config = faiss.GpuIndexFlatConfig()
+        config.device = gpu.index if gpu.index is not None else torch.cuda.current_device()
+        resources = faiss.StandardGpuResources()  # scratch memory; must outlive the index
+        index = faiss.GpuIndexFlatL2(resources, d, config)
+    else:
+        index = faiss.IndexFlatL2(d)
+    index.add(np.ascontiguousarray(centers.detach().cpu().numpy(), dtype=np.float32))
+    dist, _ = index.search(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), 1)
+    return dist[:, 0]
+
+
 def nearest_center_sq_dist(x: torch.Tensor, centers: torch.Tensor, device: torch.device | str = "cpu",
                            use_faiss: bool | None = None) -> torch.Tensor:
     """Squared distance of every row of ``x`` to its nearest row of ``centers``, (n,) float32 on
-    ``device``; memory O((n + m) * d) plus a bounded chunk. ``use_faiss`` (default: on the CPU)
-    picks faiss ``IndexFlatL2``; otherwise chunked matrix products run on ``device``."""
+    ``device``; memory O((n + m) * d) plus a bounded chunk. ``use_faiss=None`` picks the search
+    with :func:`nearest_center_backend`; True forces faiss (its GPU index when ``device`` is CUDA
+    and faiss has GPU support), False chunked matrix products on ``device``."""
     device = torch.device(device)
     n, d = x.shape
     if centers.shape[0] == 0:
         return torch.full((n,), float("inf"), device=device)
-    if use_faiss is None:
-        use_faiss = device.type == "cpu"
-    if use_faiss:
-        import faiss  # lazily: only core-set needs it
-
-        index = faiss.IndexFlatL2(d)
-        index.add(np.ascontiguousarray(centers.detach().cpu().numpy(), dtype=np.float32))
-        dist, _ = index.search(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), 1)
-        return torch.from_numpy(dist[:, 0]).clamp_min_(0).to(device)
+    backend = nearest_center_backend(device)
+    if use_faiss is not None:
+        backend = ("faiss-gpu" if backend == "faiss-gpu" else "faiss-cpu") if use_faiss else "torch"
+    logger.info("core-set nearest-center search: %s (%d x %d points, d=%d)", backend, n, centers.shape[0], d)
+    if backend != "torch":
+        dist = _faiss_nearest(x, centers, device if backend == "faiss-gpu" else None)
+        return torch.from_numpy(dist).clamp_min_(0).to(device)
     xs = x.to(device, torch.float32)
     cs = centers.to(device, torch.float32)
     c_sq = (cs * cs).sum(dim=1)
@@ -117,6 +159,7 @@ def k_center_greedy(pool_features: torch.Tensor, labeled_features: torch.Tensor 
     with _exact_fp32(device):
         sq = (x * x).sum(dim=1)
         if device.type == "cpu" and n >= _PRUNE_MIN_N:
+            logger.info("core-set nearest-center search: faiss-cpu, grouped (%d pool points, d=%d)", n, x.shape[1])
             return _k_center_grouped(x, sq, labeled_features if has_labeled else None, k, first)
         if has_labeled:
             min_dist = nearest_center_sq_dist(x, labeled_features, device).to(device)

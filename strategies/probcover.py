@@ -32,6 +32,7 @@ import logging
 import numpy as np
 
 from activecrl.errors import ConfigError
+from activecrl.validate import check_int
 
 from ._embedding import ball_graph, csr_rows, kmeans, normalize_rows, other_label_nn_dist
 from .base import QueryContext, Strategy, register_strategy
@@ -150,11 +151,7 @@ class ProbCoverStrategy(Strategy):
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
             raise ConfigError(f"{who}: alpha must be in (0, 1], got {self.alpha!r} instead")
         for name in ("n_clusters", "kmeans_iter", "max_edges"):
-            v = getattr(self, name)
-            if v is None and name == "n_clusters":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{who}: {name} must be a positive integer, got {v!r} instead")
+            check_int(f"{who}: {name}", getattr(self, name), 1, none_ok=name == "n_clusters")
 
     def choose_delta(self, x: np.ndarray, context: QueryContext, rng: np.random.Generator) -> float:
         """delta by ball purity of a k-means clustering of ``x`` (all rows)."""

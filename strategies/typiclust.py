@@ -25,6 +25,7 @@ import logging
 import numpy as np
 
 from activecrl.errors import ConfigError
+from activecrl.validate import check_int
 
 from ._embedding import kmeans, knn_mean_dist, normalize_rows
 from .base import QueryContext, Strategy, register_strategy
@@ -65,9 +66,7 @@ class TypiClustStrategy(Strategy):
 
     def _check_params(self) -> None:
         for name, low in (("k_nn", 1), ("max_clusters", 1), ("min_cluster_size", 0), ("kmeans_iter", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ConfigError(f"{self._label()}: {name} must be an integer >= {low}, got {v!r} instead")
+            check_int(f"{self._label()}: {name}", getattr(self, name), low)
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         self._check_params()

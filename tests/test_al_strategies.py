@@ -271,7 +271,7 @@ def test_probcover_full_coverage_fills_at_random_and_classes_from_logits():
     (dict(delta=-1.0), "delta must be a positive number"),
     (dict(delta=float("nan")), "delta must be a positive number"),
     (dict(alpha=1.5), "alpha must be in"),
-    (dict(n_clusters=0), "n_clusters must be a positive integer"),
+    (dict(n_clusters=0), "n_clusters must be an integer >= 1"),
     (dict(delta=100.0, max_edges=50), "max_edges"),
 ])
 def test_probcover_bad_params(params, message):

@@ -1,9 +1,14 @@
 """Configs are the one source of options: every field is a flag and a TOML key, with help and defaults."""
 
 import dataclasses
+import importlib.util
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +258,35 @@ def test_presets_fall_back_to_the_checkout_when_configs_is_not_importable(monkey
     monkeypatch.setattr(config_module.resources, "files", missing)
     assert "cifar10_paper" in preset_names()
     assert load_toml("cifar10_paper")["dataset"] == "cifar10"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel needs setuptools")
+def test_presets_ship_in_the_wheel(tmp_path):
+    # a non-editable install outside the repository: the presets come from the installed package
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("activecrl", "strategies", "configs"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("activecrl-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
+                   capture_output=True, cwd=tmp_path)
+    shutil.rmtree(src)  # nothing of the sources left to fall back on
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    code = ("import activecrl, configs; from activecrl.config import find_config, load_toml, preset_names; "
+            "print(activecrl.__file__); print(configs.__file__); print(find_config('cifar10_paper')); "
+            "print(preset_names()); print(load_toml('cifar10_paper')['train']['milestones'])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=outside, capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(target)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for line in lines[:3]:
+        assert Path(line).resolve().is_relative_to(target.resolve()), lines
+    assert "cifar10_shared_cpu" in lines[3] and lines[4] == "[0.6, 0.8]"

@@ -11,8 +11,7 @@ from activecrl.errors import ConfigError
 from activecrl.mc_dropout import (active_dropouts, dropout_only_in_head, dropout_only_train, mc_dropout_stats,
                                   seeded)
 from activecrl.outputs import PoolOutputs
-from strategies import QueryContext
-from strategies.mc_dropout import mc_dropout_stats as strategy_stats
+from strategies import QueryContext, get_strategy
 
 
 class Net(nn.Module):
@@ -75,10 +74,12 @@ def test_features_computed_once_when_not_given():
     assert head.head_only and not full.head_only
     torch.testing.assert_close(head.mean_probs, full.mean_probs, rtol=0, atol=1e-6)
     torch.testing.assert_close(head.mean_entropy, full.mean_entropy, rtol=0, atol=1e-6)
-    # the strategy wrapper forced to the head path without pool features computes them too
+    # a strategy whose pool comes without features ranks by the same engine's numbers
     ctx = QueryContext(pool=PoolOutputs(idx, torch.zeros(12, 3)), model=model, data=data, batch_size=5)
-    assert not strategy_stats(model, ctx, 4, seed=3).head_only  # default: full passes
-    torch.testing.assert_close(strategy_stats(model, ctx, 4, seed=3, head_only=True).mean_probs, head.mean_probs)
+    seed = int(np.random.default_rng(5).integers(2**63 - 1))  # what the engine draws from the strategy's rng
+    expected = mc_dropout_stats(model, data, idx, n_samples=4, seed=seed, batch_size=5).predictive_entropy
+    picks = get_strategy("mc_dropout", n_samples=4).query(ctx, 3, np.random.default_rng(5))
+    np.testing.assert_array_equal(np.sort(picks), np.sort(idx[np.argsort(-expected.numpy(), kind="stable")[:3]]))
 
 
 def test_full_passes_check_what_data_yields():

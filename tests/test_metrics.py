@@ -313,7 +313,7 @@ def test_bad_confidence_or_correct_raise_config_error(conf, correct, match):
 
 
 def test_other_validation_errors():
-    with pytest.raises(ConfigError, match="n_bins must be a positive integer"):
+    with pytest.raises(ConfigError, match="n_bins must be an integer >= 1"):
         ece([[0.5, 0.5]], [0], n_bins=0)
     with pytest.raises(ConfigError, match="confidence must be a 1-D array of length n = 2"):
         classification_metrics([[0.5, 0.5], [0.6, 0.4]], [0, 1], confidence=[0.3])

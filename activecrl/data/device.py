@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..validate import check_int
 from .dataset import ImageDataset, _check_images, _check_stat
 
 
@@ -46,8 +47,7 @@ class DeviceData:
             if labels.dtype == torch.bool or labels.is_floating_point() or labels.shape != (n,):
                 raise DataError(f"DeviceData labels must be {n} integers (one per image), got dtype "
                                 f"{labels.dtype} and shape {tuple(labels.shape)} instead")
-        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
-            raise ConfigError(f"pad must be a non-negative int, got {pad!r} instead")
+        pad = check_int("pad", pad, 0)
         mean_t = _check_stat(mean, c, "mean", "DeviceData")
         std_t = _check_stat(std, c, "std", "DeviceData")
         if any(s <= 0 for s in std_t):
@@ -136,7 +136,7 @@ class DeviceData:
         sample is dropped, because BatchNorm cannot normalise a batch of one; every other
         sample appears exactly once per epoch.
         """
-        batch_size = _check_batch_size(batch_size, minimum=2)
+        batch_size = check_int("batch_size", batch_size, 2)
         idx = self._check_indices(indices)
         if idx.numel() < 2:
             raise ConfigError(f"train_batches needs at least 2 indices (BatchNorm cannot train on one "
@@ -159,7 +159,7 @@ class DeviceData:
     def eval_batches(self, indices=None, batch_size: int = 1024
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``indices`` (default: all, ``0..n-1``) in the given order, unaugmented."""
-        batch_size = _check_batch_size(batch_size, minimum=1)
+        batch_size = check_int("batch_size", batch_size, 1)
         idx = None if indices is None else self._check_indices(indices)
         return self._eval_iter(idx, batch_size)
 
@@ -216,12 +216,6 @@ class DeviceData:
         if g.type != d.type or (d.type != "cpu" and (g.index or 0) != (d.index or 0)):
             raise ConfigError(f"generator lives on {g} but the data is on {d}; create it with "
                               f"torch.Generator(device=data.device).manual_seed(seed)")
-
-
-def _check_batch_size(batch_size, minimum: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < minimum:
-        raise ConfigError(f"batch_size must be an int >= {minimum}, got {batch_size!r} instead")
-    return int(batch_size)
 
 
 def device_split(dataset: ImageDataset, split: str, device: str | torch.device,

@@ -17,7 +17,7 @@ data wins (ties: lower detection error, then higher AUROC, then the earlier grid
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import json
 import logging
 import math
 import time
@@ -30,15 +30,18 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..data import DeviceData, load_dataset
 from ..errors import ConfigError, DataError
+from ..experiment import load_trained
 from ..io import atomic_savez, atomic_write_json, prepare_out_dir, to_jsonable
 from ..metrics import ood_metrics
+from ..runtime import configure_backends, resolve_device
+from ..validate import check_int
 from .data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_set
-from .scores import MahalanobisScorer, _logits, energy_score, msp_score
+from .detectors import DETECTORS
 
 logger = logging.getLogger(__name__)
 
-DETECTORS = ("msp", "odin", "mahalanobis", "energy")
 DEFAULT_TEMPERATURES = (1.0, 10.0, 100.0, 1000.0)
 DEFAULT_EPSILONS = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)  # Lee et al.'s grid
 
@@ -78,7 +81,8 @@ class OODConfig:
         self.temperatures = tuple(float(t) for t in self.temperatures)
         self.epsilons = tuple(float(e) for e in self.epsilons)
         if self.detector not in DETECTORS:
-            raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r} instead")
+            raise ConfigError(f"detector must be one of {', '.join(DETECTORS.names())}, got {self.detector!r} "
+                              "instead")
         if not self.temperatures or any(not math.isfinite(t) or t <= 0 for t in self.temperatures):
             raise ConfigError(f"temperatures must be positive numbers, e.g. 1 10 100 1000, got {self.temperatures} "
                               "instead")
@@ -86,13 +90,9 @@ class OODConfig:
             raise ConfigError(f"epsilons must be numbers >= 0, e.g. 0 0.001 0.002, got {self.epsilons} instead")
         if not math.isfinite(self.energy_temperature) or self.energy_temperature <= 0:
             raise ConfigError(f"energy_temperature must be positive, got {self.energy_temperature!r} instead")
-        for name, minimum in (("n_tune", 2), ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
-        if self.max_samples is not None and (isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int)
-                                             or self.max_samples < 2):
-            raise ConfigError(f"max_samples must be an integer >= 2 or None (all), got {self.max_samples!r} instead")
+        check_int("n_tune", self.n_tune, 2)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("max_samples", self.max_samples, 2, " (None: all)", none_ok=True)
         if not 0 < self.fgsm_epsilon < 1:
             raise ConfigError(f"fgsm_epsilon must be in (0, 1) (pixel scale), got {self.fgsm_epsilon!r} instead")
 
@@ -132,29 +132,7 @@ class OODResult:
         }
 
 
-# ============================================================================ tuning helpers
-
-def _criterion(metrics: dict) -> tuple:
-    return (metrics["fpr95"], metrics["detection_error"], -metrics["auroc"])
-
-
-def select_best(candidates: list[dict]) -> int:
-    """Index of the best candidate by (fpr95, detection_error, -auroc); ties go to the earlier one."""
-    if not candidates:
-        raise ConfigError("no candidate settings to tune over; give at least one temperature and epsilon")
-    return min(range(len(candidates)), key=lambda i: (_criterion(candidates[i]["metrics"]), i))
-
-
-def _fit_combiner(scores_in: np.ndarray, scores_out: np.ndarray, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.concatenate([scores_in, scores_out])
-    y = np.concatenate([np.ones(len(scores_in)), np.zeros(len(scores_out))])
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)).fit(x, y)
-
-
+# ============================================================================ helpers
 
 def _subset(rng: np.random.Generator, n: int, k: int | None) -> np.ndarray:
     if k is None or k >= n:
@@ -194,10 +172,6 @@ class _Split:
 
 def _load(config: OODConfig, say: Callable[[str], None]) -> _Inputs:
     """Load the trained model and check that the in-distribution dataset matches it; load the OOD set."""
-    from ..data import DeviceData, load_dataset
-    from ..experiment import load_trained
-    from ..runtime import configure_backends, resolve_device
-
     device = resolve_device(config.device)
     configure_backends(device)
     model, info, run_cfg = load_trained(config.run, device)
@@ -292,7 +266,7 @@ def _split(config: OODConfig, inp: _Inputs) -> _Split:
         tune_out = _subset(rng, val_out.n, config.n_tune)
         protocol.update(name=f"validation ({_ood_name(config.ood_val)})", tuned_on_test_ood=False,
                         ood_tuning=ood_tuning)
-    if config.detector not in ("odin", "mahalanobis"):
+    if not DETECTORS.get(config.detector).tuned:
         protocol["note"] = f"{config.detector} has no tuned hyper-parameters; the same evaluation split is used"
     eval_in = eval_in[_subset(rng, eval_in.size, config.max_samples)]
     eval_out = eval_out[_subset(rng, eval_out.size, config.max_samples)]
@@ -300,101 +274,6 @@ def _split(config: OODConfig, inp: _Inputs) -> _Split:
     if config.max_samples is not None:
         protocol["max_samples"] = f"evaluation on at most {config.max_samples} random samples per side"
     return _Split(tune_in, tune_out, val_out, eval_in, eval_out, protocol)
-
-
-# Each detector returns (score_in, score_out, params, tuning) and may add its grid to split.protocol.
-
-
-def _score_fixed(config: OODConfig, inp: _Inputs, split: _Split, say) -> tuple:
-    """MSP or energy: scores of the logits, nothing to tune."""
-    bs = config.batch_size
-    e_in, e_out = torch.from_numpy(split.eval_in), torch.from_numpy(split.eval_out)
-    if config.detector == "msp":
-        say("scoring (MSP)")
-        score, params = msp_score, {}
-    else:
-        say("scoring (energy)")
-        t = config.energy_temperature
-        score, params = (lambda logits: energy_score(logits, t)), {"temperature": t}
-    score_in = score(_logits(inp.model, inp.test, e_in, bs)).double().numpy()
-    score_out = score(_logits(inp.model, inp.ood, e_out, bs)).double().numpy()
-    return score_in, score_out, params, []
-
-
-def _run_odin(config: OODConfig, inp: _Inputs, split: _Split, say) -> tuple:
-    """Tune ODIN's (temperature, epsilon) on the tuning data, then score the evaluation data with the best."""
-    # looked up on the package at call time so that patching activecrl.ood.odin_score_grid (tests) takes effect
-    from . import odin_score_grid
-
-    bs = config.batch_size
-    model, tune_in, tune_out = inp.model, split.tune_in, split.tune_out
-    grid = list(itertools.product(config.temperatures, config.epsilons))
-    split.protocol["grid"] = {"temperature": list(config.temperatures), "epsilon": list(config.epsilons)}
-    say(f"tuning ODIN over {len(grid)} settings on {len(tune_in)} + {len(tune_out)} images")
-    s_in = odin_score_grid(model, inp.test, torch.from_numpy(tune_in), grid, batch_size=bs)
-    s_out = odin_score_grid(model, split.val_out, torch.from_numpy(tune_out), grid, batch_size=bs)
-    tuning = [{"params": {"temperature": t, "epsilon": e}, "metrics": ood_metrics(a, b)}
-              for (t, e), a, b in zip(grid, s_in, s_out)]
-    best = tuning[select_best(tuning)]["params"]
-    say(f"scoring (ODIN T={best['temperature']:g}, eps={best['epsilon']:g})")
-    setting = [(best["temperature"], best["epsilon"])]
-    score_in = odin_score_grid(model, inp.test, torch.from_numpy(split.eval_in), setting, batch_size=bs)[0]
-    score_out = odin_score_grid(model, inp.ood, torch.from_numpy(split.eval_out), setting, batch_size=bs)[0]
-    return score_in, score_out, dict(best), tuning
-
-
-def _tune_mahalanobis(config: OODConfig, g_in: dict, g_out: dict, combine: bool) -> list[dict]:
-    """Tuning metrics per epsilon of the per-layer tuning scores ``g_in`` / ``g_out`` ({eps: (n, L)}).
-
-    With several layers the combiner is fitted on one half of the tuning data and epsilon judged on
-    the other half, so the choice is not flattered by the combiner's own fit.
-    """
-    n_in, n_out = len(next(iter(g_in.values()))), len(next(iter(g_out.values())))
-    if combine:
-        ha = np.random.default_rng(config.seed).permutation(n_in) < n_in // 2
-        hb = np.random.default_rng(config.seed + 1).permutation(n_out) < n_out // 2
-    tuning = []
-    for e in config.epsilons:
-        e = float(e)
-        if combine:
-            lr = _fit_combiner(g_in[e][ha], g_out[e][hb], config.seed)
-            m = ood_metrics(lr.decision_function(g_in[e][~ha]), lr.decision_function(g_out[e][~hb]))
-        else:
-            m = ood_metrics(g_in[e][:, 0], g_out[e][:, 0])
-        tuning.append({"params": {"epsilon": e}, "metrics": m})
-    return tuning
-
-
-def _run_mahalanobis(config: OODConfig, inp: _Inputs, split: _Split, say) -> tuple:
-    """Fit class Gaussians on the training split, tune epsilon (and the layer combiner), then score."""
-    bs = config.batch_size
-    scorer = MahalanobisScorer(inp.model, "all" if config.feature_ensemble else "penultimate")
-    say("fitting class means and tied covariance on the training split")
-    scorer.fit(inp.device_data(inp.dataset.train_images, inp.dataset.train_labels), batch_size=max(bs, 512))
-    split.protocol["grid"] = {"epsilon": list(config.epsilons)}
-    tune_in, tune_out = split.tune_in, split.tune_out
-    say(f"tuning Mahalanobis over {len(config.epsilons)} epsilons on {len(tune_in)} + {len(tune_out)} images")
-    g_in = scorer.score_grid(inp.test, torch.from_numpy(tune_in), config.epsilons, batch_size=bs)
-    g_out = scorer.score_grid(split.val_out, torch.from_numpy(tune_out), config.epsilons, batch_size=bs)
-    combine = scorer.n_layers_ > 1
-    if combine:
-        split.protocol["combiner"] = ("logistic regression on standardised per-layer scores, fitted on half of the "
-                                      "tuning data (epsilon chosen on the other half), then refitted on all of it")
-    tuning = _tune_mahalanobis(config, g_in, g_out, combine)
-    eps = tuning[select_best(tuning)]["params"]["epsilon"]
-    params = {"epsilon": eps, "layers": "all feature maps" if combine else "penultimate",
-              "n_layers": scorer.n_layers_}
-    say(f"scoring (Mahalanobis eps={eps:g})")
-    l_in = scorer.score_grid(inp.test, torch.from_numpy(split.eval_in), [eps], batch_size=bs)[eps]
-    l_out = scorer.score_grid(inp.ood, torch.from_numpy(split.eval_out), [eps], batch_size=bs)[eps]
-    if not combine:
-        return l_in[:, 0], l_out[:, 0], params, tuning
-    lr = _fit_combiner(g_in[eps], g_out[eps], config.seed)  # refit on all the tuning data
-    params["combiner_weights"] = lr[-1].coef_.ravel().tolist()
-    return lr.decision_function(l_in), lr.decision_function(l_out), params, tuning
-
-
-_DETECTOR_RUNS = {"msp": _score_fixed, "energy": _score_fixed, "odin": _run_odin, "mahalanobis": _run_mahalanobis}
 
 
 def _run_info(config: OODConfig, inp: _Inputs) -> dict:
@@ -427,7 +306,8 @@ def run_ood(config: OODConfig, *, progress: Callable[[str], None] | None = None)
     start = time.perf_counter()
     inp = _load(config, say)
     split = _split(config, inp)
-    score_in, score_out, params, tuning = _DETECTOR_RUNS[config.detector](config, inp, split, say)
+    scored = DETECTORS.get(config.detector)(config).score(inp, split, say)
+    score_in, score_out, params, tuning = scored.score_in, scored.score_out, scored.params, scored.tuning
     metrics = ood_metrics(score_in, score_out)
     run_info = _run_info(config, inp)
     logger.info("%s on %s vs %s: %s", config.detector, run_info["dataset"], run_info["ood_set"], metrics)
@@ -446,8 +326,6 @@ def save_ood(result: OODResult, out: Path | str, *, overwrite: bool = False) -> 
 
 
 def read_ood(run_dir: Path | str) -> dict:
-    import json
-
     path = Path(run_dir) / "ood.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no ood.json; pass the --out folder of a finished `activecrl ood` run")

@@ -1,0 +1,222 @@
+"""One extension mechanism: methods and detectors are registry entries, `list` shows exactly what
+each command accepts, every listed name passes that command's validation, and the aleatoric
+trainer works wherever a trainer is accepted."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from activecrl.cli import accepted_names, app
+from activecrl.data import DATASETS, device_split
+from activecrl.errors import ConfigError, RegistryError
+from activecrl.experiment import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
+from activecrl.loop import ALConfig, check_run_config, run_active_learning
+from activecrl.mc_dropout import dropout_only_in_head, mc_dropout_stats
+from activecrl.methods import METHODS, PlainMethod, build_method, register_method
+from activecrl.models import build_model
+from activecrl.ood import DETECTORS, Detector, DetectorScores, OODConfig, register_detector, run_ood
+from activecrl.trainers import TrainConfig
+from activecrl.validate import check_int
+from tests.conftest import make_blobs_dataset
+
+
+def _cfg(**kw):
+    return TrainRunConfig(dataset="blobs", device="cpu", train=TrainConfig(epochs=2, batch_size=32, lr=0.05), **kw)
+
+
+# ------------------------------------------------------------------------------ registries
+
+
+def test_method_and_detector_registries_have_entry_point_groups():
+    assert METHODS.names() == ["aes", "aleatoric", "ensemble", "mc_dropout", "plain"]
+    assert DETECTORS.names() == ["energy", "mahalanobis", "msp", "odin"]
+    assert (METHODS.entry_point_group, DETECTORS.entry_point_group) == ("activecrl.methods", "activecrl.detectors")
+    assert [n for n in DETECTORS.names() if DETECTORS.get(n).tuned] == ["mahalanobis", "odin"]
+    with pytest.raises(RegistryError, match="already registered"):
+        register_method("plain", type("Other", (PlainMethod,), {}))
+
+
+def test_plain_method_alone(blobs):
+    method = build_method(_cfg())
+    assert isinstance(method, PlainMethod) and method.members == 1
+    train, test = device_split(blobs, "train", "cpu"), device_split(blobs, "test", "cpu")
+    assert method.fit(blobs, train) > 0 and len(method.models_) == 1
+    probs, logits = method.predictive(test, torch.arange(5))
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1)
+    np.testing.assert_allclose(probs, torch.softmax(torch.tensor(logits), 1).numpy())
+    np.testing.assert_array_equal(method.confidence(probs), probs.max(1))
+
+
+def test_a_registered_method_runs_through_train_and_evaluate(blobs):
+    @register_method("uniform_conf")
+    class UniformConfidence(PlainMethod):
+        """The plain model's predictions with a constant confidence (every ranking ties)."""
+
+        name = "uniform_conf"
+        confidence_label = "constant"
+
+        def confidence(self, probs):
+            return np.ones(len(probs))
+
+        def describe(self):
+            return {"note": "constant"}
+
+    try:
+        result = train_and_evaluate(_cfg(method="uniform_conf"), dataset=blobs)
+        assert result.method_info["name"] == "uniform_conf" and result.method_info["note"] == "constant"
+        assert np.all(result.confidence == 1) and result.model_info["method"] == "uniform_conf"
+    finally:
+        METHODS.unregister("uniform_conf")
+
+
+def test_a_registered_detector_runs_through_run_ood(tmp_path):
+    config = TrainRunConfig(dataset="digits", device="cpu", train=TrainConfig(epochs=1, batch_size=64))
+    run = save_train_run(train_and_evaluate(config), tmp_path / "run")
+
+    @register_detector("max_logit")
+    class MaxLogit(Detector):
+        name = "max_logit"
+
+        def score(self, inputs, split, say):
+            def score(data, idx):
+                with torch.no_grad():
+                    return torch.cat([inputs.model(x).max(1).values for x, _, _ in data.eval_batches(
+                        torch.from_numpy(idx))]).double().numpy()
+            return DetectorScores(score(inputs.test, split.eval_in), score(inputs.ood, split.eval_out), {})
+
+    try:
+        result = run_ood(OODConfig(run=str(run), ood="gaussian", detector="max_logit", n_tune=10, device="cpu"))
+        assert result.config.detector == "max_logit" and result.metrics["auroc"] > 0.5
+        assert result.score_in.shape == (450 - 10,) and "no tuned hyper-parameters" in result.protocol["note"]
+    finally:
+        DETECTORS.unregister("max_logit")
+
+
+# ------------------------------------------------------------------------------ `activecrl list`
+
+
+def test_list_shows_what_each_command_accepts():
+    out = CliRunner().invoke(app, ["list"]).output
+    text = re.sub(r"[│┃\s]+", " ", out)  # the table's rows, unwrapped
+    for option, names in accepted_names().items():
+        assert f" {option} {', '.join(names)} " in text, (option, text)
+
+
+def test_every_listed_name_passes_its_commands_validation():
+    names = accepted_names()
+    assert set(names) == {"train/run --dataset", "train/run --model", "train --method", "train --trainer",
+                          "run --trainer", "run --strategy", "ood --detector"}
+    for method in names["train --method"]:
+        build_method(TrainRunConfig(method=method))
+    for trainer in names["train --trainer"]:
+        build_method(TrainRunConfig(trainer=trainer))
+    for trainer in names["run --trainer"]:
+        check_run_config(ALConfig(trainer=trainer))
+    for strategy in names["run --strategy"]:
+        check_run_config(ALConfig(strategy=strategy))
+    for model in names["train/run --model"]:
+        check_run_config(ALConfig(model=model))
+        build_model(model, num_classes=10)
+    for dataset in names["train/run --dataset"]:
+        ALConfig(dataset=dataset)
+        DATASETS.get(dataset)
+    for detector in names["ood --detector"]:
+        OODConfig(run="somewhere", ood="noise", detector=detector)
+    # and a name that is not listed is refused, naming the valid ones
+    with pytest.raises(ConfigError, match="method must be one of aes, aleatoric"):
+        build_method(TrainRunConfig(method="nope"))
+    with pytest.raises(RegistryError, match="valid trainers are: aleatoric, baseline, crl"):
+        check_run_config(ALConfig(trainer="nope"))
+    with pytest.raises(ConfigError, match="detector must be one of energy, mahalanobis"):
+        OODConfig(run="somewhere", ood="noise", detector="nope")
+
+
+# ------------------------------------------------------------------------------ aleatoric everywhere
+
+
+def test_run_with_the_aleatoric_trainer(tmp_path):
+    ds = make_blobs_dataset(n_train=90, n_test=30)
+    config = ALConfig(dataset="blobs", trainer="aleatoric", strategy="entropy", initial=20, budget=10, stages=2,
+                      trials=1, device="cpu", warm_start=True,
+                      train=TrainConfig(epochs=2, batch_size=16, milestones=(0.6, 0.8)))
+    records = run_active_learning(config, tmp_path / "run", dataset=ds)
+    assert [r["n_labeled"] for r in records] == [20, 30]
+    assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["final_train_loss"]) for r in records)
+
+
+def test_variance_head_is_a_model_option_recorded_with_the_model(blobs, tmp_path):
+    model = build_model("small_cnn", num_classes=3, in_channels=1, image_size=8, variance_head="class")
+    assert model.log_var_head.out_features == 3 and model.build_config["variance_head"] == "class"
+    assert "variance_head" not in build_model("small_cnn", num_classes=3).build_config
+    with pytest.raises(ConfigError, match="variance_head must be None or one of sample, class"):
+        build_model("small_cnn", num_classes=3, variance_head="both")
+    # `train --trainer aleatoric --method mc_dropout`: the trainer's model option reaches the model
+    result = train_and_evaluate(_cfg(trainer="aleatoric", method="mc_dropout", mc_samples=2), dataset=blobs)
+    assert result.model_info["variance_head"] == "sample" and result.model_info["method"] == "mc_dropout"
+    model, info, _ = load_trained(save_train_run(result, tmp_path / "run"))
+    assert model.log_var_head.out_features == 1
+
+
+# ------------------------------------------------------------------------------ one of each
+
+
+class _BodyDropoutZero(nn.Module):
+    """A body with an inactive Dropout(p=0) (identity in train mode too), dropout 0.5 in the head."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.0), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(6, 3))
+
+    def forward(self, x, return_features=False):
+        f = self.body(x)
+        return (self.classifier(f), f) if return_features else self.classifier(f)
+
+
+def test_dropout_p0_in_the_body_still_allows_head_only_sampling():
+    """The one "is all dropout in the head" answer: an inactive Dropout(p=0) does not count, because
+    head-only sampling stays exact; the model property and the engine agree."""
+    torch.manual_seed(0)
+    net = _BodyDropoutZero()
+    assert dropout_only_in_head(net)
+    model = build_model("small_cnn", num_classes=3, in_channels=1, image_size=8, dropout=0.3)
+    model.stages[1].append(nn.Dropout(0.0))
+    assert model.head_only_dropout and dropout_only_in_head(model)
+    model.stages[1][-1].p = 0.1  # an active one in the body: full passes needed
+    assert not model.head_only_dropout and not dropout_only_in_head(model)
+
+    class Data:
+        n, device = 12, torch.device("cpu")
+        x = torch.randn(12, 5)
+
+        def eval_batches(self, indices=None, batch_size=1024):
+            idx = torch.arange(self.n) if indices is None else torch.as_tensor(indices)
+            for s in range(0, len(idx), batch_size):
+                yield self.x[idx[s:s + batch_size]], None, idx[s:s + batch_size]
+
+    net.head_only_dropout = True
+    head = mc_dropout_stats(net, Data(), n_samples=5, seed=2, batch_size=4)
+    full = mc_dropout_stats(net, Data(), n_samples=5, seed=2, batch_size=4, head_only=False)
+    assert head.head_only and not full.head_only
+    torch.testing.assert_close(head.mean_probs, full.mean_probs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("value, ok", [(3, True), (np.int64(3), True), (2, True), (1, False), (True, False),
+                                       (3.0, False), ("3", False), (None, False)])
+def test_check_int(value, ok):
+    if ok:
+        assert check_int("n", value, 2) == int(value) and type(check_int("n", value, 2)) is int
+    else:
+        with pytest.raises(ConfigError, match=r"n must be an integer >= 2, got .* instead; hint"):
+            check_int("n", value, 2, "; hint")
+    assert check_int("n", None, 2, none_ok=True) is None
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        check_int("seed", 2**63, 0, below=2**63)
