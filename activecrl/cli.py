@@ -18,23 +18,35 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from strategies import STRATEGIES
+
+from . import __version__
+from .bootstrap import rescore_runs
 from .cli_options import build_config, config_command
+from .compare import compare_runs, write_compare
+from .config import load_toml, merge, preset_names
+from .data import DATASETS
 from .errors import ActiveCRLError
-from .experiment import TrainRunConfig
-from .loop import ALConfig
-from .ood.run import OODConfig
+from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
+from .io import prepare_out_dir
+from .loop import CONFIG_FILE, ALConfig, completed_stages, resume_command, resume_config, run_active_learning
+from .methods import METHODS, validate_method_config
+from .metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
+from .models import MODELS
+from .ood import DETECTORS, OODConfig, run_ood, save_ood
+from .report import TRAIN_HEADERS, write_report
+from .results import load_run, plot_curves
+from .trainers import TRAINERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
 
-PAPER_SCALE_NOTE = "AURC, E-AURC ×10³; NLL ×10; others in %"
+PAPER_SCALE_NOTE = "AURC, E-AURC, AUGRC ×10³; NLL ×10; others in %"
 
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
-
         console.print(f"activecrl {__version__}")
         raise typer.Exit()
 
@@ -87,17 +99,25 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
 
 
-def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True) -> Table:
-    from .metrics import METRIC_NAMES, PAPER_SCALE
-
+def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True,
+                  ci95: dict | None = None) -> Table:
+    """One column per metric (``–`` where a run lacks one); with ``ci95`` and one run, a metric per line."""
+    scale = PAPER_SCALE if paper_scale else {}
+    digits = 2 if paper_scale else 4
+    fmt = lambda v, m: "–" if v is None else f"{v * scale.get(m, 1):.{digits}f}"  # noqa: E731
     table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
+    if ci95 and len(rows) == 1:  # nine values with intervals only fit a terminal one per line
+        for col in ("metric", rows[0][0], "95% CI (bootstrap)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for m in METRIC_NAMES:
+            ci = ci95.get(m)
+            table.add_row(TRAIN_HEADERS[m], fmt(rows[0][1].get(m), m), f"[{fmt(ci[0], m)}, {fmt(ci[1], m)}]" if ci else "–")
+        return table
     table.add_column("run")
     for name in METRIC_NAMES:
-        table.add_column(name, justify="right")
+        table.add_column(TRAIN_HEADERS[name], justify="right")
     for label, metrics in rows:
-        scale = PAPER_SCALE if paper_scale else {}
-        table.add_row(label, *(f"{metrics[m] * scale.get(m, 1):.2f}" if paper_scale else f"{metrics[m]:.4f}"
-                               for m in METRIC_NAMES))
+        table.add_row(label, *(fmt(metrics.get(m), m) for m in METRIC_NAMES))
     return table
 
 
@@ -110,11 +130,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
-    """Train one model (or a comparison method's models) and report the eight confidence metrics on its test split."""
-    from .experiment import save_train_run, train_and_evaluate
-    from .io import prepare_out_dir
-    from .methods import validate_method_config
-
+    """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
     _setup_logging(verbose)
     config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
     method, trainer, train_cfg = config.method, config.trainer, config.train
@@ -127,7 +143,7 @@ def train(
     save_train_run(result, out, overwrite=True)
     _print_table(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
                                f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
-                               [(label, result.metrics)]))
+                               [(label, result.metrics)], ci95=result.ci95))
     if "temperature" in result.method_info:
         console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
     console.print(f"saved to [bold]{out}[/]")
@@ -155,15 +171,12 @@ class _epoch_progress:
 def run(
     overrides: dict,
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
-    config: Optional[str] = typer.Option(None, help="preset name from configs/ or a TOML file; flags override it"),
+    config: Optional[str] = typer.Option(None, help=f"a preset ({', '.join(preset_names())}) or a TOML file; "
+                                                   "flags override it"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
-    from .config import load_toml, merge
-    from .loop import CONFIG_FILE, completed_stages, resume_command, resume_config, run_active_learning
-    from .results import load_run, plot_curves
-
     _setup_logging(verbose)
     overrides = _with_global_threads(overrides)
     if resume:
@@ -194,8 +207,6 @@ def run(
 
 class _RichLoop:
     def __init__(self, config):
-        from .loop import LoopCallbacks  # noqa: F401  (duck-typed; documented interface)
-
         self.config = config
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
@@ -224,32 +235,37 @@ class _RichLoop:
 
     def stage_end(self, record):
         self.progress.advance(self.stage_task)
-        self.progress.console.print(f"trial {record['trial'] + 1} stage {record['stage'] + 1}: "
-                                    f"{record['n_labeled']} labels → accuracy {record['accuracy']:.4f}, "
-                                    f"AURC {record['aurc'] * 1e3:.2f}")
+        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: "
+                                    f"{record.n_labeled} labels → accuracy {record.metrics['accuracy']:.4f}, "
+                                    f"AURC {record.metrics['aurc'] * 1e3:.2f}")
 
 
-def _pm(mean: float, std: float, n_trials: int, digits: int) -> str:
-    # one trial has no spread: print the value alone rather than a misleading ±0.00
-    return f"{mean:.{digits}f}" if n_trials <= 1 else f"{mean:.{digits}f}±{std:.{digits}f}"
+def _pm(mean, std, scale: float, digits: int) -> str:
+    """``mean±std`` scaled; "–" for a metric the run did not record (e.g. AUGRC in older runs)."""
+    if mean != mean:  # NaN
+        return "–"
+    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}" if std == std else f"{mean * scale:.{digits}f}"
 
 
 def _summary_table(summary) -> Table:
     spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread"
-    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}", caption="AURC ×10³")
-    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "ECE", "train s", "query s"):
+    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}",
+                  caption="AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %")
+    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "AUGRC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")
-    m, s = summary.mean, summary.std
+    m = summary.mean
+    nan = float("nan")
     for i, n in enumerate(summary.n_labeled):
-        k = int(summary.n_trials[i])
-        table.add_row(str(i + 1), str(n), str(k),
-                      _pm(m['accuracy'][i] * 100, s['accuracy'][i] * 100, k, 2),
-                      _pm(m['aurc'][i] * 1e3, s['aurc'][i] * 1e3, k, 1),
-                      _pm(m['eaurc'][i] * 1e3, s['eaurc'][i] * 1e3, k, 1),
-                      f"{m['ece'][i] * 100:.2f}", f"{m['train_seconds'][i]:.1f}", f"{m['query_seconds'][i]:.2f}")
+        # one trial has no spread: a NaN std prints the value alone rather than a misleading ±0.00
+        s = {k: (v if summary.n_trials[i] > 1 else v * nan) for k, v in summary.std.items()}
+        table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
+                      _pm(m['accuracy'][i], s['accuracy'][i], 100, 2), _pm(m['aurc'][i], s['aurc'][i], 1e3, 1),
+                      _pm(m['eaurc'][i], s['eaurc'][i], 1e3, 1), _pm(m['augrc'][i], s['augrc'][i], 1e3, 1),
+                      _pm(m['ece'][i], float("nan"), 100, 2), f"{m['train_seconds'][i]:.1f}",
+                      f"{m['query_seconds'][i]:.2f}")
     table.add_section()
     table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
-                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "")
+                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "", "")
     return table
 
 
@@ -257,8 +273,6 @@ def _summary_table(summary) -> Table:
 def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`"),
          output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="image file to write")):
     """Plot accuracy and AURC against labeled-set size (mean ± std over trials) for each run."""
-    from .results import load_run, plot_curves
-
     path = plot_curves([load_run(r) for r in runs], output)
     console.print(f"wrote [bold]{path}[/]")
 
@@ -266,8 +280,6 @@ def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl 
 @app.command()
 def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`")):
     """Per-stage table (mean ± std over trials) and the area under each budget curve."""
-    from .results import load_run
-
     loaded = [load_run(r) for r in runs]
     for s in loaded:
         _print_table(_summary_table(s))
@@ -278,9 +290,12 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
             table.add_column(col)
         for s in loaded:
             acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
-            table.add_row(s.label, str(s.path), str(len(acc)), _pm(acc.mean(), acc.std(), len(acc), 2),
-                          _pm(aurc.mean(), aurc.std(), len(aurc), 1))
+            nan = float("nan")
+            table.add_row(s.label, str(s.path), str(len(acc)), _pm(acc.mean(), acc.std() if len(acc) > 1 else nan, 1, 2),
+                          _pm(aurc.mean(), aurc.std() if len(aurc) > 1 else nan, 1, 1))
         _print_table(table)
+        console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "
+                      "(penalty matrix) run [bold]activecrl compare " + " ".join(str(r) for r in runs) + " -o DIR[/]")
 
 
 @app.command()
@@ -293,17 +308,12 @@ def ood(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
-    from .io import prepare_out_dir
-    from .ood import DETECTORS, run_ood, save_ood
-
     _setup_logging(verbose)
     config = build_config(OODConfig, overrides, config, ood.config_options)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))
     save_ood(result, out, overwrite=True)
-    from .metrics import OOD_METRIC_NAMES
-
     detector = config.detector
     table = Table(title=f"{result.run_info['dataset']} vs {result.run_info['ood_set']} · {detector} · "
                         f"{result.run_info['trainer']} ({result.run_info['method']})",
@@ -328,8 +338,6 @@ def ood(
 def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` / `activecrl ood` runs"),
            output: Path = typer.Option(Path("report.md"), "-o", "--output", help="Markdown file to write")):
     """Paper-style tables (Table 1: train runs, Table 3: ood runs), mean ± std over seeds."""
-    from .report import write_report
-
     result, path = write_report(runs, output)
     for t in result.tables:
         table = Table(title=t.title, caption=t.caption)
@@ -343,14 +351,6 @@ def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl tr
 
 def accepted_names() -> dict[str, list[str]]:
     """What each command's option accepts by name (besides paths), exactly what its validation passes."""
-    from strategies import STRATEGIES
-
-    from .data import DATASETS
-    from .methods import METHODS
-    from .models import MODELS
-    from .ood import DETECTORS
-    from .trainers import TRAINERS
-
     return {"train/run --dataset": DATASETS.names(), "train/run --model": MODELS.names(),
             "train --method": METHODS.names(), "train --trainer": TRAINERS.names(),
             "run --trainer": TRAINERS.names(), "run --strategy": STRATEGIES.names(),
@@ -366,6 +366,49 @@ def list_registered():
     for option, names in accepted_names().items():
         table.add_row(option, ", ".join(names))
     _print_table(table)
+    from .trainers import TRAINERS, trainer_description
+
+    recipes = Table(title="trainers: what each is made of")
+    recipes.add_column("trainer")
+    recipes.add_column("loss + ingredients")
+    for name in TRAINERS.names():
+        recipes.add_row(name, escape(trainer_description(name)))
+    _print_table(recipes)
+
+
+@app.command()
+def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` runs (with predictions.npz)"),
+            bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
+                                                               "many test-set resamples, e.g. 1000"),
+            seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
+    """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
+    for path, blob in zip(runs, blobs):
+        _print_table(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
+    console.print(f"updated metrics.json in {len(runs)} run folder(s)")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl run` runs, in the order of the rows"),
+            output: Path = typer.Option(..., "-o", "--output", help="folder for compare.json, penalty.png, curves.png")):
+    """AUBC per run with 95% intervals over trials, and the pairwise penalty matrix (paired t-tests per stage)."""
+    result = compare_runs(runs)
+    written = write_compare(result, output)
+    table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
+                  caption="accuracy in %, AURC ×10³; 'beaten' = penalty column mean (lower is better)")
+    for col in ("run", "dataset", "trials", "AUBC accuracy", "AUBC AURC", "beaten"):
+        table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
+    for j, run in enumerate(result.runs):
+        acc, aurc = result.aubc[run.label], result.aubc_aurc[run.label]
+        fmt = lambda a, k, d: f"{a.mean * k:.{d}f}" + (f" [{a.ci95[0] * k:.{d}f}, {a.ci95[1] * k:.{d}f}]"  # noqa: E731
+                                                       if a.ci95 else "")
+        beaten = result.column_means[j]
+        table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, 100, 2), fmt(aurc, 1000, 1),
+                      "–" if beaten is None else f"{beaten:.2f}")
+    _print_table(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
 
 
 def main() -> None:

@@ -1,23 +1,24 @@
 """Typer options generated from the config dataclasses, so a config field is a flag by itself.
 
-``@config_command(ALConfig, ...)`` on a command function ``f(overrides, *, out, ...)`` adds one
+``@config_command(ALConfig)`` under ``@app.command()`` on ``f(overrides, *, out, ...)`` adds one
 option per field of the config (nested configs flattened: ``train.epochs`` is ``--epochs``),
 with the field's ``metadata["help"]`` as help and the command's effective default shown. Flags
 are the field names with dashes; bools are ``--x/--no-x``; tuples take comma lists or repeated
-options; dicts take repeated ``KEY=VALUE``. The command receives only what was given on the
-command line, as a nested dict (``{"train": {"epochs": 5}}``), so it can be merged over a
-``--config`` TOML and then over the config's defaults (``activecrl.config``).
+options; dicts take repeated ``KEY=VALUE``. The command receives only what was typed, as a
+nested dict (``{"train": {"epochs": 5}}``), and ``build_config`` lays it over a ``--config``
+TOML over the config's defaults (``activecrl.config``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import importlib
 import inspect
 import re
 import tomllib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import typer
@@ -65,7 +66,7 @@ def _kind(option: ConfigOption) -> tuple[str, Any]:
     origin = typing.get_origin(tp)
     if tp is bool:
         return "bool", bool
-    if tp in (int, float, str):
+    if tp in (int, float, str, Path):
         return "scalar", tp
     if origin is Literal:
         return "scalar", type(typing.get_args(tp)[0])
@@ -75,7 +76,7 @@ def _kind(option: ConfigOption) -> tuple[str, Any]:
     if origin is dict or tp is dict:
         return "mapping", str
     raise TypeError(f"config option {option.key} has type {option.type!r}; the CLI maps bool, int, float, str, "
-                    "Literal, X | None, tuple[X, ...] and dict fields: use one of those")
+                    "Path, Literal, X | None, tuple[X, ...] and dict fields: use one of those")
 
 
 def _parse_literal(text: str) -> Any:
@@ -137,70 +138,76 @@ def _parameter(option: ConfigOption, name: str, aliases: dict[str, str]) -> insp
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-def config_command(cls, *, exclude: set[str] = frozenset(), aliases: dict[str, str] | None = None):
-    """Decorate ``f(overrides, **cli_only)``: add one typer option per option of config ``cls``.
-
-    ``exclude``: option keys (``"train.seed"``) that the command derives itself; ``aliases``:
-    option key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
-    """
-    options = config_options(cls, exclude)
-    aliases = aliases or {}
-
-    def decorate(func: Callable) -> Callable:
-        signature = inspect.signature(func)
-        hints = typing.get_type_hints(func)
-        own = list(signature.parameters.values())[1:]  # the first one receives the overrides
-        names = {"__".join(o.path): o for o in options}
-        clash = set(names) & {p.name for p in own}
-        if clash:
-            raise TypeError(f"{func.__name__}: options {sorted(clash)} are both config fields and CLI-only options")
-        generated = [_parameter(o, name, aliases) for name, o in names.items()]
-        params = generated + [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-                              for p in own]
-
-        context = inspect.Parameter("_typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        params.append(context)
-
-        @functools.wraps(func)
-        def command(_typer_context: typer.Context, **kwargs):
-            overrides: dict[str, Any] = {}
-            for name, option in names.items():
-                value = kwargs.pop(name)
-                # only what the user typed: a default must not override the --config file
-                source = _typer_context.get_parameter_source(name)
-                if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
-                    set_path(overrides, option.path, _convert(option, value))
-            return func(overrides, **kwargs)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        command.config_options = options  # for tests and for messages in CLI words
-        return command
-
-    return decorate
-
-
 def build_config(cls, overrides: dict[str, Any], config: str | None, options: list[ConfigOption]):
-    """``cls`` from its defaults, updated by the ``--config`` TOML, updated by the command line."""
+    """``cls`` from its defaults, updated by the ``--config`` TOML, updated by ``overrides`` (what was typed)."""
     values = merge(load_toml(config) if config else {}, overrides)
     for option in options:
-        if option.required:
-            node = values
-            for key in option.path:
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is None:
-                raise ConfigError(f"{dashed(option.flag)} is required: {option.help} "
-                                  f"(or set {option.key} = ... in the --config file)")
+        if option.required and _get_path(values, option.path) is None:
+            raise ConfigError(f"{dashed(option.flag)} is required: {option.help} "
+                              f"(or set {option.key} = ... in the --config file)")
     return from_dict(cls, values)
 
 
 def given_flags(overrides: dict[str, Any], options: list[ConfigOption]) -> list[str]:
     """The flags behind a nested overrides dict, sorted (for messages)."""
-    out = []
-    for option in options:
-        node = overrides
-        for key in option.path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            out.append(dashed(option.flag))
-    return sorted(out)
+    return sorted(dashed(o.flag) for o in options if _get_path(overrides, o.path) is not None)
+
+
+def _get_path(values: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        values = values.get(key) if isinstance(values, dict) else None
+    return values
+
+
+def _resolve(cls):
+    """A class, or ``"package.module:Class"`` imported now."""
+    if isinstance(cls, str):
+        module, _, name = cls.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return cls
+
+
+def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: dict[str, str] | None = None):
+    """``func(overrides, **cli_only)`` as a typer callback with one option per option of config ``cls``;
+    ``overrides`` holds only what was typed, nested like the config (``{"train": {"epochs": 5}}``).
+    ``func.config_options`` (and the callback's) become the options, for :func:`build_config`."""
+    options = config_options(cls, exclude)
+    aliases = aliases or {}
+    signature = inspect.signature(func)
+    hints = typing.get_type_hints(func)
+    own = list(signature.parameters.values())[1:]  # the first one receives the overrides
+    names = {"__".join(o.path): o for o in options}
+    clash = set(names) & {p.name for p in own}
+    if clash:
+        raise TypeError(f"{func.__name__}: options {sorted(clash)} are both config fields and CLI-only options")
+    params = [_parameter(o, name, aliases) for name, o in names.items()]
+    params += [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in own]
+    params.append(inspect.Parameter("_typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+    @functools.wraps(func)
+    def command(_typer_context: typer.Context, **kwargs):
+        values: dict[str, Any] = {}
+        for name, option in names.items():
+            value = kwargs.pop(name)
+            # only what the user typed: a default must not override the --config file
+            source = _typer_context.get_parameter_source(name)
+            if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+                set_path(values, option.path, _convert(option, value))
+        return func(values, **kwargs)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    del command.__wrapped__  # typer must read the generated signature, not func's
+    func.config_options = command.config_options = options
+    return command
+
+
+def config_command(cls, *, exclude: set[str] = frozenset(), aliases: dict[str, str] | None = None):
+    """Decorate ``f(overrides: dict, **cli_only)`` (under ``@app.command()``) with one typer option per
+    option of config ``cls`` (a class or ``"package.module:Class"``).
+
+    ``exclude``: option keys (``"train.seed"``) the command derives itself; ``aliases``: option
+    key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
+    """
+    return lambda func: with_config_options(_resolve(cls), func, exclude=exclude, aliases=aliases)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .bootstrap import bootstrap_info, bootstrap_intervals
 from .config import from_dict
 from .data import device_splits, load_dataset
 from .errors import ConfigError, DataError
@@ -29,6 +30,7 @@ from .metrics import classification_metrics
 from .models import build_model
 from .runtime import check_threads_option, configure_backends, resolve_device, resolve_threads, torch_threads
 from .trainers import EpochInfo, TrainConfig
+from .validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class TrainRunConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
     model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
-    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | a registered trainer"})
+    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     dropout: float = field(default=0.0, metadata={
         "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
     data_dir: str | None = field(default=None, metadata={
@@ -75,8 +77,11 @@ class TrainRunConfig:
         "help": "fit a temperature on a held-out part of the training split"})
     holdout_fraction: float = field(default=0.1, metadata={
         "help": "training fraction held out for --temperature-scaling"})
+    bootstrap: int = field(default=0, metadata={"help": "bootstrap resamples of the test set for 95% intervals "
+                                                        "of every metric (metrics.json ci95; e.g. 1000); 0 = none"})
 
     def __post_init__(self):
+        check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
         check_threads_option(self.threads)
 
 
@@ -95,6 +100,7 @@ class TrainRunResult:
     method_info: dict = field(default_factory=dict)  # what the method did (metrics.json "method")
     member_states: list[dict] | None = None  # ensemble members' weights (saved to members.pt)
     threads_used: int | None = None  # torch's intra-op threads (CPU results depend on them)
+    ci95: dict[str, list[float]] | None = None  # bootstrap intervals (config.bootstrap > 0)
 
     def to_json(self) -> dict:
         out = {
@@ -108,13 +114,19 @@ class TrainRunResult:
         }
         if self.method_info:
             out["method"] = self.method_info
+        if self.ci95 is not None:
+            out["ci95"] = self.ci95
+            out["bootstrap"] = bootstrap_info(self.config.bootstrap, self.config.train.seed)
         return out
 
 
-def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None) -> dict:
+def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None,
+                   head: str = "linear", cos_temp: float = 8.0) -> dict:
     """What ``load_trained`` needs to rebuild the model and its input pipeline."""
     info = {
         "model": model_name,
+        "head": head,
+        "cos_temp": float(cos_temp),
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
         "image_size": dataset.image_size,
@@ -137,6 +149,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     One pipeline for every method (``activecrl.methods``; ``plain`` is one model scored by its max
     softmax probability): check the options, load the data, hold out a part for temperature
     scaling if asked, let the method train, predict and score, then compute the metrics.
+    ``config.bootstrap > 0`` adds 95 % bootstrap intervals of every metric (``result.ci95``,
+    ``activecrl.bootstrap``), from the arrays predictions.npz stores.
     """
     method = build_method(config)  # every option is checked before any work
     config = method.config
@@ -173,13 +187,19 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
         eval_seconds = time.perf_counter() - start
 
         model = method.models_[0]
-        model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"))
+        model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
+                                    model.build_config.get("head", "linear"), model.build_config.get("cos_temp", 8.0))
         model_info["method"] = method.name
         if method.saved_model:
             model_info["model_pt_holds"] = method.saved_model
-        return TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
-                              confidence, train_seconds, eval_seconds, model_info, method_info=info,
-                              member_states=method.member_states, threads_used=threads)
+        result = TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
+                                confidence, train_seconds, eval_seconds, model_info, method_info=info,
+                                member_states=method.member_states, threads_used=threads)
+        if config.bootstrap > 0:
+            # from the arrays predictions.npz stores, so `activecrl rescore` recomputes the same intervals
+            result.ci95 = bootstrap_intervals(result.probs, result.labels, result.confidence,
+                                              n_resamples=config.bootstrap, seed=config.train.seed)
+        return result
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:
@@ -217,7 +237,8 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     info = blob["model_info"]
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
                         image_size=info["image_size"], dropout=info.get("dropout", 0.0),
-                        variance_head=info.get("variance_head"))
+                        variance_head=info.get("variance_head"), head=info.get("head", "linear"),
+                        cos_temp=info.get("cos_temp", 8.0))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})

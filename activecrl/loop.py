@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .models import MODELS, build_model
 from .outputs import PoolOutputs
+from .records import RESULTS_FILE, StageRecord, append_record, read_records
 from .runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
                       torch_threads)
 from .trainers import EpochInfo, TrainConfig, build_trainer
@@ -45,7 +45,6 @@ from .validate import SEED_LIMIT, check_int
 logger = logging.getLogger(__name__)
 
 
-RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.json"
 
 
@@ -64,7 +63,7 @@ class ALConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
     model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
-    trainer: str = field(default="crl", metadata={"help": "baseline | crl | a registered trainer"})
+    trainer: str = field(default="crl", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
     strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword arguments of the strategy, e.g. weight=0.1 (repeat for more)"})
@@ -122,7 +121,7 @@ class LoopCallbacks:
     def stage_start(self, trial: int, stage: int, n_labeled: int) -> None: ...
     def epoch(self, info: EpochInfo) -> None: ...
     def query_start(self, trial: int, stage: int, n_pool: int) -> None: ...
-    def stage_end(self, record: dict) -> None: ...
+    def stage_end(self, record: StageRecord) -> None: ...
 
 
 def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
@@ -132,45 +131,6 @@ def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
 
 def torch_seed(seed: int, trial: int, stage: int) -> int:
     return int(np.random.SeedSequence([seed, trial, stage + 1, 7]).generate_state(1)[0])
-
-
-def read_records(out_dir: Path) -> list[dict]:
-    """Complete records of ``results.jsonl``; a torn last line (crash mid-write) is ignored."""
-    path = Path(out_dir) / RESULTS_FILE
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                logger.warning("ignoring a torn last line in %s (the run stopped while writing it)", path)
-                continue
-            raise ConfigError(f"{path} line {number} is not valid JSON; the file was edited or corrupted") from None
-    return records
-
-
-def _append_record(path: Path, record: dict) -> None:
-    line = (json.dumps(to_jsonable(record)) + "\n").encode()
-    with open(path, "ab") as handle:  # one write + fsync: the line is all there or (torn) ignored
-        if handle.tell() > 0:
-            _repair_tail(path, handle)
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _repair_tail(path: Path, handle) -> None:
-    with open(path, "rb") as reader:
-        reader.seek(-1, os.SEEK_END)
-        if reader.read(1) != b"\n":  # a torn line from a crash: drop it before appending
-            data = path.read_bytes()
-            handle.truncate(data.rfind(b"\n") + 1)
-            handle.seek(0, os.SEEK_END)
 
 
 def resolve_dropout(config: ALConfig, strategy) -> float:
@@ -203,7 +163,7 @@ def check_run_config(config: ALConfig):
 
 
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
-                        callbacks: LoopCallbacks | None = None) -> list[dict]:
+                        callbacks: LoopCallbacks | None = None) -> list[StageRecord]:
     """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
@@ -254,7 +214,7 @@ def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_mo
     """Every (trial, stage) not yet in ``results.jsonl``, in order, each appended when complete."""
 
     records = read_records(out)
-    done = {(r["trial"], r["stage"]) for r in records}
+    done = {(r.trial, r.stage) for r in records}
     results_path = out / RESULTS_FILE
     for trial in range(config.trials):
         cb.trial_start(trial, config.trials)
@@ -293,17 +253,16 @@ def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_mo
                 cb.query_start(trial, stage, len(pool))
                 queried = _query(strategy, model, train_data, pool, labeled, config, rng, device)
                 query_seconds = time.perf_counter() - start
-            record = {"trial": trial, "seed": trial_seed, "stage": stage, "n_labeled": int(len(labeled)),
-                      **metrics, "train_seconds": fit.train_seconds, "query_seconds": query_seconds,
-                      "final_train_loss": fit.epoch_losses[-1], "queried": queried.tolist()}
-            if stage == 0:
-                record["initial"] = labeled.tolist()
+            record = StageRecord(trial=trial, seed=trial_seed, stage=stage, n_labeled=int(len(labeled)),
+                                 metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
+                                 final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
+                                 initial=labeled.tolist() if stage == 0 else None)
             if config.warm_start and stage < config.stages - 1:
                 # named by stage: a crash between this save and the record below must not let a
                 # rerun of this stage start from its own weights
                 atomic_torch_save(_warm_path(out, trial, stage),
                                   {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            _append_record(results_path, record)
+            append_record(results_path, record)
             _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
             records.append(record)
             cb.stage_end(record)
@@ -340,19 +299,19 @@ def _checked(strategy, picked, pool: np.ndarray, budget: int) -> np.ndarray:
     return np.sort(picked)
 
 
-def _labeled_after(records: list[dict], trial: int, config: ALConfig, n_train: int,
+def _labeled_after(records: list[StageRecord], trial: int, config: ALConfig, n_train: int,
                    through_stage: int | None = None) -> np.ndarray:
     """Labeled set at the start of ``through_stage + 1`` (or the seed set), rebuilt from records."""
-    mine = sorted((r for r in records if r["trial"] == trial), key=lambda r: r["stage"])
-    if mine and "initial" in mine[0]:
-        labeled = np.asarray(mine[0]["initial"], dtype=np.int64)
+    mine = sorted((r for r in records if r.trial == trial), key=lambda r: r.stage)
+    if mine and mine[0].initial is not None:
+        labeled = np.asarray(mine[0].initial, dtype=np.int64)
     else:
         rng = stage_rng(config.seed, trial, -1)
         labeled = np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
     if through_stage is not None:
         for r in mine:
-            if r["stage"] <= through_stage:
-                labeled = np.union1d(labeled, np.asarray(r["queried"], dtype=np.int64))
+            if r.stage <= through_stage:
+                labeled = np.union1d(labeled, np.asarray(r.queried, dtype=np.int64))
     return labeled
 
 
@@ -395,7 +354,7 @@ def check_label_budget(config: ALConfig, n_train: int, *, stages: bool = True) -
 
 def completed_stages(out: Path | str) -> int:
     """How many (trial, stage) records ``out/results.jsonl`` holds."""
-    return len({(r["trial"], r["stage"]) for r in read_records(Path(out))})
+    return len({(r.trial, r.stage) for r in read_records(Path(out))})
 
 
 _SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used")

@@ -30,6 +30,7 @@ __all__ = [
     "risk_coverage_curve",
     "aurc",
     "eaurc",
+    "augrc",
     "aupr_error",
     "fpr_at_95_tpr",
     "ece",
@@ -39,15 +40,15 @@ __all__ = [
     "ood_metrics",
 ]
 
-METRIC_NAMES = ("accuracy", "aurc", "eaurc", "aupr_err", "fpr95", "ece", "nll", "brier")
+METRIC_NAMES = ("accuracy", "aurc", "eaurc", "augrc", "aupr_err", "fpr95", "ece", "nll", "brier")
 OOD_METRIC_NAMES = ("fpr95", "detection_error", "auroc", "aupr_in", "aupr_out")
 
 # Multipliers that reproduce the paper's table units (Table 1: AURC and E-AURC x 10^3,
-# NLL x 10, everything else in percent).
+# NLL x 10, everything else in percent). AUGRC x 10^3 as Traub et al. (2024) report it.
 PAPER_SCALE = {name: 100.0 for name in METRIC_NAMES}
-PAPER_SCALE.update(aurc=1000.0, eaurc=1000.0, nll=10.0)
+PAPER_SCALE.update(aurc=1000.0, eaurc=1000.0, augrc=1000.0, nll=10.0)
 
-LOWER_IS_BETTER = frozenset({"aurc", "eaurc", "fpr95", "ece", "nll", "brier"})
+LOWER_IS_BETTER = frozenset({"aurc", "eaurc", "augrc", "fpr95", "ece", "nll", "brier"})
 
 _NLL_EPS = 1e-12  # keeps -ln p finite when a model puts exactly 0 on the true class
 
@@ -211,6 +212,27 @@ def eaurc(confidence, correct) -> float:
     return aurc(conf, corr) - _optimal_aurc(float(np.mean(~corr)))
 
 
+def augrc(confidence, correct) -> float:
+    """Area under the generalised risk-coverage curve (Traub et al., NeurIPS 2024), lower is better.
+
+    The generalised risk at a threshold is the fraction of *all* n samples that are accepted and
+    wrong (the selective risk times the coverage), so it measures the chance that a sample is both
+    accepted and misclassified. Points: one per confidence tie group, ``(#accepted / n,
+    #accepted errors / n)`` from the highest confidence down, plus ``(0, 0)``; the area is the
+    trapezoid rule over them, exactly as fd-shifts (``RiskCoverageStats.augrc``:
+    ``generalized_risk_stats`` + ``-np.trapz``) computes it, without its x1000 display scale.
+    Without ties every step adds one sample and this equals
+    ``(1/n) sum_k (E_k - 1[k-th is an error] / 2) / n`` with E_k the errors among the top k;
+    a tie group is accepted or rejected whole, and the straight line across it is the expected
+    generalised risk when a random part of the group is accepted.
+    """
+    conf, corr = _confidence_correct(confidence, correct)
+    cum_n, cum_err = _groups_from_top(conf, ~corr)
+    coverage = np.concatenate([[0.0], cum_n / conf.size])
+    risk = np.concatenate([[0.0], cum_err / conf.size])
+    return float(np.sum(np.diff(coverage) * (risk[1:] + risk[:-1]) / 2))
+
+
 def aupr_error(confidence, correct) -> float:
     """Average precision for detecting errors: errors are positives, score = -confidence.
 
@@ -288,6 +310,7 @@ def classification_metrics(probs, labels, confidence=None) -> dict[str, float]:
         "accuracy": float(np.mean(correct)),
         "aurc": aurc(conf, correct),
         "eaurc": eaurc(conf, correct),
+        "augrc": augrc(conf, correct),
         "aupr_err": aupr_error(conf, correct),
         "fpr95": fpr_at_95_tpr(conf, correct),
         "ece": ece(p, y),

@@ -34,7 +34,7 @@ from .validate import check_int
 
 __all__ = [
     "MODELS", "register_model", "build_model", "ConfidenceModel",
-    "ResNet18", "PreActResNet", "VGG", "DenseNetBC", "SmallCNN",
+    "ResNet18", "PreActResNet", "VGG", "DenseNetBC", "SmallCNN", "CosineClassifier", "HEADS",
 ]
 
 ModelFactory = Callable[..., "ConfidenceModel"]
@@ -425,15 +425,64 @@ def small_cnn(*, num_classes, in_channels, image_size, dropout) -> ConfidenceMod
     return SmallCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
 
 
+# --------------------------------------------------------------------------------------------
+# Heads
+
+
+HEADS = ("linear", "cosine")
+
+
+class CosineClassifier(nn.Module):
+    """SURE's cosine classifier (Li et al., CVPR 2024, ``model/classifier.py``): logits
+    ``temperature * cos(f, w_k)``, features and class weights L2-normalised, no bias; temperature
+    fixed (SURE: 8). The weight is ``(num_classes, feature_dim)`` like ``nn.Linear``'s."""
+
+    def __init__(self, in_features: int, out_features: int, temperature: float = 8.0):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.temperature = float(temperature)
+        self.weight = nn.Parameter(nn.Linear(in_features, out_features).weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.temperature * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, temperature={self.temperature:g}"
+
+
+def set_cosine_head(model: ConfidenceModel, name: str, temperature: float) -> None:
+    """Replace the final ``nn.Linear`` of ``model.classifier`` by a :class:`CosineClassifier`."""
+    classifier = getattr(model, "classifier", None)
+    last = classifier[-1] if isinstance(classifier, nn.Sequential) and len(classifier) else classifier
+    if not isinstance(last, nn.Linear):
+        raise ConfigError(
+            f"head 'cosine' replaces the final Linear layer of the model's classifier, but model {name!r} ends in "
+            f"{type(last).__name__} instead; use head 'linear' (--head linear) with this model"
+        )
+    head = CosineClassifier(last.in_features, last.out_features, temperature).to(last.weight.device)
+    if isinstance(classifier, nn.Sequential):
+        classifier[-1] = head
+    else:
+        model.classifier = head
+
+
 def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                dropout: float = 0.0, variance_head: str | None = None) -> ConfidenceModel:
+                dropout: float = 0.0, variance_head: str | None = None, head: str = "linear",
+                cos_temp: float = 8.0) -> ConfidenceModel:
     """Build the registered model ``name`` for a dataset's class count, channels and size.
 
     ``variance_head``: None, or ``"sample"`` / ``"class"`` to add a log-variance head
-    (:func:`add_variance_head`) for the ``aleatoric`` trainer. Raises RegistryError for an unknown
+    (:func:`add_variance_head`) for the ``aleatoric`` trainer. ``head="cosine"`` swaps the final
+    linear classifier for SURE's cosine classifier with temperature ``cos_temp`` (refused for a
+    model whose classifier does not end in a Linear). Raises RegistryError for an unknown
     name (listing the valid ones) and ConfigError for bad arguments. The returned model carries
     ``build_config`` (the arguments, for checkpoints).
     """
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r} instead")
+    ok = isinstance(cos_temp, numbers.Real) and not isinstance(cos_temp, bool) and math.isfinite(cos_temp)
+    if not ok or cos_temp <= 0:
+        raise ConfigError(f"cos_temp must be a number > 0 (SURE: 8), got {cos_temp!r} instead")
     factory = MODELS.get(name)
     num_classes = check_int("num_classes", num_classes, 2, "; a classifier needs at least 2 classes")
     in_channels = check_int("in_channels", in_channels, 1, " (1 for grayscale, 3 for RGB)")
@@ -450,10 +499,14 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size
             f"model factory {name!r} must return a ConfidenceModel, got {type(model).__name__} "
             f"instead; subclass activecrl.models.ConfidenceModel"
         )
+    if head == "cosine":
+        set_cosine_head(model, name, float(cos_temp))
     if variance_head is not None:  # after the factory: the body's initialisation draws come first
         add_variance_head(model, per_class=variance_head == "class")
     model.build_config = dict(name=name, num_classes=num_classes, in_channels=in_channels,
                               image_size=image_size, dropout=dropout)
     if variance_head is not None:
         model.build_config["variance_head"] = variance_head
+    if head != "linear":
+        model.build_config.update(head=head, cos_temp=float(cos_temp))
     return model

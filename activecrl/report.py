@@ -24,20 +24,22 @@ from typing import Iterable
 import numpy as np
 
 from .errors import ConfigError
+from .experiment import TrainRunConfig
+from .io import atomic_write_text
 from .metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReportTable", "Report", "find_runs", "method_label", "train_table", "ood_table", "build_report",
+__all__ = ["ReportTable", "Report", "find_runs", "method_label", "train_table", "interval_table", "ood_table", "build_report",
            "write_report"]
 
-TRAIN_HEADERS = {"accuracy": "ACC", "aurc": "AURC", "eaurc": "E-AURC", "aupr_err": "AUPR-Err",
+TRAIN_HEADERS = {"accuracy": "ACC", "aurc": "AURC", "eaurc": "E-AURC", "augrc": "AUGRC", "aupr_err": "AUPR-Err",
                  "fpr95": "FPR-95%-TPR", "ece": "ECE", "nll": "NLL", "brier": "Brier"}
 OOD_HEADERS = {"fpr95": "FPR-95%-TPR", "detection_error": "Detection err", "auroc": "AUROC",
                "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
 # config keys that say where or how fast a run went, not what it computed
-_IGNORED = {"seed", "data_dir", "device", "download", "eval_batch_size", "compile", "amp", "channels_last", "threads",
-            "batch_size_eval"}
+_IGNORED = {"seed", "data_dir", "device", "download", "eval_batch_size", "compile", "amp", "channels_last",
+            "batch_size_eval", "bootstrap", "threads"}
 _METHOD_ORDER = {"plain": 0, "aes": 1, "mc_dropout": 2, "aleatoric": 3, "ensemble": 4}
 
 
@@ -126,8 +128,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _group_key(config: dict) -> dict:
     # options a run's config.json lacks (saved by an older version) take today's defaults, so a
     # run is grouped with its newer seeds instead of standing alone
-    from .experiment import TrainRunConfig
-
     defaults = _flatten(dataclasses.asdict(TrainRunConfig())) if "train" in config else {}
     full = {**defaults, **_flatten(config)}
     return {k: v for k, v in full.items() if k.split(".")[-1] not in _IGNORED}
@@ -173,11 +173,22 @@ def method_label(config: dict) -> str:
     return label
 
 
-def _mean_std(values: list[float], scale: float) -> str:
-    v = np.asarray(values, dtype=np.float64) * scale
-    if v.size == 1:
-        return f"{v[0]:.2f}"
-    return f"{v.mean():.2f}±{v.std(ddof=1):.2f}"
+def _mean_std(values: list[float | None], scale: float) -> str:
+    """``mean±std`` over the runs that recorded the metric ("–" if none did, e.g. AUGRC before it existed;
+    ``(n=k)`` when only k of them did)."""
+    present = [x for x in values if x is not None]
+    if not present:
+        return "–"
+    v = np.asarray(present, dtype=np.float64) * scale
+    text = f"{v[0]:.2f}" if v.size == 1 else f"{v.mean():.2f}±{v.std(ddof=1):.2f}"
+    return text if len(present) == len(values) else f"{text} (n={len(present)})"
+
+
+def _with_interval(value: float | None, interval: list[float] | None, scale: float) -> str:
+    if value is None:
+        return "–"
+    text = f"{value * scale:.2f}"
+    return f"{text} [{interval[0] * scale:.2f}, {interval[1] * scale:.2f}]" if interval else text
 
 
 def _groups(items: list[tuple[dict, dict]]) -> list[tuple[dict, list[dict]]]:
@@ -227,15 +238,43 @@ def train_table(run_dirs: list[Path]) -> ReportTable:
         keys.append(key)
         epochs = (cfg.get("train") or {}).get("epochs")
         rows.append([str(len(runs)), str(epochs)] + [
-            _mean_std([r["metrics"][m] for r in runs], PAPER_SCALE[m]) for m in METRIC_NAMES])
+            _mean_std([r["metrics"].get(m) for r in runs], PAPER_SCALE[m]) for m in METRIC_NAMES])
     _disambiguate(labels, keys, 2)
     return ReportTable(
         title="Confidence estimates (Table 1 layout)",
         columns=["Dataset", "Model", "Method", "seeds", "epochs"] + [TRAIN_HEADERS[m] for m in METRIC_NAMES],
         rows=[lab + row for lab, row in zip(labels, rows)],
-        caption="mean ± sample std over seeds; AURC and E-AURC ×10³, NLL ×10, all other values in %. "
-                "ACC and AUPR-Err: higher is better; the rest: lower is better.",
+        caption="mean ± sample std over seeds; AURC, E-AURC and AUGRC ×10³, NLL ×10, all other values in %. "
+                "ACC and AUPR-Err: higher is better; the rest: lower is better. – : not recorded by the run.",
         numeric_from=3,
+    )
+
+
+def interval_table(run_dirs: list[Path]) -> ReportTable | None:
+    """One row per train run that stored bootstrap intervals (``ci95``): value [95 % interval]."""
+    rows, sizes = [], set()
+    for d in run_dirs:
+        blob = _read(d / "metrics.json")
+        ci95 = blob.get("ci95")
+        if not ci95:
+            continue
+        cfg = blob.get("config") or {}
+        sizes.add(str((blob.get("bootstrap") or {}).get("n_resamples", "?")))
+        metrics = blob.get("metrics") or {}
+        rows.append((dataset_label(cfg.get("dataset")), str(cfg.get("model")), method_label(cfg),
+                     str((cfg.get("train") or {}).get("seed")), d.name,
+                     [_with_interval(metrics.get(m), ci95.get(m), PAPER_SCALE[m]) for m in METRIC_NAMES]))
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r[:5])
+    return ReportTable(
+        title="Bootstrap 95% intervals per run (test set resampled with replacement)",
+        columns=["Dataset", "Model", "Method", "seed", "run"] + [TRAIN_HEADERS[m] for m in METRIC_NAMES],
+        rows=[list(r[:5]) + r[5] for r in rows],
+        caption=f"value [2.5th, 97.5th percentile] over {'/'.join(sorted(sizes))} resamples of the test set, "
+                "same scaling as above. They show test-sampling noise of one trained model, not seed-to-seed "
+                "variation; ECE's bootstrap distribution is biased upwards (resampling adds noise to the bins).",
+        numeric_from=5,
     )
 
 
@@ -321,14 +360,16 @@ def build_report(paths: Iterable[Path | str]) -> Report:
     report = Report(n_train_runs=len(train_dirs), n_ood_runs=len(ood_dirs))
     if train_dirs:
         report.tables.append(train_table(train_dirs))
+        intervals = interval_table(train_dirs)
+        if intervals is not None:
+            report.tables.append(intervals)
     if ood_dirs:
         report.tables.append(ood_table(ood_dirs))
     return report
 
 
 def write_report(paths: Iterable[Path | str], out: Path | str) -> tuple[Report, Path]:
-    from .io import atomic_write_text
-
+    """Build the report of ``paths`` and write it to ``out`` as Markdown."""
     report = build_report(paths)
     out = Path(out)
     header = (f"# activecrl report\n\n{report.n_train_runs} training run(s), {report.n_ood_runs} OOD run(s).\n\n")

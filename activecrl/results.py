@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .loop import CONFIG_FILE, read_records
+from .loop import CONFIG_FILE
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES
+from .records import StageRecord, read_records
 
 
 @dataclass
@@ -23,7 +24,7 @@ class RunSummary:
     mean: dict[str, np.ndarray]  # metric -> (n_stages,)
     std: dict[str, np.ndarray]  # metric -> (n_stages,), population std (ddof=0) over trials
 
-    records: list[dict] | None = None
+    records: list[StageRecord] | None = None
 
     def area_under_curve(self, metric: str = "accuracy") -> float:
         """Normalised area under the mean budget curve (trapezoid): the mean metric over the label range."""
@@ -33,12 +34,17 @@ class RunSummary:
         """The same area for each trial that completed every stage (for a spread over trials)."""
         n_stages = len(self.n_labeled)
         areas = []
-        for trial in sorted({r["trial"] for r in self.records or []}):
-            rows = sorted((r for r in self.records if r["trial"] == trial), key=lambda r: r["stage"])
+        for trial in sorted({r.trial for r in self.records or []}):
+            rows = sorted((r for r in self.records if r.trial == trial), key=lambda r: r.stage)
             if len(rows) == n_stages:
-                areas.append(_normalised_area(np.array([r["n_labeled"] for r in rows]),
-                                              np.array([r[metric] for r in rows], dtype=float)))
+                areas.append(_normalised_area(np.array([r.n_labeled for r in rows]),
+                                              np.array([_value(r, metric) for r in rows], dtype=float)))
         return np.array(areas)
+
+
+def _value(record: StageRecord, name: str) -> float:
+    value = record.value(name)
+    return np.nan if value is None else float(value)
 
 
 def _normalised_area(x, y) -> float:
@@ -57,16 +63,18 @@ def load_run(path: Path | str) -> RunSummary:
     records = read_records(path)
     if not records:
         raise ConfigError(f"{path} has no completed stage yet (results.jsonl is empty)")
-    stages = sorted({r["stage"] for r in records})
+    stages = sorted({r.stage for r in records})
     n_labeled, counts = [], []
-    mean = {m: [] for m in (*METRIC_NAMES, "train_seconds", "query_seconds")}
+    # today's metrics first, then any a newer version wrote (a metric a run lacks averages to NaN)
+    others = sorted({m for r in records for m in r.metrics} - set(METRIC_NAMES))
+    mean = {m: [] for m in (*METRIC_NAMES, *others, "train_seconds", "query_seconds")}
     std = {m: [] for m in mean}
     for stage in stages:
-        rows = [r for r in records if r["stage"] == stage]
-        n_labeled.append(int(np.mean([r["n_labeled"] for r in rows])))
+        rows = [r for r in records if r.stage == stage]
+        n_labeled.append(int(np.mean([r.n_labeled for r in rows])))
         counts.append(len(rows))
         for m in mean:
-            values = np.array([np.nan if r.get(m) is None else r[m] for r in rows], dtype=float)
+            values = np.array([_value(r, m) for r in rows], dtype=float)
             mean[m].append(float(np.mean(values)))
             std[m].append(float(np.std(values)))
     label = f"{config.get('strategy', '?')} ({config.get('trainer', '?')})"

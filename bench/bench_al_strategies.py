@@ -21,8 +21,9 @@ timed and scaled to the budget (building the matrix is timed in full).
 typiclust and probcover run alone at pool 50,000 x 512 (clustered synthetic embeddings), no
 labels, budget 1,000 (typiclust: 500 k-means clusters, the authors' cap).
 
-    PYTHONPATH=. python bench/bench_al_strategies.py              # everything (~10 min here)
-    PYTHONPATH=. python bench/bench_al_strategies.py --skip-ref    # ours only
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_al_strategies.py --threads 1   # everything
+    PYTHONPATH=. python bench/bench_al_strategies.py --skip-ref            # ours only
+    PYTHONPATH=. python bench/bench_al_strategies.py --skip-badge --embeddings feats.npy  # real embeddings
 """
 
 from __future__ import annotations
@@ -37,24 +38,9 @@ import time
 import numpy as np
 import torch
 
+from _memory import reset_peak_rss, status_mb  # bench/_memory.py (this script's folder is on sys.path)
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def make_pool(n: int, d: int, classes: int, seed: int = 0):
@@ -123,7 +109,7 @@ def explicit_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_pick
     from strategies.badge import d2_sample
 
     gt = torch.from_numpy(g)
-    sq = (gt * gt).sum(dim=1).double().numpy()
+    sq = np.einsum("ij,ij->i", g, g, dtype=np.float64)  # no second n x C d temporary
     picks = [int(np.argmax(sq))]
     d2 = np.full(len(g), np.inf)
     stop = k if max_picks is None else min(k, max_picks)
@@ -149,23 +135,25 @@ def worker(args) -> None:
     out = {"worker": args.worker}
     if args.worker in ("badge", "authors", "explicit"):
         feats, logits = make_pool(args.n, args.d, args.classes)
+    elif args.embeddings:
+        emb = np.ascontiguousarray(np.load(args.embeddings)[:args.n], dtype=np.float32)
     else:
         emb = make_embeddings(args.n, args.d)
-    _reset_peak_rss()
-    base = _status_mb("VmRSS")
-    t0 = time.perf_counter()
+    reset_peak_rss()
+    base = status_mb("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(0)
     if args.worker == "badge":
         ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), logits, feats))
         picks = strategies.get_strategy("badge").query(ctx, args.budget, rng)
     elif args.worker in ("authors", "explicit"):
         g = explicit_embedding(logits, feats)
-        out["build_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        out["build_s"], out["build_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        t1, c1 = time.perf_counter(), time.process_time()
         fn = authors_kmeans_pp if args.worker == "authors" else explicit_kmeans_pp
         picks = fn(g, args.budget, rng, max_picks=args.max_picks)
         out["picks_made"] = len(picks)
-        out["picks_s"] = time.perf_counter() - t1
+        out["picks_s"], out["picks_cpu_s"] = time.perf_counter() - t1, time.process_time() - c1
     else:
         ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), torch.zeros(args.n, 10)),
                                       embeddings=emb)
@@ -174,8 +162,8 @@ def worker(args) -> None:
         if args.worker == "probcover":
             out["delta"] = s.delta_
             out["greedy_picks"] = s.n_greedy_
-    out["seconds"] = time.perf_counter() - t0
-    out["extra_peak_mb"] = _status_mb("VmHWM") - base
+    out["seconds"], out["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    out["extra_peak_mb"] = status_mb("VmHWM") - base
     out["picks"] = [int(i) for i in picks]
     print(json.dumps(out))
 
@@ -185,6 +173,8 @@ def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, clas
            "--d", str(d or args.d), "--classes", str(classes or args.classes), "--threads", str(args.threads)]
     if max_picks:
         cmd += ["--max-picks", str(max_picks)]
+    if args.embeddings:
+        cmd += ["--embeddings", args.embeddings]
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     if res.returncode != 0:
         raise SystemExit(f"worker {kind} failed:\n{res.stderr[-3000:]}")
@@ -205,6 +195,8 @@ def main(argv=None) -> None:
     p.add_argument("--skip-ref", action="store_true")
     p.add_argument("--skip-badge", action="store_true")
     p.add_argument("--skip-embedding", action="store_true")
+    p.add_argument("--embeddings", default=None,
+                   help="a .npy (n, d) of real embeddings for typiclust/probcover (first --big-n rows)")
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -219,23 +211,25 @@ def main(argv=None) -> None:
             print(f"small case n=2000 C=10 d=64 budget 100: {ref} picks {same}/100 equal to ours, in order")
         ours = run("badge", args, args.n, args.budget)
         print(f"badge ours     n={args.n} d={args.d} C={args.classes} budget {args.budget}: "
-              f"{ours['seconds']:.2f} s, extra peak {ours['extra_peak_mb']:.0f} MB "
+              f"{ours['seconds']:.2f} s (CPU {ours['cpu_s']:.2f} s), extra peak {ours['extra_peak_mb']:.0f} MB "
               f"(features + logits {args.n * (args.d + args.classes) * 4 / 2**20:.0f} MB)")
         for ref in ([] if args.skip_ref else ["explicit", "authors"]):
             r = run(ref, args, args.n, args.budget, max_picks=args.ref_picks)
-            per_pick = r["picks_s"] / r["picks_made"]
-            total = r["build_s"] + per_pick * args.budget
+            total = r["build_s"] + r["picks_s"] / r["picks_made"] * args.budget
+            cpu = r["build_cpu_s"] + r["picks_cpu_s"] / r["picks_made"] * args.budget
             same = sum(a == b for a, b in zip(ours["picks"], r["picks"]))
             print(f"badge {ref:8s} build {r['build_s']:.1f} s + {r['picks_made']} picks {r['picks_s']:.1f} s "
-                  f"-> {args.budget} picks ~{total:.0f} s, extra peak {r['extra_peak_mb']:.0f} MB; "
-                  f"first {r['picks_made']} picks equal to ours: {same}; "
-                  f"ratio time {total / ours['seconds']:.0f}x, memory {r['extra_peak_mb'] / max(ours['extra_peak_mb'], 1):.0f}x")
+                  f"-> {args.budget} picks ~{total:.0f} s (CPU ~{cpu:.0f} s), extra peak {r['extra_peak_mb']:.0f} MB; "
+                  f"first {r['picks_made']} picks equal to ours: {same}; ratio wall {total / ours['seconds']:.0f}x, "
+                  f"CPU {cpu / ours['cpu_s']:.0f}x, memory {r['extra_peak_mb'] / max(ours['extra_peak_mb'], 1):.0f}x")
     if not args.skip_embedding:
+        src = args.embeddings or "synthetic"
         for kind in ("typiclust", "probcover"):
             r = run(kind, args, args.big_n, args.budget)
             extra = f", delta {r['delta']:.4f}, {r['greedy_picks']} greedy picks" if kind == "probcover" else ""
-            print(f"{kind:9s} n={args.big_n} d={args.d} budget {args.budget}: {r['seconds']:.2f} s, "
-                  f"extra peak {r['extra_peak_mb']:.0f} MB (embeddings {args.big_n * args.d * 4 / 2**20:.0f} MB){extra}")
+            print(f"{kind:9s} n={args.big_n} ({src}) budget {args.budget}: {r['seconds']:.2f} s "
+                  f"(CPU {r['cpu_s']:.2f} s), "
+                  f"extra peak {r['extra_peak_mb']:.0f} MB{extra}")
 
 
 if __name__ == "__main__":

@@ -45,30 +45,14 @@ import time
 import numpy as np
 import torch
 
+from _memory import reset_peak_rss, status_mb  # bench/_memory.py (this script's folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
 # ------------------------------------------------------------------------------ core-set
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM (peak RSS) so it measures the algorithm, not making the data (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _make_features(n_pool: int, n_labeled: int, d: int, seed: int = 0, clusters: int = 10):
     rng = np.random.default_rng(seed)
     if clusters <= 0:  # structureless: one isotropic Gaussian
@@ -143,8 +127,8 @@ def coreset_worker(args) -> None:
     import strategies.coreset as cs
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    reset = _reset_peak_rss()
-    base_rss = _status_mb("VmRSS")
+    reset = reset_peak_rss()
+    base_rss = status_mb("VmRSS")
     timing = {}
     t0 = time.perf_counter()
     if args.worker == "cdist":
@@ -161,7 +145,7 @@ def coreset_worker(args) -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     out = {"impl": args.worker, "n": args.n, "d": args.d, "seconds": elapsed,
-           "peak_rss_over_data_mb": (_status_mb("VmHWM") if reset else
+           "peak_rss_over_data_mb": (status_mb("VmHWM") if reset else
                                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base_rss,
            "data_mb": (pool.numel() + lab.numel()) * 4 / 2**20, "picks": picks.tolist()}
     if timing:

@@ -20,7 +20,8 @@ export ACTIVECRL_DATA=${ACTIVECRL_DATA:-/work/data_cache}           # where the 
 export OMP_NUM_THREADS=1                                            # the committed runs used one thread
 export COLUMNS=${COLUMNS:-320}                                      # tables written to files are not cut
 ACTIVECRL=${ACTIVECRL:-activecrl}
-if [ -n "${DRY:-}" ]; then ACTIVECRL="echo activecrl"; fi   # DRY=1: print the commands, touch nothing
+PYTHON=${PYTHON:-python}                                            # for results/*/significance.py
+if [ -n "${DRY:-}" ]; then ACTIVECRL="echo activecrl"; PYTHON="echo python"; fi   # DRY=1: print the commands, touch nothing
 
 fresh() { [ -n "${DRY:-}" ] || rm -rf "$@"; }  # a rerun replaces the old result folder entirely
 to_file() { local file=$1; shift; if [ -n "${DRY:-}" ]; then echo "$("$@") > $file"; else "$@" > "$file"; fi; }
@@ -40,19 +41,25 @@ train() {  # README: "Confidence estimates (issue #2)"
   $ACTIVECRL train $C --method aes --snapshots 6 --out results/cifar10_train/aes6
   $ACTIVECRL train $C --method aleatoric --out results/cifar10_train/aleatoric
   $ACTIVECRL train $C --method ensemble --members 3 --trainer crl --crl-weight 0.5 --out results/cifar10_train/ensemble3-crl05
+  $ACTIVECRL rescore results/cifar10_train/*/ --bootstrap 1000      # 95% bootstrap intervals (ci95)
   $ACTIVECRL report results/cifar10_train/*/ -o results/cifar10_train/report.md
+  $PYTHON results/cifar10_train/significance.py    # writes results/cifar10_train/significance.md
 }
 
 al() {  # README: "Active learning (issue #3)"; the preset's dataset is ../shared/data/cifar10.tar.gz
   for s in random entropy least_conf coreset; do
     fresh results/al_cifar10/$s-baseline
-    $ACTIVECRL run --config cifar10_shared_cpu --dataset "$CIFAR10" --strategy $s --trainer baseline --device cpu --out results/al_cifar10/$s-baseline
+    $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy $s --trainer baseline --device cpu --out results/al_cifar10/$s-baseline
   done
   fresh results/al_cifar10/least_conf-crl results/al_cifar10/mc_dropout-baseline
-  $ACTIVECRL run --config cifar10_shared_cpu --dataset "$CIFAR10" --strategy least_conf --trainer crl --device cpu --out results/al_cifar10/least_conf-crl
-  $ACTIVECRL run --config cifar10_shared_cpu --dataset "$CIFAR10" --strategy mc_dropout --trainer baseline --device cpu --out results/al_cifar10/mc_dropout-baseline
-  $ACTIVECRL plot results/al_cifar10/*/ -o results/al_cifar10/curves.png
-  to_file results/al_cifar10/summary.txt $ACTIVECRL summary results/al_cifar10/*/
+  $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy least_conf --trainer crl --device cpu --out results/al_cifar10/least_conf-crl
+  $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy mc_dropout --trainer baseline --device cpu --out results/al_cifar10/mc_dropout-baseline
+  $ACTIVECRL plot results/al_cifar10/*-*/ -o results/al_cifar10/curves.png
+  to_file results/al_cifar10/summary.txt $ACTIVECRL summary results/al_cifar10/*-*/
+  R=results/al_cifar10
+  fresh $R/compare
+  $ACTIVECRL compare $R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl \
+      $R/coreset-baseline $R/mc_dropout-baseline -o $R/compare
 }
 
 ood() {  # results/ood/COMMANDS.md

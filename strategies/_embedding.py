@@ -4,16 +4,18 @@ neighbours and the delta-ball graph through faiss / BLAS, never an n x n matrix.
 * ``kmeans``: k-means++ seeds drawn with the strategy's ``rng``, then faiss ``Kmeans``
   (deterministic given ``rng``); labels from one exact nearest-centroid search, so the clusters
   are Voronoi cells of the returned centroids.
-* ``knn_mean_dist``: mean Euclidean distance of each row to its k nearest other rows
-  (faiss ``IndexFlatL2``), memory O(m * k).
+* ``knn_mean_dist``: mean Euclidean distance of each row to its k nearest other rows (one
+  numpy block for small sets, faiss ``IndexFlatL2`` above), memory O(m * k).
 * ``Cells``: a Voronoi partition of the rows by about sqrt(n) random pivots. For ``x`` in the
   cell of pivot ``a`` and any ``y`` in the cell of pivot ``b``, ``|x - y|`` is at least the
   distance of ``x`` to the bisecting hyperplane, ``(|x - p_b|^2 - |x - p_a|^2) / (2 |p_a - p_b|)``:
   a ball search around the rows of one cell only visits the cells that bound allows.
-* ``ball_graph``: the directed graph ``x -> y`` iff ``|x - y| < delta`` (ProbCover's graph) as
-  CSR arrays, built cell by cell with bounded blocks; memory O(n * d + edges).
-* ``other_label_nn_dist``: distance of rows to the nearest row with another label (for the
-  ball-purity radius), bounded blocks.
+* ``ball_graph``: the directed graph ``x -> y`` iff ``|x - y| < delta`` (ProbCover's graph with
+  a given delta) as CSR arrays, built cell by cell with bounded blocks, candidate pairs from a
+  lower-bound ``Sketch`` on wide embeddings; memory O(n * d + edges).
+* ``other_label_pass``: one exact pass over all pairs (torch, any device): distance of each row
+  to the nearest row with another label (ProbCover's purity radius) and the pairs within a
+  radius (its graph).
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from activecrl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["normalize_rows", "seed_from", "kmeans_pp_seeds", "kmeans", "knn_mean_dist", "Cells", "ball_graph",
-           "other_label_nn_dist", "csr_rows"]
+           "csr_rows", "other_label_pass", "edges_to_csr"]
 
 _BLOCK_ELEMENTS = 1 << 23  # 8M float32 (32 MB) per distance block
 _MAX_CELLS = 1024
+_SKETCH_DIMS = 64  # principal directions of the ball graph's lower-bound sketch
+_SKETCH_MIN_N = 4096  # below, one full pass is cheap
+_PAIR_FRACTION = 0.02  # above this fraction of sketch candidates a block is compared in full
 _SMALL_KNN = 2048  # rows up to which k-NN is one numpy block (2048^2 floats = 16 MB)
 
 
@@ -182,56 +188,165 @@ def _within(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray, d2
     return np.nonzero(dot > (0.5 * (a_sq - d2_cut))[:, None])
 
 
-def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str
+class Sketch:
+    """Rows in ``r + 1`` dimensions whose distances bound the true ones from below:
+    ``z_i = [(x_i - mu) V, |res_i|]`` with ``V`` the top ``r`` principal directions (of a sample)
+    and ``res_i`` the part of ``x_i - mu`` outside them. Then
+    ``|x_i - x_j|^2 = |P(x_i - x_j)|^2 + |res_i - res_j|^2 >= |P(x_i - x_j)|^2 + (|res_i| - |res_j|)^2``
+    (orthogonal projection, then the reverse triangle inequality), i.e. ``|z_i - z_j| <= |x_i - x_j|``.
+    Pairs farther than delta in the sketch are never compared in full."""
+
+    def __init__(self, x: np.ndarray, r: int, sample: int = 10_000):
+        n, d = x.shape
+        pick = np.sort(np.random.default_rng(0).choice(n, min(n, sample), replace=False))
+        xs = x[pick].astype(np.float64)
+        self.mu = xs.mean(axis=0)
+        xs -= self.mu
+        _, vecs = np.linalg.eigh(xs.T @ xs)
+        self.v = np.ascontiguousarray(vecs[:, ::-1][:, :r])  # (d, r), float64
+        z = np.empty((n, r + 1), dtype=np.float32)
+        step = max(1, _BLOCK_ELEMENTS // d)
+        for s in range(0, n, step):
+            xc = x[s:s + step].astype(np.float64) - self.mu
+            p = xc @ self.v
+            z[s:s + step, :r] = p
+            z[s:s + step, r] = np.sqrt(np.maximum((xc * xc).sum(axis=1) - (p * p).sum(axis=1), 0.0))
+        self.z = z
+        # float32 rounding of z against the float64 values: distances may shrink by this much
+        self.slack = 8.0 * (r + 2) * float(np.finfo(np.float32).eps) * float(np.abs(z).max(initial=0.0))
+
+
+def _pair_within(x: np.ndarray, x_sq: np.ndarray, i: np.ndarray, j: np.ndarray, d2_cut: float) -> np.ndarray:
+    """Mask of the pairs ``(i[k], j[k])`` with ``|x_i - x_j|^2 < d2_cut`` (the same float32
+    expression as ``_within``), in bounded chunks."""
+    out = np.empty(len(i), dtype=bool)
+    step = max(1, _BLOCK_ELEMENTS // x.shape[1])
+    for s in range(0, len(i), step):
+        a, b = i[s:s + step], j[s:s + step]
+        dot = np.einsum("ij,ij->i", x[a], x[b])
+        out[s:s + step] = dot - 0.5 * x_sq[b] > 0.5 * (x_sq[a] - d2_cut)
+    return out
+
+
+def ball_graph(x: np.ndarray, delta: float, max_edges: int, who: str, sketch_dims: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Out-neighbour CSR ``(ptr, idx)`` of ``x -> y`` iff ``|x - y| < delta`` over the rows of
     ``x`` (every row is its own neighbour when ``delta > 0``). Raises ``ConfigError`` naming
-    ``who`` when the graph would exceed ``max_edges`` edges."""
+    ``who`` when the graph would exceed ``max_edges`` edges.
+
+    Candidate pairs come from a ``Sketch`` of ``sketch_dims`` dimensions (default: 64 when
+    ``d >= 256`` and n >= 4096, else none), pruned further by ``Cells`` built on the sketch;
+    only pairs within delta in the sketch are compared in full."""
     n, d = x.shape
-    cells = Cells(x)
+    if sketch_dims is None:
+        sketch_dims = _SKETCH_DIMS if d >= 4 * _SKETCH_DIMS and n >= _SKETCH_MIN_N else 0
     x_sq = (x.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
-    # rounding margin of the float64 bounds (points within it of the plane are searched anyway)
-    margin = 1e-6 * (1.0 + float(np.sqrt(x_sq.max(initial=0.0))))
     d2_cut = np.float32(delta) ** 2
+    if sketch_dims:
+        sk = Sketch(x, int(sketch_dims))
+        z, slack = sk.z, sk.slack
+    else:
+        z, slack = x, 0.0
+    z_sq = (z.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    # a pair is a candidate when its sketch distance is below delta plus rounding margins
+    scale = 1.0 + float(np.sqrt(z_sq.max(initial=0.0)))
+    margin = 1e-5 * scale + 2.0 * slack
+    z_cut = np.float32((delta + margin) ** 2) if sketch_dims else d2_cut
+    cells = Cells(z)
     srcs, dsts, total = [], [], 0
     for c in range(len(cells.start)):
         rows = cells.order[cells.start[c]:cells.end[c]]
         if len(rows) == 0:
             continue
-        xa = x[rows]
-        reach = cells.lower_bound(xa, c).min(axis=0) < delta + margin
+        za = z[rows]
+        reach = cells.lower_bound(za, c).min(axis=0) < delta + margin
         cand = np.concatenate([cells.order[cells.start[b]:cells.end[b]] for b in np.flatnonzero(reach)])
-        yb, yb_sq = x[cand], x_sq[cand]
+        yb, yb_sq = z[cand], z_sq[cand]
         step = max(1, _BLOCK_ELEMENTS // max(1, len(cand)))
         for s in range(0, len(rows), step):
-            i, j = _within(xa[s:s + step], x_sq[rows[s:s + step]], yb, yb_sq, d2_cut)
-            total += len(i)
+            r = rows[s:s + step]
+            i, j = _within(za[s:s + step], z_sq[r], yb, yb_sq, z_cut)
+            if sketch_dims and len(i) > _PAIR_FRACTION * len(r) * len(cand):
+                # the sketch prunes little here: one full product is cheaper than gathered pairs
+                i, j = _within(x[r], x_sq[r], x[cand], x_sq[cand], d2_cut)
+                src, dst = r[i].astype(np.int64), cand[j].astype(np.int64)
+            else:
+                src, dst = r[i].astype(np.int64), cand[j].astype(np.int64)
+                if sketch_dims:
+                    keep = _pair_within(x, x_sq, src, dst, d2_cut)
+                    src, dst = src[keep], dst[keep]
+            total += len(src)
             if total > max_edges:
                 raise ConfigError(
                     f"{who}: the delta-ball graph must fit in max_edges={max_edges:,} edges, got more "
                     f"than that at delta={delta:.4g} (n={n:,}) instead; pass a smaller delta (or none, "
                     f"to choose it by purity) or raise max_edges"
                 )
-            srcs.append(rows[s:s + step][i].astype(np.int64))
-            dsts.append(cand[j].astype(np.int64))
+            srcs.append(src)
+            dsts.append(dst)
     src = np.concatenate(srcs) if srcs else np.empty(0, np.int64)
     dst = np.concatenate(dsts) if dsts else np.empty(0, np.int64)
+    return edges_to_csr(n, src, dst)
+
+
+def edges_to_csr(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-neighbour CSR ``(ptr, idx)`` of the edges ``src -> dst`` (targets sorted per row)."""
     order = np.lexsort((dst, src))
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
     return ptr, dst[order]
 
 
-def other_label_nn_dist(x: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each of ``rows``: Euclidean distance to the nearest row of ``x`` whose label differs
-    (inf when every row has that label), float64; bounded blocks of ``rows`` x n."""
+def _too_many_edges(who: str, max_edges: int, radius: float, n: int) -> ConfigError:
+    return ConfigError(
+        f"{who}: the delta-ball graph must fit in max_edges={max_edges:,} edges, got more than that "
+        f"at delta={radius:.4g} (n={n:,}) instead; pass a smaller delta (or none, to choose it by "
+        f"purity) or raise max_edges"
+    )
+
+
+def other_label_pass(x: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None, radius: float = 0.0,
+                     device: torch.device | str = "cpu", max_edges: int = 1 << 62, who: str = "probcover"):
+    """One exact pass over ``rows`` x all rows (bounded blocks, torch on ``device``, no TF32):
+    ``m`` (float64, per row: distance to the nearest row with another label, inf if none) and
+    the pairs within ``radius``: ``(src, dst, d2)`` with ``d2 = |x_src - x_dst|^2 < radius^2``
+    (float32, the same expression as ``ball_graph``). ProbCover gets its purity radius and,
+    when that radius is below ``radius``, its graph from this one pass."""
+    from .coreset import _exact_fp32
+
+    device = torch.device(device)
     n = x.shape[0]
-    x_sq = (x.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
-    out = np.empty(len(rows))
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    by_label = np.argsort(labels, kind="stable")
+    lab_sorted = labels[by_label]
+    bounds = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1], True])
+    seg_label = torch.as_tensor(lab_sorted[bounds[:-1]], device=device)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    x_sq = (xt.double() ** 2).sum(dim=1).float()
+    xs, xs_half = xt[torch.as_tensor(by_label, device=device)], 0.5 * x_sq[torch.as_tensor(by_label, device=device)]
+    lab_t = torch.as_tensor(labels, device=device)
+    by_label_t = torch.as_tensor(by_label, device=device)
+    r2 = float(np.float32(radius) ** 2)
+    m = np.empty(len(rows))
+    srcs, dsts, d2s, total = [], [], [], 0
     step = max(1, _BLOCK_ELEMENTS // max(1, n))
-    for s in range(0, len(rows), step):
-        r = rows[s:s + step]
-        blk = _sq_block(x[r], x_sq[r], x, x_sq)
-        blk[labels[r][:, None] == labels[None, :]] = np.inf
-        out[s:s + step] = np.sqrt(blk.min(axis=1).astype(np.float64))
-    return out
+    with _exact_fp32(device):
+        for s in range(0, len(rows), step):
+            r = torch.as_tensor(rows[s:s + step], device=device)
+            t = xt[r] @ xs.T
+            t -= xs_half[None, :]  # t = a.b - |b|^2 / 2, so |a - b|^2 = |a|^2 - 2 t
+            best = torch.stack([t[:, a:b].max(dim=1).values for a, b in zip(bounds[:-1], bounds[1:])], dim=1)
+            best[lab_t[r][:, None] == seg_label[None, :]] = float("-inf")
+            a_sq = x_sq[r]
+            m2 = (a_sq - 2.0 * best.max(dim=1).values).clamp_min_(0)
+            m[s:s + step] = m2.double().sqrt().cpu().numpy()
+            if radius > 0:
+                i, j = torch.nonzero(t > (0.5 * (a_sq - r2))[:, None], as_tuple=True)
+                total += len(i)
+                if total > max_edges:
+                    raise _too_many_edges(who, max_edges, radius, n)
+                d2s.append((a_sq[i] - 2.0 * t[i, j]).cpu().numpy())
+                srcs.append(r[i].cpu().numpy())
+                dsts.append(by_label_t[j].cpu().numpy())
+    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
+    return m, cat(srcs, np.int64), cat(dsts, np.int64), cat(d2s, np.float32)

@@ -14,15 +14,15 @@ pseudo-labels; the ball around ``x`` is pure when every point in it has ``x``'s 
 ``pi(delta) >= alpha`` (0.95). Instead of trying a grid of values we find that largest value
 exactly: a ball ``{y : |x - y| < delta}`` is pure iff ``delta <= m(x)``, the distance from x to
 the nearest point of another cluster, so delta is the ``(floor((1 - alpha) n) + 1)``-th smallest
-``m(x)``. Only the points that can be among those smallest are measured: the k-means clusters
-are Voronoi cells of their centroids, so ``m(x)`` is at least the distance from ``x`` to the
-nearest bisecting hyperplane; points are measured in increasing order of that bound until the
-bound of the next one exceeds the current answer.
+``m(x)``. All ``m(x)`` come from one exact pass over all pairs in bounded blocks (torch, on the
+context's device), and the same pass keeps the pairs within an upper estimate of delta, so the
+graph needs no second pass (``purity_delta_and_graph``). With a given delta the graph is built
+by ``_embedding.ball_graph`` (pruned by cells and a lower-bound sketch).
 
 Differences from the authors' code, all at the edges: once every point is covered (all
 out-degrees 0, where their code would pick point 0 again) the remaining picks are drawn
 uniformly from the unpicked pool with ``rng``; the graph is built in memory O(n * d + edges)
-with pruned cells (``_embedding.ball_graph``), not as an edge DataFrame of all pairs.
+in bounded blocks, not as an edge DataFrame of all pairs.
 """
 
 from __future__ import annotations
@@ -34,49 +34,56 @@ import numpy as np
 from activecrl.errors import ConfigError
 from activecrl.validate import check_int
 
-from ._embedding import ball_graph, csr_rows, kmeans, normalize_rows, other_label_nn_dist
+from ._embedding import ball_graph, csr_rows, edges_to_csr, kmeans, normalize_rows, other_label_pass
 from .base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProbCoverStrategy", "purity_delta", "max_coverage_greedy"]
+__all__ = ["ProbCoverStrategy", "purity_delta", "purity_delta_and_graph", "max_coverage_greedy"]
 
 
-def purity_delta(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, alpha: float,
-                 chunk: int = 2048) -> float:
+def _allowed_impure(n: int, alpha: float) -> int:
+    return int(np.floor((1.0 - alpha) * n + 1e-9))
+
+
+def purity_delta(x: np.ndarray, labels: np.ndarray, alpha: float, device="cpu") -> float:
     """The largest delta whose ball purity (fraction of points whose open delta-ball holds only
-    their own cluster) is at least ``alpha``; ``labels`` are the Voronoi cells of ``centroids``.
-    Exact; inf when there is one cluster only."""
+    their own cluster label) is at least ``alpha``: the ``(floor((1 - alpha) n) + 1)``-th smallest
+    distance from a point to the nearest point of another cluster. Exact (one pass over all
+    pairs, bounded blocks); inf when there is one cluster only."""
     n = x.shape[0]
-    j = int(np.floor((1.0 - alpha) * n + 1e-9))  # impure balls allowed
+    j = _allowed_impure(n, alpha)
     if j >= n:
         return float("inf")
-    # lower bound on m(x): distance to the nearest bisecting hyperplane of the centroids
-    c = centroids.astype(np.float64)
-    c_sq = (c * c).sum(axis=1)
-    sep = np.sqrt(np.maximum(c_sq[:, None] + c_sq[None, :] - 2.0 * (c @ c.T), 0.0))
-    lb = np.empty(n)
-    step = max(1, (1 << 22) // max(1, len(c)))
-    for s in range(0, n, step):
-        xs = x[s:s + step].astype(np.float64)
-        d2 = (xs * xs).sum(axis=1)[:, None] + c_sq[None, :] - 2.0 * (xs @ c.T)
-        own = labels[s:s + step]
-        h = (d2 - d2[np.arange(len(xs)), own][:, None]) / (2.0 * np.maximum(sep[own], 1e-300))
-        h[np.arange(len(xs)), own] = np.inf
-        lb[s:s + step] = np.maximum(h.min(axis=1), 0.0)
-    # rounding of the float32 distances: compare against a slightly lowered bound
-    lb_safe = lb * (1.0 - 1e-5) - 1e-6
-    order = np.argsort(lb_safe, kind="stable")
-    found = np.empty(0)
-    done = 0
-    while done < n:
-        if len(found) > j and np.partition(found, j)[j] <= lb_safe[order[done]]:
-            break  # every unmeasured m(x) >= its bound >= the current answer
-        rows = order[done:done + chunk]
-        found = np.concatenate([found, other_label_nn_dist(x, labels, rows)])
-        done += len(rows)
-    logger.debug("purity delta: measured %d of %d points", done, n)
-    return float(np.partition(found, j)[j])
+    m = other_label_pass(x, labels, device=device)[0]
+    return float(np.partition(m, j)[j])
+
+
+def purity_delta_and_graph(x: np.ndarray, labels: np.ndarray, alpha: float, rng: np.random.Generator,
+                           max_edges: int, who: str, device="cpu", sample: int = 1024):
+    """``(delta, ptr, idx)``: ``purity_delta`` and the delta-ball graph from one pass over all
+    pairs. The pass keeps the pairs within an upper estimate ``u`` of delta (a high quantile of
+    the same distances on ``sample`` random rows); if delta turns out above ``u`` (rare) the
+    graph is built in a second pass."""
+    n = x.shape[0]
+    j = _allowed_impure(n, alpha)
+    if j >= n:
+        return float("inf"), None, None
+    s = min(n, sample)
+    probe = np.sort(rng.choice(n, size=s, replace=False))
+    m_probe = np.sort(other_label_pass(x, labels, probe, device=device)[0])
+    q = (j + 1) / n
+    q_hi = min(1.0, q + 4.0 * np.sqrt(q * (1 - q) / s) + 1.0 / s)
+    u = float(m_probe[min(s - 1, int(np.ceil(q_hi * s)))]) * (1 + 1e-3)
+    if not np.isfinite(u):
+        u = 0.0
+    m, src, dst, d2 = other_label_pass(x, labels, radius=u, device=device, max_edges=max_edges, who=who)
+    delta = float(np.partition(m, j)[j])
+    if not (np.isfinite(delta) and 0 < delta <= u):
+        logger.debug("purity radius %.4g above its estimate %.4g: second pass", delta, u)
+        return delta, None, None
+    keep = d2 < np.float32(delta) ** 2
+    return (delta, *edges_to_csr(n, src[keep], dst[keep]))
 
 
 def max_coverage_greedy(ptr: np.ndarray, idx: np.ndarray, n_labeled: int, budget: int,
@@ -153,8 +160,8 @@ class ProbCoverStrategy(Strategy):
         for name in ("n_clusters", "kmeans_iter", "max_edges"):
             check_int(f"{who}: {name}", getattr(self, name), 1, none_ok=name == "n_clusters")
 
-    def choose_delta(self, x: np.ndarray, context: QueryContext, rng: np.random.Generator) -> float:
-        """delta by ball purity of a k-means clustering of ``x`` (all rows)."""
+    def _clusters(self, x: np.ndarray, context: QueryContext, rng: np.random.Generator) -> np.ndarray:
+        """k-means pseudo-labels of all rows for the purity radius."""
         who = self._label()
         k = self.n_clusters if self.n_clusters is not None else context.pool.logits.shape[1]
         if k < 2:
@@ -164,13 +171,7 @@ class ProbCoverStrategy(Strategy):
             )
         if k > len(x):
             raise ConfigError(f"{who}: n_clusters must be at most the {len(x)} points, got {k} instead")
-        labels, centroids = kmeans(x, k, rng, self.kmeans_iter)
-        delta = purity_delta(x, labels, centroids, self.alpha)
-        if not np.isfinite(delta) or delta <= 0:
-            logger.warning("%s: purity radius is %s (k-means found one cluster or duplicate points); "
-                           "every point covers only itself or all", who, delta)
-            delta = float(np.finfo(np.float32).max) if not np.isfinite(delta) else float(np.finfo(np.float32).tiny)
-        return delta
+        return kmeans(x, k, rng, self.kmeans_iter)[0]
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         self._check_params()
@@ -180,9 +181,20 @@ class ProbCoverStrategy(Strategy):
         x = np.concatenate([lab_x, pool_x]) if n_lab else pool_x
         if self.normalize:
             x = normalize_rows(x)
-        delta = float(self.delta) if self.delta is not None else self.choose_delta(x, context, rng)
+        ptr = idx = None
+        if self.delta is not None:
+            delta = float(self.delta)
+        else:
+            labels = self._clusters(x, context, rng)
+            delta, ptr, idx = purity_delta_and_graph(x, labels, float(self.alpha), rng, int(self.max_edges),
+                                                     self._label(), context.device)
+            if not np.isfinite(delta) or delta <= 0:
+                logger.warning("%s: purity radius is %s (one k-means cluster, or duplicate points on a "
+                               "cluster boundary)", self._label(), delta)
+                delta = float(np.finfo(np.float32).max) if not np.isfinite(delta) else float(np.finfo(np.float32).tiny)
         self.delta_ = delta
-        ptr, idx = ball_graph(x, delta, int(self.max_edges), self._label())
+        if ptr is None:
+            ptr, idx = ball_graph(x, delta, int(self.max_edges), self._label())
         picks, greedy = max_coverage_greedy(ptr, idx, n_lab, b, rng)
         self.n_greedy_ = greedy
         if greedy < b:

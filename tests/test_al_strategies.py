@@ -13,9 +13,9 @@ import torch
 from activecrl.errors import ConfigError
 from activecrl.outputs import PoolOutputs
 from strategies import QueryContext, get_strategy
-from strategies._embedding import Cells, ball_graph, kmeans, other_label_nn_dist
+from strategies._embedding import Cells, Sketch, ball_graph, kmeans, other_label_pass
 from strategies.badge import badge_kmeans_pp, d2_sample, gradient_factors
-from strategies.probcover import max_coverage_greedy, purity_delta
+from strategies.probcover import max_coverage_greedy, purity_delta, purity_delta_and_graph
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -218,12 +218,14 @@ def test_probcover_every_pick_covers_the_most_new_points(seed):
         assert coverage(dist, delta, picks[:k]) >= (1 - 1 / np.e) * best
 
 
-def test_ball_graph_equals_brute_force_with_pruned_cells():
+@pytest.mark.parametrize("sketch_dims", [0, 3])
+def test_ball_graph_equals_brute_force_with_pruned_cells(sketch_dims):
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(600, 8)) * 0.3 + rng.normal(size=(12, 8))[rng.integers(12, size=600)] * 4)
+    x = (rng.normal(size=(600, 16)) * 0.3 + rng.normal(size=(12, 16))[rng.integers(12, size=600)] * 4)
+    x[:, 8:] *= 0.05  # most of the spread in 8 directions, as in real embeddings
     x = x.astype(np.float32)
     delta = 1.2
-    ptr, idx = ball_graph(x, delta, 10**7, "test")
+    ptr, idx = ball_graph(x, delta, 10**7, "test", sketch_dims=sketch_dims)
     d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
     sure_in, sure_out = d < delta - 1e-4, d > delta + 1e-4
     got = np.zeros_like(sure_in)
@@ -232,17 +234,32 @@ def test_ball_graph_equals_brute_force_with_pruned_cells():
     assert len(Cells(x).start) > 1  # the pruned path ran
 
 
+def test_sketch_distances_bound_the_true_ones_from_below():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(300, 20)) * np.linspace(3, 0.1, 20)).astype(np.float32)
+    z = Sketch(x, 4).z.astype(np.float64)
+    d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    dz = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+    assert (dz <= d + 1e-5).all() and dz.mean() > 0.6 * d.mean()  # a bound, and not a trivial one
+
+
 def test_purity_delta_equals_brute_force_on_blobs():
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0], [6, 0], [0, 6]], np.float64)
     blob = rng.integers(3, size=300)
     x = (centres[blob] + rng.normal(size=(300, 2))).astype(np.float32)
-    labels, cents = kmeans(x, 3, np.random.default_rng(1))
+    labels, _ = kmeans(x, 3, np.random.default_rng(1))
     # k-means recovers the blobs
     assert len({(a, b) for a, b in zip(labels.tolist(), blob.tolist())}) <= 6
     d = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
     for alpha in (0.95, 0.8):
-        delta = purity_delta(x, labels, cents, alpha, chunk=16)
+        delta = purity_delta(x, labels, alpha)
+        # the one-pass version gives the same radius and the graph of ball_graph at that radius
+        delta2, ptr, idx = purity_delta_and_graph(x, labels, alpha, np.random.default_rng(0), 10**7, "t")
+        ptr_ref, idx_ref = ball_graph(x, delta, 10**7, "t")
+        assert delta2 == delta
+        np.testing.assert_array_equal(ptr, ptr_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
 
         def purity(r):
             return np.mean([(labels[d[i] < r] == labels[i]).all() for i in range(300)])
@@ -252,7 +269,7 @@ def test_purity_delta_equals_brute_force_on_blobs():
         m = np.where(labels[:, None] != labels[None, :], d, np.inf).min(axis=1)
         allowed = int(round((1 - alpha) * 300))  # impure balls allowed (floor of an exact 15, 60)
         assert delta == pytest.approx(np.sort(m)[allowed], rel=1e-5)
-        np.testing.assert_allclose(other_label_nn_dist(x, labels, np.arange(300)), m, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(other_label_pass(x, labels)[0], m, rtol=1e-5, atol=1e-5)
     s = get_strategy("probcover", normalize=False, n_clusters=3)
     s.query(ctx(x), 3, np.random.default_rng(1))
     assert 0.5 < s.delta_ < 6  # between the blob scale and the blob gap

@@ -26,10 +26,14 @@ def test_list_shows_every_registry():
 def test_train_writes_metrics_predictions_and_model(tmp_path):
     out = tmp_path / "run"
     text = _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "crl", "--epochs", "2",
-                                   "--device", "cpu", "--out", str(out)]))
-    assert "accuracy" in text
+                                   "--bootstrap", "50", "--device", "cpu", "--out", str(out)]))
+    assert "ACC" in text and "95% CI" in text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) == {"accuracy", "aurc", "eaurc", "aupr_err", "fpr95", "ece", "nll", "brier"}
+    assert set(metrics["metrics"]) == {"accuracy", "aurc", "eaurc", "augrc", "aupr_err", "fpr95", "ece", "nll",
+                                       "brier"}
+    assert set(metrics["ci95"]) == set(metrics["metrics"]) and metrics["bootstrap"]["n_resamples"] == 50
+    low, high = metrics["ci95"]["accuracy"]
+    assert low <= metrics["metrics"]["accuracy"] <= high and low < high
     assert metrics["train_seconds"] > 0 and metrics["config"]["trainer"] == "crl"
     preds = np.load(out / "predictions.npz")
     n = preds["labels"].shape[0]
@@ -139,3 +143,19 @@ def test_threads_option_sets_torch_threads():
         assert runner.invoke(app, ["--threads", "0", "list"]).exit_code != 0
     finally:
         torch.set_num_threads(before)
+
+
+def test_recipes_and_ingredient_flags(tmp_path):
+    out = _ok(runner.invoke(app, ["list"]))
+    assert "sure" in out and "fmfp" in out and "optimizer=sam" in out
+    run = tmp_path / "sure"
+    _ok(runner.invoke(app, ["train", "--dataset", "digits", "--trainer", "sure", "--schedule", "cosine",
+                            "--epochs", "2", "--device", "cpu", "--out", str(run)]))
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["model_info"]["head"] == "cosine" and blob["config"]["trainer"] == "sure"
+    bad = tmp_path / "bad"
+    for args, message in ((["--optimizer", "adam"], "sgd, sam"), (["--trainer", "fmfp", "--epochs", "1"], "swa_start"),
+                          (["--trainer", "nope"], "sure")):
+        result = runner.invoke(app, ["train", "--dataset", "digits", "--device", "cpu", "--out", str(bad), *args])
+        assert result.exit_code != 0 and message in str(result.exception), (args, result.exception)
+        assert not bad.exists()

@@ -36,7 +36,7 @@ def test_tables_keep_every_digit_when_output_is_not_a_terminal(monkeypatch):
 
 def _summary(path, label, n_trials, values):
     stages = len(values)
-    mean = {m: np.array(values, dtype=float) for m in ("accuracy", "aurc", "eaurc", "ece", "train_seconds",
+    mean = {m: np.array(values, dtype=float) for m in ("accuracy", "aurc", "eaurc", "augrc", "ece", "train_seconds",
                                                          "query_seconds")}
     std = {m: np.zeros(stages) for m in mean}
     records = [{"trial": 0, "stage": s, "n_labeled": 10 * (s + 1), "accuracy": values[s], "aurc": values[s]}

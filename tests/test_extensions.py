@@ -4,6 +4,7 @@ trainer works wherever a trainer is accepted."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -51,6 +52,33 @@ def test_plain_method_alone(blobs):
     assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1)
     np.testing.assert_allclose(probs, torch.softmax(torch.tensor(logits), 1).numpy())
     np.testing.assert_array_equal(method.confidence(probs), probs.max(1))
+
+
+@pytest.mark.parametrize("name, options, members, confidence", [
+    ("mc_dropout", dict(mc_samples=3), 1, "negative entropy"),
+    ("aleatoric", dict(mc_samples=3, aleatoric_samples=4), 1, "negative entropy"),
+    ("aes", dict(snapshots=1), 1, "max"),
+    ("ensemble", dict(members=2), 2, "max"),
+])
+def test_each_method_class_alone(blobs, name, options, members, confidence):
+    method = build_method(_cfg(method=name, **options))
+    assert type(method) is METHODS.get(name) and method.members == members
+    train, test = device_split(blobs, "train", "cpu"), device_split(blobs, "test", "cpu")
+    seen = []
+    method.fit(blobs, train, progress=lambda info: seen.append((info.epoch, info.epochs)))
+    assert len(method.models_) == members and seen[-1] == (2 * members, 2 * members)
+    probs, logits = method.predictive(test, torch.arange(7))
+    assert probs.shape == (7, 3) and np.allclose(probs.sum(1), 1) and logits is None
+    conf = method.confidence(probs)
+    if confidence == "max":
+        np.testing.assert_array_equal(conf, probs.max(1))
+    else:  # sum p log p: ranks like the negative entropy, <= 0
+        assert np.all(conf <= 0) and np.allclose(conf, (probs * np.log(probs)).sum(1))
+    info = method.describe()
+    assert json.dumps(info) and (name != "ensemble" or info["member_seeds"] == [0, 1])
+    if name in ("mc_dropout", "aleatoric"):
+        assert method.config.dropout == 0.3 and info["mc_samples"] == 3
+        assert hasattr(method.models_[0], "log_var_head") == (name == "aleatoric")
 
 
 def test_a_registered_method_runs_through_train_and_evaluate(blobs):
@@ -146,8 +174,8 @@ def test_run_with_the_aleatoric_trainer(tmp_path):
                       trials=1, device="cpu", warm_start=True,
                       train=TrainConfig(epochs=2, batch_size=16, milestones=(0.6, 0.8)))
     records = run_active_learning(config, tmp_path / "run", dataset=ds)
-    assert [r["n_labeled"] for r in records] == [20, 30]
-    assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["final_train_loss"]) for r in records)
+    assert [r.n_labeled for r in records] == [20, 30]
+    assert all(np.isfinite(r.metrics["accuracy"]) and np.isfinite(r.final_train_loss) for r in records)
 
 
 def test_variance_head_is_a_model_option_recorded_with_the_model(blobs, tmp_path):

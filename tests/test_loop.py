@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from activecrl.errors import ConfigError
+from activecrl.metrics import METRIC_NAMES
 from activecrl.loop import ALConfig, LoopCallbacks, read_records, run_active_learning
 from activecrl.trainers import TrainConfig
 from tests.conftest import make_blobs_dataset
@@ -19,25 +20,25 @@ def _config(**changes):
 def test_loop_end_to_end(tmp_path):
     ds = make_blobs_dataset(n_train=150, n_test=40)
     records = run_active_learning(_config(), tmp_path / "run", dataset=ds)
-    assert [(r["trial"], r["stage"]) for r in records] == [(t, s) for t in range(2) for s in range(3)]
+    assert [(r.trial, r.stage) for r in records] == [(t, s) for t in range(2) for s in range(3)]
     for trial in range(2):
-        mine = [r for r in records if r["trial"] == trial]
-        labeled = set(mine[0]["initial"])
-        assert len(labeled) == 20 and mine[0]["seed"] == 7 + trial
+        mine = [r for r in records if r.trial == trial]
+        labeled = set(mine[0].initial)
+        assert len(labeled) == 20 and mine[0].seed == 7 + trial
         for r in mine:
-            assert r["n_labeled"] == len(labeled)
-            q = r["queried"]
-            if r["stage"] < 2:
+            assert r.n_labeled == len(labeled)
+            q = r.queried
+            if r.stage < 2:
                 assert len(q) == 15 and len(set(q)) == 15
                 assert not labeled & set(q)  # never an already-labeled index
                 assert all(0 <= i < 150 for i in q)  # training split only
             else:
                 assert q == []
-            for key in ("accuracy", "aurc", "eaurc", "aupr_err", "fpr95", "ece", "nll", "brier",
-                        "train_seconds", "query_seconds"):
-                assert isinstance(r[key], float)
+            assert set(r.metrics) == set(METRIC_NAMES)
+            for value in (*r.metrics.values(), r.train_seconds, r.query_seconds):
+                assert isinstance(value, float)
             labeled |= set(q)
-    assert records[0]["initial"] != records[3]["initial"]  # trials differ
+    assert records[0].initial != records[3].initial  # trials differ
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["strategy"] == "least_conf" and config["train"]["epochs"] == 2
 
@@ -46,8 +47,8 @@ def test_same_seed_same_queries(tmp_path):
     ds = make_blobs_dataset(n_train=150, n_test=40)
     a = run_active_learning(_config(trials=1), tmp_path / "a", dataset=ds)
     b = run_active_learning(_config(trials=1), tmp_path / "b", dataset=ds)
-    assert [r["queried"] for r in a] == [r["queried"] for r in b]
-    assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
+    assert [r.queried for r in a] == [r.queried for r in b]
+    assert [r.metrics["accuracy"] for r in a] == [r.metrics["accuracy"] for r in b]
 
 
 def test_existing_out_is_never_overwritten(tmp_path):
@@ -86,7 +87,7 @@ def test_resume_equals_uninterrupted(tmp_path, warm_start):
     resumed = run_active_learning(ALConfig(device="cpu"), tmp_path / "cut", dataset=ds, resume=True)
 
     def strip(rs):
-        return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rs]
+        return [{k: v for k, v in r.to_json().items() if not k.endswith("_seconds")} for r in rs]
 
     assert strip(resumed) == strip(full)
 
@@ -100,8 +101,8 @@ def test_pool_subset_and_exhausted_pool(tmp_path):
     ds = make_blobs_dataset(n_train=60, n_test=30)
     records = run_active_learning(_config(strategy="entropy", initial=30, budget=15, stages=3, trials=1,
                                           pool_subset=25), tmp_path / "r", dataset=ds)
-    assert [len(r["queried"]) for r in records] == [15, 15, 0]  # the last query takes the whole pool
-    assert records[-1]["n_labeled"] == 60
+    assert [len(r.queried) for r in records] == [15, 15, 0]  # the last query takes the whole pool
+    assert records[-1].n_labeled == 60
 
 
 def test_budget_larger_than_the_pool_is_refused_like_an_oversized_seed_set(tmp_path):
@@ -176,9 +177,9 @@ def test_user_strategy_by_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     ds = make_blobs_dataset(n_train=150, n_test=40)
     records = run_active_learning(_config(strategy="my_strats:Lowest", trials=1, stages=2), tmp_path / "r", dataset=ds)
-    initial = set(records[0]["initial"])
+    initial = set(records[0].initial)
     expected = [i for i in range(150) if i not in initial][:15]
-    assert records[0]["queried"] == expected
+    assert records[0].queried == expected
 
 
 @pytest.mark.parametrize("bad", [dict(initial=0), dict(stages=0), dict(budget=-1), dict(pool_subset=0),
@@ -199,7 +200,7 @@ def test_mc_dropout_requires_and_gets_dropout(tmp_path):
 def test_coreset_in_the_loop(tmp_path):
     ds = make_blobs_dataset(n_train=150, n_test=40)
     records = run_active_learning(_config(strategy="coreset", trials=1, stages=2), tmp_path / "r", dataset=ds)
-    assert len(records[0]["queried"]) == 15 and not set(records[0]["queried"]) & set(records[0]["initial"])
+    assert len(records[0].queried) == 15 and not set(records[0].queried) & set(records[0].initial)
 
 
 def test_results_summary_and_plot(tmp_path):
@@ -210,7 +211,7 @@ def test_results_summary_and_plot(tmp_path):
     s = load_run(tmp_path / "run")
     assert s.n_labeled.tolist() == [20, 35, 50] and s.n_trials.tolist() == [2, 2, 2]
     records = read_records(tmp_path / "run")
-    stage0 = [r["accuracy"] for r in records if r["stage"] == 0]
+    stage0 = [r.metrics["accuracy"] for r in records if r.stage == 0]
     assert s.mean["accuracy"][0] == pytest.approx(np.mean(stage0))
     assert s.std["accuracy"][0] == pytest.approx(np.std(stage0))
     x, y = s.n_labeled, s.mean["accuracy"]
@@ -231,7 +232,7 @@ def test_random_skips_the_pool_forward_pass(tmp_path, monkeypatch):
     ds = make_blobs_dataset(n_train=150, n_test=40)
     records = run_active_learning(_config(strategy="random", trials=1, stages=2), tmp_path / "r", dataset=ds)
     assert calls == [None, None]  # only the two test-split evaluations, never the pool
-    assert len(records[0]["queried"]) == 15
+    assert len(records[0].queried) == 15
 
 
 def test_written_files_are_world_readable(tmp_path):

@@ -14,6 +14,7 @@ from activecrl.metrics import (
     PAPER_SCALE,
     accuracy,
     aupr_error,
+    augrc,
     aurc,
     brier,
     classification_metrics,
@@ -223,7 +224,8 @@ def test_table_constants():
     assert set(PAPER_SCALE) == set(METRIC_NAMES)
     assert PAPER_SCALE["aurc"] == PAPER_SCALE["eaurc"] == 1000
     assert PAPER_SCALE["nll"] == 10 and PAPER_SCALE["ece"] == 100
-    assert LOWER_IS_BETTER == {"aurc", "eaurc", "fpr95", "ece", "nll", "brier"}
+    assert LOWER_IS_BETTER == {"aurc", "eaurc", "augrc", "fpr95", "ece", "nll", "brier"}
+    assert PAPER_SCALE["augrc"] == 1000
 
 
 def test_accepts_torch_tensors():
@@ -319,3 +321,70 @@ def test_other_validation_errors():
         classification_metrics([[0.5, 0.5], [0.6, 0.4]], [0, 1], confidence=[0.3])
     with pytest.raises(ConfigError, match="score_out must be a non-empty 1-D array"):
         ood_metrics([0.5], [])
+
+
+# ----------------------------------------------------------------------------- AUGRC (Traub et al. 2024)
+
+
+def _fd_shifts_augrc(conf, correct):
+    """Transcription of fd-shifts' ``generalized_risk_stats`` + ``-np.trapz`` (its rc_stats.py), as a
+    cross-check: ascending confidence, a point each time the confidence changes, then (0, 0)."""
+    conf, residuals = np.asarray(conf, float), 1.0 - np.asarray(correct, float)
+    n = len(residuals)
+    idx = np.argsort(conf)
+    residuals, confidence = residuals[idx], conf[idx]
+    cov, error_sum = n, residuals.sum()
+    coverages, risks = [1.0], [error_sum / n]
+    for i in range(n - 1):
+        cov -= 1
+        error_sum -= residuals[i]
+        if confidence[i] != confidence[i + 1]:
+            coverages.append(cov / n)
+            risks.append(error_sum / n)
+    coverages.append(0.0)
+    risks.append(0.0)
+    c, r = np.array(coverages), np.array(risks)
+    return -float(np.sum(np.diff(c) * (r[1:] + r[:-1]) / 2))  # -np.trapz(risks, coverages)
+
+
+def test_augrc_without_ties():
+    # (coverage, generalised risk) points: (0,0), (1/4,0), (2/4,1/4), (3/4,1/4), (1,2/4); trapezoids of
+    # width 1/4 with mean heights 0, 1/8, 1/4, 3/8 -> (3/4) / 4 = 3/16.
+    assert augrc([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(3 / 16)
+    # all wrong: generalised risk = coverage, area 1/2; all right: 0
+    assert augrc([0.3, 0.2, 0.1], [0, 0, 0]) == pytest.approx(0.5)
+    assert augrc([0.3, 0.2, 0.1], [1, 1, 1]) == 0.0
+
+
+def test_augrc_groups_ties():
+    # group {0.9, 0.9}: 2 accepted, 1 wrong -> (2/5, 1/5); then everything -> (1, 2/5).
+    # area = 0.4 * (0 + 0.2) / 2 + 0.6 * (0.2 + 0.4) / 2 = 0.04 + 0.18 = 0.22
+    conf, correct = [0.9, 0.9, 0.5, 0.5, 0.5], [1, 0, 1, 1, 0]
+    assert augrc(conf, correct) == pytest.approx(0.22)
+    # the order of samples inside a tie group cannot matter
+    assert augrc(conf[::-1], correct[::-1]) == pytest.approx(0.22)
+    # one big tie: a straight line to (1, error rate) -> error rate / 2
+    assert augrc([0.5] * 4, [1, 1, 1, 0]) == pytest.approx(0.125)
+
+
+def test_augrc_perfect_ranking_is_half_error_rate_squared():
+    # errors last: risk 0 up to coverage 1 - r, then linear to r -> r^2 / 2 (fd-shifts' augrc_optimal)
+    conf = np.linspace(1, 0, 20)
+    correct = np.r_[np.ones(15), np.zeros(5)]
+    assert augrc(conf, correct) == pytest.approx(0.5 * 0.25 ** 2)
+
+
+def test_augrc_matches_fd_shifts_transcription():
+    rng = np.random.default_rng(0)
+    for n, levels in [(7, 3), (50, 5), (200, 1000), (1, 1)]:
+        conf = rng.integers(0, levels, n) / levels  # many ties when levels is small
+        correct = rng.random(n) < 0.6
+        assert augrc(conf, correct) == pytest.approx(_fd_shifts_augrc(conf, correct), abs=1e-15)
+
+
+def test_augrc_in_classification_metrics_and_bad_input():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    out = classification_metrics(probs, [0, 0, 0])
+    assert out["augrc"] == pytest.approx(augrc([0.9, 0.8, 0.6], [1, 0, 1]))
+    with pytest.raises(ConfigError, match="correct must"):
+        augrc([0.1, 0.2], [0, 2])

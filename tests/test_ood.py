@@ -145,7 +145,7 @@ def test_tuning_never_sees_test_ood_unless_asked(digits_run, image_folder, monke
         calls.append((data.n, None if indices is None else indices.clone()))
         return real(model, data, indices, settings, **kw)
 
-    monkeypatch.setattr(ood_mod, "odin_score_grid", spy)
+    monkeypatch.setattr(ood_mod.detectors, "odin_score_grid", spy)  # where ODINDetector looks it up
     base = dict(run=str(digits_run), ood=str(image_folder), detector="odin", device="cpu", n_tune=30,
                 temperatures=(1,), epsilons=(0.0,))
     result = run_ood(OODConfig(**base))

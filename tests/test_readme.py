@@ -51,6 +51,19 @@ def test_readme_notebook_example_runs(tmp_path, monkeypatch):
     assert len(namespace["records"]) == 2
 
 
+def test_readme_recipe_example_runs():
+    from activecrl.trainers import TRAINERS
+
+    namespace = {}
+    try:
+        exec(compile(_block('register_recipe("crl_sam_ema"'), "README.md", "exec"), namespace)
+        config = namespace["trainer"].config
+        assert (config.optimizer, config.sam_rho, config.averaging, config.schedule) == ("sam", 0.1, "ema", "cosine")
+        assert namespace["trainer"].name == "crl_sam_ema" and hasattr(namespace["trainer"], "setup")
+    finally:
+        TRAINERS.unregister("crl_sam_ema")
+
+
 def _console_script() -> list[str]:
     """The installed ``activecrl`` command, or its exact equivalent: ``-P`` keeps the working folder
     off ``sys.path`` as a console script does (``python -m`` would add it and hide the bug)."""

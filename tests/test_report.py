@@ -41,7 +41,8 @@ def test_groups_seeds_and_scales(tmp_path):
     assert len(base) == 2  # the lr=0.01 group and the two-seed group are told apart
     two = next(r for r in base if r[3] == "2")
     assert two[0] == "cifar10" and two[5] == "91.00±1.41"  # ACC in %, sample std
-    assert two[6] == "10.00±0.00" and two[11] == "3.00±0.00"  # AURC x 10^3, NLL x 10
+    assert two[6] == "10.00±0.00" and two[12] == "3.00±0.00"  # AURC x 10^3, NLL x 10
+    assert two[8] == "–"  # AUGRC: these runs predate it
     assert ("cifar10", "small_cnn", "CRL-softmax") in rows
     md = report.to_markdown()
     assert "| Dataset | Model | Method |" in md and "---:" in md
@@ -98,3 +99,20 @@ def test_runs_saved_before_new_options_group_with_newer_seeds(tmp_path):
     (new / "metrics.json").write_text(json.dumps(blob))
     rows = build_report([old, new]).tables[0].rows
     assert len(rows) == 1 and rows[0][3] == "2"
+
+
+def test_augrc_partly_recorded_and_bootstrap_intervals(tmp_path):
+    _fake_train_run(tmp_path / "b0", 0, 0.90)
+    _fake_train_run(tmp_path / "b1", 1, 0.92)
+    blob = json.loads((tmp_path / "b1" / "metrics.json").read_text())
+    blob["metrics"]["augrc"] = 0.004
+    blob["ci95"] = {"accuracy": [0.91, 0.93], "augrc": [0.003, 0.005]}
+    blob["bootstrap"] = {"n_resamples": 1000, "seed": 1}
+    (tmp_path / "b1" / "metrics.json").write_text(json.dumps(blob))
+    report = build_report([tmp_path])
+    assert report.tables[0].rows[0][8] == "4.00 (n=1)"  # AUGRC x 10^3, one of the two seeds has it
+    intervals = report.tables[1]
+    assert "Bootstrap 95% intervals" in intervals.title and len(intervals.rows) == 1
+    row = dict(zip(intervals.columns, intervals.rows[0]))
+    assert row["ACC"] == "92.00 [91.00, 93.00]" and row["AUGRC"] == "4.00 [3.00, 5.00]" and row["ECE"] == "2.00"
+    assert "1000 resamples" in intervals.caption

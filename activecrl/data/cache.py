@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from ..errors import DataError
+from ..io import atomic_torch_save
 from .dataset import ImageDataset
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,6 @@ def _read_dataset_cache(cache_file: Path) -> ImageDataset | None:
 
 
 def _write_cache(cache_file: Path, blob: dict) -> None:
-    from ..io import atomic_torch_save
-
     try:
         atomic_torch_save(cache_file, blob)
     except OSError as exc:  # read-only or full disk: still usable, just slower next time

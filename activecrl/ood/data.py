@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import DATASETS, load_dataset, load_image_folder
 from ..errors import ConfigError, DataError
 
 SYNTHETIC_SETS = ("noise", "gaussian", "uniform", "smooth")
@@ -109,8 +110,6 @@ def load_ood_set(spec: str, *, channels: int, size: int, data_dir=None, n_synthe
 
     Folders whose images share one size are decoded as they are and converted here, so the note can
     say what they were; folders of mixed sizes are resized image by image while decoding."""
-    from ..data import DATASETS, load_dataset, load_image_folder
-
     spec = str(spec)
     if spec in SYNTHETIC_SETS:
         return synthetic_images(spec, n_synthetic, channels, size, seed), None  # made in the model's shape

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from ..errors import ConfigError
 from ..metrics import ood_metrics
 from ..registry import Registry
-from .scores import MahalanobisScorer, _logits, energy_score, msp_score
+from .scores import MahalanobisScorer, _logits, energy_score, msp_score, odin_score_grid
 
 DETECTORS: Registry[type["Detector"]] = Registry("detector", "activecrl.detectors")
 register_detector = DETECTORS.register
@@ -114,9 +114,6 @@ class ODINDetector(Detector):
     name, tuned = "odin", True
 
     def score(self, inputs, split, say) -> DetectorScores:
-        # looked up on the package at call time so that patching activecrl.ood.odin_score_grid (tests) takes effect
-        from . import odin_score_grid
-
         config, bs = self.config, self.config.batch_size
         model, tune_in, tune_out = inputs.model, split.tune_in, split.tune_out
         grid = list(itertools.product(config.temperatures, config.epsilons))
