@@ -176,7 +176,8 @@ def run(
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
-    """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
+    """Run an active-learning experiment. With no options: a short offline demo on digits (under a minute on
+    an idle CPU core)."""
     _setup_logging(verbose)
     overrides = _with_global_threads(overrides)
     if resume:
@@ -291,7 +292,8 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
         for s in loaded:
             acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
             nan = float("nan")
-            table.add_row(s.label, str(s.path), str(len(acc)), _pm(acc.mean(), acc.std() if len(acc) > 1 else nan, 1, 2),
+            table.add_row(s.label, str(s.path), str(len(acc)),  # one trial: no spread, no ±
+                          _pm(acc.mean(), acc.std() if len(acc) > 1 else nan, 1, 2),
                           _pm(aurc.mean(), aurc.std() if len(aurc) > 1 else nan, 1, 1))
         _print_table(table)
         console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "

@@ -82,7 +82,8 @@ def test_messages_are_in_cli_words(tmp_path):
         get_strategy("no_such_strategy")
     with pytest.raises(DataError) as info:  # no download, nothing on disk
         load_dataset("cifar10", data_dir=tmp_path, download=False)
-    assert "--dataset cifar10 --data-dir DIR" in str(info.value) and "--dataset /path/to/cifar10.tar.gz" in str(info.value)
+    message = str(info.value)
+    assert "--dataset cifar10 --data-dir DIR" in message and "--dataset /path/to/cifar10.tar.gz" in message
     # run has --resume, not --overwrite: its refusal says how to continue
     out = tmp_path / "r"
     base = ["run", "--initial", "40", "--budget", "40", "--stages", "1", "--epochs", "1", "--trials", "1",
