@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,6 +37,7 @@ from .models import MODELS
 from .ood import DETECTORS, OODConfig, run_ood, save_ood
 from .report import TRAIN_HEADERS, write_report
 from .results import load_run, plot_curves
+from .sweep import load_sweep, run_sweep
 from .trainers import TRAINERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -411,6 +413,64 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
+
+
+@app.command()
+def sweep(
+    config: str = typer.Option(..., help="sweep TOML file (e.g. configs/sweeps/digits.toml): a run's options plus a [grid] "
+                                         "table of lists; every combination runs"),
+    out: Path = typer.Option(..., help="sweep folder: one run folder per grid point; rerun to continue"),
+    address: Optional[str] = typer.Option(None, help="HOST:PORT of a Ray cluster (`ray start --head`); "
+                                                     "default: a local Ray instance on this machine"),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial (its torch threads)"),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; 0.25 lets 4 trials share one GPU"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Run every combination of a grid of run options on Ray: one task per (grid point, trial)."""
+    _setup_logging(verbose)
+    spec = load_sweep(config)
+    try:
+        with _SweepView(out) as view:
+            statuses = run_sweep(spec, out, address=address, cpus_per_trial=cpus_per_trial,
+                                 gpus_per_trial=gpus_per_trial, callbacks=view)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: recorded stages are saved; rerun the same command to continue")
+        raise typer.Exit(130)
+    for status in statuses:
+        if status.error:
+            console.print(f"[bold red]{escape(status.name)} failed:[/] {escape(status.error)}")
+    finished = sum(s.state == "finished" for s in statuses)
+    console.print(f"{finished} of {len(statuses)} grid points finished; run folders in [bold]{out}[/] "
+                  f"(`activecrl summary {out}/*/`)")
+    raise typer.Exit(0 if finished == len(statuses) else 1)
+
+
+class _SweepView:
+    """A live table of the grid: state, stages done and elapsed time per point."""
+
+    STYLE = {"queued": "dim", "running": "cyan", "finished": "green", "failed": "bold red"}
+
+    def __init__(self, out: Path):
+        self.out, self.start = out, time.time()
+        self.live = Live(console=console, auto_refresh=False, vertical_overflow="visible")
+
+    def __enter__(self):
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.stop()
+
+    def update(self, statuses) -> None:
+        counts = {state: sum(s.state == state for s in statuses) for state in self.STYLE}
+        table = Table(title=f"sweep {self.out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
+                      f" · {time.time() - self.start:.0f} s")
+        for col in ("point", "state", "stages", "elapsed", "error"):
+            table.add_column(col, justify="right" if col in ("stages", "elapsed") else "left")
+        for s in statuses:
+            table.add_row(escape(s.name), f"[{self.STYLE[s.state]}]{s.state}[/]", f"{s.stages_done}/{s.stages_total}",
+                          "" if s.elapsed is None else f"{s.elapsed:.0f} s", escape(s.error or ""))
+        self.live.update(table, refresh=True)
 
 
 def main() -> None:

@@ -7,8 +7,11 @@ trainer's job) and strategies know nothing about training.
 
 Crash safety without a state file: every random choice of stage ``s`` of trial ``t`` comes from
 a generator seeded by ``(seed, t, s)``, so the labeled set and RNG state of any stage can be
-rebuilt from ``results.jsonl`` alone (seed set + the indices queried so far). A line is appended
+rebuilt from the records alone (seed set + the indices queried so far). A record is appended
 only once its stage is complete, so a run killed at any moment loses at most that stage.
+
+Records go through ``records.append_trial_record``: one file per trial, merged into
+``results.jsonl``, so the trials of one run folder may run in parallel (``activecrl sweep``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -36,7 +39,7 @@ from .mc_dropout import DEFAULT_MC_DROPOUT
 from .metrics import classification_metrics
 from .models import MODELS, build_model
 from .outputs import PoolOutputs
-from .records import RESULTS_FILE, StageRecord, append_record, read_records
+from .records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
 from .runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
                       torch_threads)
 from .trainers import EpochInfo, TrainConfig, build_trainer
@@ -162,38 +165,85 @@ def check_run_config(config: ALConfig):
     return strategy, trainer, dropout
 
 
+@dataclass
+class CheckedRun:
+    """What ``check_run`` established for a run: its strategy, trainer, dropout and dataset."""
+
+    strategy: Any
+    trainer: Any
+    dropout: float
+    dataset: Any  # ImageDataset
+    model_options: dict  # e.g. the aleatoric trainer's variance head
+
+
+def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
+    """Every check a run makes before it writes anything: names, options, the dataset and its
+    sizes, and that the model can serve the run (``names``: ``check_run_config``'s result, when
+    the caller has it). ``activecrl sweep`` runs it for each grid point before any task starts;
+    the device is checked by the caller (a sweep's driver may have no GPU).
+    """
+    strategy, trainer, dropout = names or check_run_config(config)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    if config.initial > dataset.n_train:
+        raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
+                          f"got {config.initial} instead")
+    checked = CheckedRun(strategy, trainer, dropout, dataset, trainer.model_options())
+    _build_model(config, checked)  # a model that cannot serve this run fails here
+    return checked
+
+
+def _build_model(config: ALConfig, checked: CheckedRun):
+    dataset, dropout = checked.dataset, checked.dropout
+    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size, dropout=dropout, **checked.model_options)
+    if dropout > 0 and not getattr(model, "supports_dropout", True):
+        raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
+                          f"needs dropout {dropout:g} (strategy {checked.strategy.name!r} or --dropout); choose a "
+                          f"model that supports it (see `activecrl list`)")
+    return model
+
+
+def write_run_config(out: Path, config: ALConfig, *, dropout: float, n_train: int, extra: dict | None = None) -> None:
+    """The run folder's ``config.json``: the options plus what the run derived (``extra``: e.g. a
+    sweep's grid point; ``load_saved_config`` ignores it)."""
+    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
+                                                "n_train": n_train, **config.to_dict(), **(extra or {})})
+
+
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
-                        callbacks: LoopCallbacks | None = None) -> list[StageRecord]:
-    """Run (or resume) an experiment; returns all records of ``out_dir/results.jsonl``."""
+                        callbacks: LoopCallbacks | None = None,
+                        trials: Iterable[int] | None = None) -> list[StageRecord]:
+    """Run (or resume) an experiment; returns all records of the run folder.
+
+    ``trials`` runs only those trial indices (default: all of them); ``activecrl sweep`` runs
+    each trial of a run folder as its own task this way, with ``resume=True``.
+    """
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
     saved_threads = None
     if resume:
         config, saved_threads = _check_resume(config, out)
-    # fail on a bad name, option or dataset before creating anything in ``out``
-    strategy, trainer, dropout = check_run_config(config)
-    model_options = trainer.model_options()  # e.g. the aleatoric trainer's variance head
+    trial_ids = list(range(config.trials)) if trials is None else [int(t) for t in trials]
+    if any(not 0 <= t < config.trials for t in trial_ids):
+        raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
+    # fail on a bad name or option before anything else, and on the dataset before creating ``out``
+    names = check_run_config(config)
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, create=False, remedy=_resume_remedy(out))  # never overwrite a run
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    checked = check_run(config, dataset=dataset, names=names)
+    dataset, strategy, dropout = checked.dataset, checked.strategy, checked.dropout
     n_train = dataset.n_train
     check_label_budget(config, n_train, stages=not resume)  # a resumed run was accepted when it started
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
     test_labels = dataset.test_labels.numpy()
 
     def new_model():
-        model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                            image_size=dataset.image_size, dropout=dropout, **model_options)
-        if dropout > 0 and not getattr(model, "supports_dropout", True):
-            raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
-                              f"needs dropout {dropout:g} (strategy {strategy.name!r} or --dropout); choose a "
-                              f"model that supports it (see `activecrl list`)")
-        return model
+        return _build_model(config, checked)
 
-    # a model that cannot serve this run fails here, before anything is written; its size sets the threads
+    # the model's size sets the automatic thread count
     threads = resolve_threads(config.threads, new_model())
     if saved_threads is not None and threads != saved_threads and device.type == "cpu":
         raise ConfigError(
@@ -202,21 +252,20 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
             f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
-        atomic_write_json(out / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                              "n_train": n_train, "threads_used": threads, **config.to_dict()})
+        write_run_config(out, config, dropout=dropout, n_train=n_train, extra={"threads_used": threads})
     with torch_threads(threads):
-        _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device)
+        _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device,
+                    trial_ids)
     return read_records(out)
 
 
 def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_model, train_data, test_data,
-                test_labels, n_train: int, device) -> None:
-    """Every (trial, stage) not yet in ``results.jsonl``, in order, each appended when complete."""
+                test_labels, n_train: int, device, trial_ids: list[int]) -> None:
+    """Every (trial, stage) of ``trial_ids`` not yet recorded, in order, each appended when complete."""
 
     records = read_records(out)
     done = {(r.trial, r.stage) for r in records}
-    results_path = out / RESULTS_FILE
-    for trial in range(config.trials):
+    for trial in trial_ids:
         cb.trial_start(trial, config.trials)
         trial_seed = config.seed + trial
         labeled = _labeled_after(records, trial, config, n_train)
@@ -262,7 +311,7 @@ def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_mo
                 # rerun of this stage start from its own weights
                 atomic_torch_save(_warm_path(out, trial, stage),
                                   {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            append_record(results_path, record)
+            append_trial_record(out, record)
             _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
             records.append(record)
             cb.stage_end(record)
@@ -357,7 +406,7 @@ def completed_stages(out: Path | str) -> int:
     return len({(r.trial, r.stage) for r in read_records(Path(out))})
 
 
-_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used")
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep")
 # where a run executes, not what it computes: these may change on --resume
 RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
 

@@ -10,6 +10,14 @@ kept in ``extra``; writing a record read this way gives back the same keys.
 
 Crash safety: a line is appended with one write + fsync, and a torn last line (a crash while
 writing it) is ignored on reading and cut off before the next append.
+
+Parallel trials (``activecrl sweep``): the loop appends trial ``t``'s records to
+``trials/trial<t>.jsonl``, a file only that trial writes (``append_trial_record``), then rebuilds
+``results.jsonl`` from all trial files into a temp file renamed over it (``merge_records``). No
+two processes ever append to one file, so nothing tears or interleaves, also on NFS, where
+``O_APPEND`` from two clients can overwrite each other and locks are unreliable. Reading a run
+folder takes the union of the trial files and ``results.jsonl`` (older runs have only that),
+one record per (trial, stage).
 """
 
 from __future__ import annotations
@@ -22,13 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
-from .io import to_jsonable
+from .io import atomic_write_text, to_jsonable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StageRecord", "RESULTS_FILE", "read_records", "append_record"]
+__all__ = ["StageRecord", "RESULTS_FILE", "TRIALS_DIR", "read_records", "append_record", "append_trial_record",
+           "merge_records"]
 
 RESULTS_FILE = "results.jsonl"
+TRIALS_DIR = "trials"  # trials/trial<t>.jsonl: the records of trial t, written by that trial only
 
 _REQUIRED = ("trial", "seed", "stage", "n_labeled", "queried")
 _TIMINGS = ("train_seconds", "query_seconds", "final_train_loss")
@@ -99,10 +109,23 @@ def _float(value) -> float:
 
 
 def read_records(out_dir: Path | str) -> list[StageRecord]:
-    """Complete records of ``out_dir/results.jsonl`` (a run folder, or the file itself); a torn last
-    line (crash mid-write) is ignored."""
+    """Complete records of a run folder, ordered by (trial, stage), or of one ``.jsonl`` file.
+
+    A folder's records are those of its per-trial files and of ``results.jsonl`` (a merged view
+    that can lag behind them, and the only file of older runs), one per (trial, stage) even if a
+    retried trial wrote one twice. A torn last line (crash mid-write) is ignored.
+    """
     path = Path(out_dir)
-    path = path if path.suffix == ".jsonl" else path / RESULTS_FILE
+    if path.suffix == ".jsonl":
+        return _read_file(path)
+    unique: dict[tuple[int, int], StageRecord] = {}
+    for file in [*sorted((path / TRIALS_DIR).glob("trial*.jsonl")), path / RESULTS_FILE]:
+        for record in _read_file(file):  # the per-trial files first: they are the source
+            unique.setdefault((record.trial, record.stage), record)
+    return [unique[key] for key in sorted(unique)]
+
+
+def _read_file(path: Path) -> list[StageRecord]:
     if not path.exists():
         return []
     records = []
@@ -142,3 +165,34 @@ def _repair_tail(path: Path, handle) -> None:
             data = path.read_bytes()
             handle.truncate(data.rfind(b"\n") + 1)
             handle.seek(0, os.SEEK_END)
+
+
+def append_trial_record(out_dir: Path | str, record: StageRecord) -> None:
+    """Append ``record`` to its trial's own file in the run folder, then refresh ``results.jsonl``."""
+    path = Path(out_dir) / TRIALS_DIR / f"trial{record.trial}.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    append_record(path, record)
+    merge_records(out_dir)
+
+
+def merge_records(out_dir: Path | str, rounds: int = 5) -> list[StageRecord]:
+    """Rewrite ``out_dir/results.jsonl`` as all records of the run folder, atomically (temp file + rename).
+
+    Writers of different trials may merge at once. Each rename is atomic, so no reader sees a torn
+    or interleaved file, but a writer whose view predates another's append can rename last. So a
+    writer reads the files again after its rename and rewrites until they agree: whoever renames
+    last leaves every record in. (``activecrl sweep`` also merges each point once more at its
+    end, for a writer killed in between.)
+    """
+    out = Path(out_dir)
+    records = read_records(out)
+    text = "".join(json.dumps(r.to_json()) + "\n" for r in records)
+    for _ in range(rounds):
+        atomic_write_text(out / RESULTS_FILE, text)
+        records = read_records(out)
+        latest = "".join(json.dumps(r.to_json()) + "\n" for r in records)
+        if latest == text:
+            break
+        text = latest
+    return records
+

@@ -144,7 +144,7 @@ def worker(args) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(0)
     if args.worker == "badge":
-        ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), logits, feats))
+        ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), logits, feats), device=args.device)
         picks = strategies.get_strategy("badge").query(ctx, args.budget, rng)
     elif args.worker in ("authors", "explicit"):
         g = explicit_embedding(logits, feats)
@@ -156,7 +156,7 @@ def worker(args) -> None:
         out["picks_s"], out["picks_cpu_s"] = time.perf_counter() - t1, time.process_time() - c1
     else:
         ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), torch.zeros(args.n, 10)),
-                                      embeddings=emb)
+                                      embeddings=emb, device=args.device)
         s = strategies.get_strategy(args.worker)
         picks = s.query(ctx, args.budget, rng)
         if args.worker == "probcover":
@@ -170,7 +170,8 @@ def worker(args) -> None:
 
 def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, classes=None, d=None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n), "--budget", str(budget),
-           "--d", str(d or args.d), "--classes", str(classes or args.classes), "--threads", str(args.threads)]
+           "--d", str(d or args.d), "--classes", str(classes or args.classes), "--threads", str(args.threads),
+           "--device", args.device]
     if max_picks:
         cmd += ["--max-picks", str(max_picks)]
     if args.embeddings:
@@ -192,6 +193,7 @@ def main(argv=None) -> None:
     p.add_argument("--ref-picks", type=int, default=20, help="picks timed for each full-size reference")
     p.add_argument("--big-n", type=int, default=50_000, help="pool of typiclust / probcover")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="device of ours (badge's loop, probcover's pass); references: CPU")
     p.add_argument("--skip-ref", action="store_true")
     p.add_argument("--skip-badge", action="store_true")
     p.add_argument("--skip-embedding", action="store_true")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks to run whenever a CUDA machine is at hand (about 5 minutes on an H100/H200):
-# the CUDA tests that CPU CI skips, training throughput, CRL step overhead and the query step
-# over a 50,000-image pool. Results go to ${OUT:-gpu_results}/. Run from the repository root
-# in an environment where `pip install -e ".[test,gpu]"` has been done (gpu: faiss-gpu for core-set).
+# The GPU checks to run whenever a CUDA machine is at hand (about 6 minutes on an H100/H200):
+# the CUDA tests that CPU CI skips, training throughput, CRL step overhead, the query step
+# over a 50,000-image pool, and 4 small sweep trials sharing one GPU. Results go to
+# ${OUT:-gpu_results}/. Run from the repository root in an environment where
+# `pip install -e ".[test,gpu]"` has been done (gpu: faiss-gpu for core-set; test includes Ray).
 set -uo pipefail
 out=${OUT:-gpu_results}
 mkdir -p "$out"
@@ -15,3 +16,8 @@ python bench/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 | tail -6
 # issue 10: step cost of each recipe vs baseline, the SWA BatchNorm pass, and one fit epoch of
 # each recipe (baseline crl sam swa fmfp sure) on ResNet-18 over 10,240 images
 python bench/bench_recipes.py --model resnet18 --device cuda --steps 50 --rounds 5 --n-images 10240 --epoch 2>&1 | tee "$out/recipes.txt"
+# issue 11: badge on CUDA (20,000 x 512, 100 classes, budget 1,000), ours only (the CPU figures
+# and the explicit-embedding references are in bench/README.md)
+python bench/bench_al_strategies.py --device cuda --skip-ref --skip-embedding 2>&1 | tee "$out/al_strategies.txt"
+# activecrl sweep: 4 small trials sharing the GPU (--gpus-per-trial 0.25) vs one after another
+python bench/bench_sweep.py --device cuda --gpus-per-trial 0.25 --json "$out/sweep_gpu.json" 2>&1 | tail -4 | tee "$out/sweep_gpu.txt"

@@ -3,7 +3,7 @@
 # (README.md "Results", results/ood/COMMANDS.md). Model weights (model.pt, members.pt) and
 # arrays (predictions.npz, scores.npz) are not committed: this script recreates them too.
 #
-#   results/regenerate.sh [train] [al] [ood]     # default: all three, in this order
+#   results/regenerate.sh [train] [al] [ood] [recipes]     # default: all four, in this order
 #
 # Run from anywhere; it works in the repository root. DRY=1 prints the commands and runs nothing. Each result folder is deleted before its
 # command reruns it. `ood` needs the models of `train` (results/cifar10_train/{baseline,crl}).
@@ -77,11 +77,25 @@ ood() {  # results/ood/COMMANDS.md
   $ACTIVECRL report results/ood/*/ -o results/ood/report.md
 }
 
+recipes() {  # README: "A CPU recipe not behind a plain script (issue #10)"; ~40 min at load ~1
+  R=results/recipes_cpu
+  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --budget 1000 --trials 1 --epochs 20 --device cpu"
+  fresh $R/cpu_recipe_before $R/cpu_recipe_after
+  $ACTIVECRL run $C --initial 1000 --stages 3 --out $R/cpu_recipe_before
+  $ACTIVECRL run $C --initial 1000 --stages 3 --schedule onecycle --nesterov --weight-decay 5e-4 --out $R/cpu_recipe_after
+  F="--schedule onecycle --nesterov --weight-decay 5e-4 --model small_cnn4"  # = preset cifar10_cpu_fast's training
+  fresh $R/cpu_recipe_after_cnn4_1k $R/cpu_recipe_after_cnn4_2k3k
+  $ACTIVECRL run $C $F --initial 1000 --stages 1 --out $R/cpu_recipe_after_cnn4_1k
+  $ACTIVECRL run $C $F --initial 2000 --stages 2 --out $R/cpu_recipe_after_cnn4_2k3k
+  to_file $R/plain_reference.jsonl ${DRY:+echo} python bench/plain_cpu_reference.py --dataset "$CIFAR10" \
+      --labels 1000 2000 3000 --epochs 20 --threads 1
+}
+
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(train al ood)
+[ ${#steps[@]} -gt 0 ] || steps=(train al ood recipes)
 for step in "${steps[@]}"; do
   case $step in
-    train | al | ood) echo "== $step"; $step ;;
-    *) echo "unknown step '$step': expected train, al or ood" >&2; exit 2 ;;
+    train | al | ood | recipes) echo "== $step"; $step ;;
+    *) echo "unknown step '$step': expected train, al, ood or recipes" >&2; exit 2 ;;
   esac
 done

@@ -12,7 +12,7 @@ import torch.nn as nn
 from activecrl.errors import ConfigError, DataError, RegistryError
 from activecrl.models import MODELS, ConfidenceModel, build_model, register_model
 
-BUILTINS = ["densenet_bc", "preact_resnet110", "resnet18", "small_cnn", "vgg16"]
+BUILTINS = ["densenet_bc", "preact_resnet110", "resnet18", "small_cnn", "small_cnn4", "vgg16"]
 
 
 def _input(name, channels=3, size=None, batch=2, seed=0):
@@ -104,6 +104,7 @@ def test_odd_and_mismatched_input_sizes(name, size):
         ("densenet_bc", 0.76e6, 0.80e6),
         ("vgg16", 14.5e6, 15.1e6),
         ("small_cnn", 50e3, 200e3),
+        ("small_cnn4", 90e3, 110e3),
     ],
 )
 def test_parameter_counts(name, lo, hi):
@@ -113,7 +114,8 @@ def test_parameter_counts(name, lo, hi):
 
 def test_feature_dims():
     dims = {name: build_model(name, num_classes=10).feature_dim for name in BUILTINS}
-    assert dims == {"resnet18": 512, "preact_resnet110": 64, "vgg16": 512, "densenet_bc": 342, "small_cnn": 128}
+    assert dims == {"resnet18": 512, "preact_resnet110": 64, "vgg16": 512, "densenet_bc": 342, "small_cnn": 128,
+                    "small_cnn4": 128}
 
 
 def test_head_only_dropout_detects_body_dropout():

@@ -10,6 +10,7 @@ group; a loader is ``fn(data_dir, download) -> ImageDataset``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -23,7 +24,7 @@ import torch
 from ..errors import ConfigError, DataError, RegistryError
 from ..registry import Registry
 from .cache import (_CACHE_FORMAT, _dataset_to_dict, _fingerprint, _read_dataset_cache, _safe, _write_cache,
-                    default_data_dir)
+                    decode_lock, default_data_dir)
 from .dataset import ImageDataset
 from .folders import ARCHIVE_SUFFIXES, _dataset_name_from_path, _load_image_folder_dataset
 
@@ -66,17 +67,26 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
 
     dataset = _read_dataset_cache(cache_file) if cache else None
     if dataset is None:
-        start = time.perf_counter()
-        logger.info("decoding dataset %s (first use; cached afterwards in %s)", name_or_path, cache_file)
-        dataset = decode()
-        if not isinstance(dataset, ImageDataset):
-            raise DataError(f"dataset loader for {name_or_path!r} must return an ImageDataset, "
-                            f"got {type(dataset).__name__} instead")
-        logger.info("decoded %s in %.1f s: %r", name_or_path, time.perf_counter() - start, dataset)
-        if cache:
-            _write_cache(cache_file, _dataset_to_dict(dataset))
+        with decode_lock(cache_file) if cache else contextlib.nullcontext():
+            # another process may have decoded it while this one waited for the lock
+            dataset = _read_dataset_cache(cache_file) if cache else None
+            if dataset is None:
+                dataset = _decode_and_cache(name_or_path, decode, cache_file if cache else None)
     if augment is not None:
         dataset = dataclasses.replace(dataset, augment=bool(augment))
+    return dataset
+
+
+def _decode_and_cache(name_or_path, decode, cache_file: Path | None) -> ImageDataset:
+    start = time.perf_counter()
+    logger.info("decoding dataset %s (first use; cached afterwards in %s)", name_or_path, cache_file)
+    dataset = decode()
+    if not isinstance(dataset, ImageDataset):
+        raise DataError(f"dataset loader for {name_or_path!r} must return an ImageDataset, "
+                        f"got {type(dataset).__name__} instead")
+    logger.info("decoded %s in %.1f s: %r", name_or_path, time.perf_counter() - start, dataset)
+    if cache_file is not None:
+        _write_cache(cache_file, _dataset_to_dict(dataset))
     return dataset
 
 

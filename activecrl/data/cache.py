@@ -6,11 +6,14 @@ decoded uint8 tensors is one read. So every dataset is decoded once into
 path and the size/mtime of every file, so editing the data invalidates it; ``_CACHE_FORMAT`` is in
 every key and blob, so changing a loader's output (bump it) invalidates all of them. A cache file
 that cannot be read is ignored and rewritten, and writes are atomic, so a crash mid-write never
-leaves a file that later loads trust.
+leaves a file that later loads trust. Processes that miss the cache at the same time (the tasks
+of ``activecrl sweep`` on one machine) take turns through ``decode_lock``, so each machine
+decodes a dataset once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -23,6 +26,11 @@ import torch
 from ..errors import DataError
 from ..io import atomic_torch_save
 from .dataset import ImageDataset
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: concurrent first loads there decode more than once (still safe)
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -120,3 +128,34 @@ def _write_cache(cache_file: Path, blob: dict) -> None:
         logger.warning("could not write the dataset cache %s (%s); the next load will decode again", cache_file, exc)
         return
     logger.info("wrote dataset cache %s (%.0f MB)", cache_file, cache_file.stat().st_size / 2**20)
+
+
+@contextlib.contextmanager
+def decode_lock(cache_file: Path):
+    """Hold an exclusive lock on ``<cache_file>.lock`` while one process decodes and writes it.
+
+    The caller checks the cache again once it holds the lock: whoever waited finds the file the
+    first process wrote. ``flock`` is released by the kernel when its holder dies, so a killed
+    decoder leaves no stale lock. Where locking is not possible (a read-only folder, a network
+    filesystem without locks) this only logs: the atomic cache write keeps concurrent decodes
+    safe, merely repeated.
+    """
+    lock_path = cache_file.with_name(cache_file.name + ".lock")
+    if fcntl is None:
+        yield
+        return
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        logger.info("no decode lock %s (%s); decoding without it", lock_path, exc)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            logger.info("cannot lock %s (%s); decoding without it", lock_path, exc)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
