@@ -116,9 +116,19 @@ def test_train_defaults_are_quick_and_the_paper_schedule_is_a_preset():
     assert (paper.dataset, paper.model) == ("cifar10", "resnet18")
 
 
-def test_train_records_its_thread_count(tmp_path):
+def test_train_records_its_thread_count(tmp_path, monkeypatch):
+    import activecrl.experiment as experiment
+
+    class Recording(experiment.torch_threads):  # no real 2-thread run: a later fork must not inherit a pool
+        def __enter__(self):
+            return self.n
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(experiment, "torch_threads", Recording)
     out = tmp_path / "t"
-    r = runner.invoke(app, ["--threads", "2", "train", "--epochs", "1", "--device", "cpu", "--out", str(out)])
+    r = runner.invoke(app, ["train", "--threads", "2", "--epochs", "1", "--device", "cpu", "--out", str(out)])
     assert r.exit_code == 0, (r.output, r.exception)
     blob = json.loads((out / "metrics.json").read_text())
     assert blob["threads_used"] == 2 and blob["config"]["threads"] == 2
