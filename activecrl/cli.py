@@ -6,7 +6,6 @@ the result. Everything here can be done from a notebook with the same functions.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -24,14 +23,14 @@ from strategies import STRATEGIES
 
 from . import __version__
 from .bootstrap import rescore_runs
-from .cli_options import build_config, config_command, given_flags
+from .cli_options import build_config, config_command
 from .compare import compare_runs, write_compare
-from .config import preset_names
+from .config import load_toml, merge, preset_names
 from .data import DATASETS
 from .errors import ActiveCRLError
 from .experiment import TrainRunConfig, save_train_run, train_and_evaluate
 from .io import prepare_out_dir
-from .loop import ALConfig, load_saved_config, run_active_learning
+from .loop import CONFIG_FILE, ALConfig, completed_stages, resume_command, resume_config, run_active_learning
 from .methods import METHODS, validate_method_config
 from .metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
 from .models import MODELS
@@ -59,12 +58,43 @@ def _print_version(value: bool) -> None:
 def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                       help="Print the version and exit."),
          threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                               help="CPU threads for torch (1 is fastest on a busy, shared CPU)")):
+                                               help="CPU threads for torch (default: 1 per million model parameters, "
+                                                    "at most the CPUs this process may use)")):
     """Deep active learning with confidence-aware training (CRL, Moon et al. 2020)."""
+    _global_options["threads"] = threads  # run and train put it in their config (recorded, kept on --resume)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+_global_options: dict = {}  # set by the callback above on every invocation
+
+
+def _with_global_threads(overrides: dict) -> dict:
+    """``activecrl --threads N run`` means ``run --threads N``: both go into the config (recorded in the
+    run folder, kept on --resume); the command's own flag wins."""
+    threads = _global_options.get("threads")
+    return overrides if threads is None or "threads" in overrides else {**overrides, "threads": threads}
+
+
+def _print_table(table: Table) -> None:
+    """Print a table without ever cutting a number: where the output is not a terminal (a log file,
+    ``tee``, CI) rich would squeeze it to 80 columns and end cells in "…", so it is printed at its
+    natural width; on a terminal narrower than the table, cells wrap (fold) instead of being cut."""
+    from rich.measure import Measurement
+
+    for column in table.columns:
+        column.overflow = "fold"
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = max(width, Measurement.get(console, console.options.update_width(10**6), table).maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -105,7 +135,7 @@ def train(
 ):
     """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
     _setup_logging(verbose)
-    config = build_config(TrainRunConfig, overrides, config, train.config_options)
+    config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
     method, trainer, train_cfg = config.method, config.trainer, config.train
     validate_method_config(config)  # fail before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
@@ -114,8 +144,9 @@ def train(
     with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
-    console.print(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
-                                f"({result.train_seconds:.0f}s)", [(label, result.metrics)], ci95=result.ci95))
+    _print_table(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
+                               f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
+                               [(label, result.metrics)], ci95=result.ci95))
     if "temperature" in result.method_info:
         console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
     console.print(f"saved to [bold]{out}[/]")
@@ -148,27 +179,32 @@ def run(
     resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
-    """Run an active-learning experiment. With no options: a short offline demo on digits (seconds on a CPU)."""
+    """Run an active-learning experiment. With no options: a short offline demo on digits (under a minute on
+    an idle CPU core)."""
     _setup_logging(verbose)
+    overrides = _with_global_threads(overrides)
     if resume:
         if out is None:
             raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
-        changeable = {k: overrides.pop(k) for k in ("device", "data_dir") if k in overrides}
-        given = given_flags(overrides, run.config_options) + (["--config"] if config else [])
-        if given:  # silently ignoring them would let a user believe they changed the run
-            raise ActiveCRLError(f"--resume continues the run saved in {out}/config.json; drop "
-                                 f"{', '.join(given)} (only --device and "
-                                 f"--data-dir may change), or start a new run with another --out")
-        al_config = dataclasses.replace(load_saved_config(out), **changeable)
+        # the same options again are fine (the natural retry); different ones are refused by name
+        al_config = resume_config(out, merge(load_toml(config) if config else {}, overrides))
     else:
         al_config = build_config(ALConfig, overrides, config, run.config_options)
     if out is None:
         out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
                              f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with _RichLoop(al_config) as callbacks:
-        run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
+    try:
+        with _RichLoop(al_config) as callbacks:
+            run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
+    except KeyboardInterrupt:
+        if not (out / CONFIG_FILE).is_file():  # stopped before the run began: nothing to continue
+            raise
+        console.print(f"[yellow]interrupted[/]: {completed_stages(out)} of {al_config.trials * al_config.stages} "
+                      f"stages are saved in {escape(str(out))}; continue with:\n  {escape(resume_command(out))}",
+                      soft_wrap=True)  # never break the command a user will copy
+        raise typer.Exit(130) from None
     summary = load_run(out)
-    console.print(_summary_table(summary))
+    _print_table(_summary_table(summary))
     plot = plot_curves([summary], out / "curves.png")
     console.print(f"results: [bold]{out / 'results.jsonl'}[/]   plot: [bold]{plot}[/]")
 
@@ -216,12 +252,16 @@ def _pm(mean, std, scale: float, digits: int) -> str:
 
 
 def _summary_table(summary) -> Table:
-    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: mean ± std over trials",
+    spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread"
+    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}",
                   caption="AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %")
     for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "AUGRC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")
-    m, s = summary.mean, summary.std
+    m = summary.mean
+    nan = float("nan")
     for i, n in enumerate(summary.n_labeled):
+        # one trial has no spread: a NaN std prints the value alone rather than a misleading ±0.00
+        s = {k: (v if summary.n_trials[i] > 1 else v * nan) for k, v in summary.std.items()}
         table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
                       _pm(m['accuracy'][i], s['accuracy'][i], 100, 2), _pm(m['aurc'][i], s['aurc'][i], 1e3, 1),
                       _pm(m['eaurc'][i], s['eaurc'][i], 1e3, 1), _pm(m['augrc'][i], s['augrc'][i], 1e3, 1),
@@ -246,16 +286,19 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
     """Per-stage table (mean ± std over trials) and the area under each budget curve."""
     loaded = [load_run(r) for r in runs]
     for s in loaded:
-        console.print(_summary_table(s))
+        _print_table(_summary_table(s))
     if len(loaded) > 1:
-        table = Table(title="area under the budget curve (mean over the label range)")
+        table = Table(title="area under the budget curve (mean over the label range; ± std over trials, "
+                            "none for one trial)")
         for col in ("run", "folder", "trials", "accuracy %", "AURC ×10³"):
             table.add_column(col)
         for s in loaded:
             acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
-            table.add_row(s.label, str(s.path), str(len(acc)), f"{acc.mean():.2f} ± {acc.std():.2f}",
-                          f"{aurc.mean():.1f} ± {aurc.std():.1f}")
-        console.print(table)
+            nan = float("nan")
+            table.add_row(s.label, str(s.path), str(len(acc)),  # one trial: no spread, no ±
+                          _pm(acc.mean(), acc.std() if len(acc) > 1 else nan, 1, 2),
+                          _pm(aurc.mean(), aurc.std() if len(aurc) > 1 else nan, 1, 1))
+        _print_table(table)
         console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "
                       "(penalty matrix) run [bold]activecrl compare " + " ".join(str(r) for r in runs) + " -o DIR[/]")
 
@@ -283,13 +326,16 @@ def ood(
     for name in OOD_METRIC_NAMES:
         table.add_column(name, justify="right")
     table.add_row(*(f"{result.metrics[m] * 100:.2f}" for m in OOD_METRIC_NAMES))
-    console.print(table)
+    _print_table(table)
     if result.params:
         console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
     tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
         f"tuned on {result.protocol.get('ood_tuning')}"
     if DETECTORS.get(detector).tuned:
         console.print(tuned)
+    for what, key in (("OOD set", "ood_conversion"), ("OOD tuning set", "ood_val_conversion")):
+        if result.run_info.get(key):  # never convert silently: say what the model was shown
+            console.print(f"[yellow]{what} converted[/]: {escape(result.run_info[key])}", soft_wrap=True)
     console.print(f"saved to [bold]{out}[/]")
 
 
@@ -304,7 +350,7 @@ def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl tr
             table.add_column(col, justify="right" if i >= t.numeric_from else "left")
         for row in t.rows:
             table.add_row(*row)
-        console.print(table)
+        _print_table(table)
     console.print(f"wrote [bold]{path}[/]")
 
 
@@ -324,7 +370,7 @@ def list_registered():
     table.add_column("names")
     for option, names in accepted_names().items():
         table.add_row(option, ", ".join(names))
-    console.print(table)
+    _print_table(table)
     from .trainers import TRAINERS, trainer_description
 
     recipes = Table(title="trainers: what each is made of")
@@ -332,7 +378,7 @@ def list_registered():
     recipes.add_column("loss + ingredients")
     for name in TRAINERS.names():
         recipes.add_row(name, escape(trainer_description(name)))
-    console.print(recipes)
+    _print_table(recipes)
 
 
 @app.command()
@@ -365,7 +411,7 @@ def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl t
     """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
     blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
     for path, blob in zip(runs, blobs):
-        console.print(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
+        _print_table(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
     console.print(f"updated metrics.json in {len(runs)} run folder(s)")
 
 
@@ -386,7 +432,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
         beaten = result.column_means[j]
         table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, 100, 2), fmt(aurc, 1000, 1),
                       "–" if beaten is None else f"{beaten:.2f}")
-    console.print(table)
+    _print_table(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
@@ -455,8 +501,9 @@ def main() -> None:
     try:
         app()
     except ActiveCRLError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message may hold "[nan, ...]"
+        # a message may hold "[nan, ...]"; soft_wrap: a command or path in it is never broken across lines
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")
+        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")  # run says more
         raise SystemExit(130)

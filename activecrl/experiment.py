@@ -28,11 +28,19 @@ from .methods import build_method, holdout_split, temperature_scale
 from .methods.temperature import log_probs
 from .metrics import classification_metrics
 from .models import build_model
-from .runtime import configure_backends, resolve_device
+from .runtime import check_threads_option, configure_backends, resolve_device, resolve_threads, torch_threads
 from .trainers import EpochInfo, TrainConfig
 from .validate import check_int
 
 logger = logging.getLogger(__name__)
+
+
+def quick_train_config() -> TrainConfig:
+    """``activecrl train``'s default schedule: a quick run (seconds on digits), like ``run``'s demo.
+
+    The paper's 300 epochs stay ``TrainConfig``'s own defaults and the ``*_train_paper`` presets in
+    ``configs/``; only the epoch count differs, so ``--epochs 300`` is the paper's schedule again."""
+    return TrainConfig(epochs=20)
 
 
 @dataclass
@@ -49,7 +57,11 @@ class TrainRunConfig:
     download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation passes"})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation (the [train] table)"})
+    train: TrainConfig = field(default_factory=quick_train_config, metadata={
+        "help": "optimisation (the [train] table); the paper's 300 epochs: --epochs 300 or a *_train_paper preset"})
+    threads: int | None = field(default=None, metadata={"help": (
+        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
+        "use); metrics.json records the count used")})
     # comparison methods and temperature scaling: see activecrl.methods
     method: str = field(default="plain", metadata={"help": "plain | mc_dropout | aleatoric | aes | ensemble"})
     mc_samples: int = field(default=50, metadata={"help": "MC-dropout passes at test time (mc_dropout, aleatoric)"})
@@ -70,6 +82,7 @@ class TrainRunConfig:
 
     def __post_init__(self):
         check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
+        check_threads_option(self.threads)
 
 
 @dataclass
@@ -86,6 +99,7 @@ class TrainRunResult:
     model_info: dict = field(default_factory=dict)
     method_info: dict = field(default_factory=dict)  # what the method did (metrics.json "method")
     member_states: list[dict] | None = None  # ensemble members' weights (saved to members.pt)
+    threads_used: int | None = None  # torch's intra-op threads (CPU results depend on them)
     ci95: dict[str, list[float]] | None = None  # bootstrap intervals (config.bootstrap > 0)
 
     def to_json(self) -> dict:
@@ -95,6 +109,7 @@ class TrainRunResult:
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
             "n_test": int(self.labels.shape[0]),
+            "threads_used": self.threads_used,
             "metrics": self.metrics,
         }
         if self.method_info:
@@ -143,43 +158,48 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     configure_backends(device)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
+    probe = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size)  # its size sets the automatic thread count
+    threads = resolve_threads(config.threads, probe)
+    with torch_threads(threads):  # restored afterwards: a notebook keeps its own setting
+        train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
 
-    info: dict = {"name": method.name}
-    fit_idx = holdout_idx = None
-    if config.temperature_scaling:
-        holdout_idx, fit_idx = holdout_split(config.holdout_fraction, dataset.n_train, config.train.seed)
-        info.update(holdout_fraction=config.holdout_fraction, n_holdout=int(holdout_idx.size),
-                    n_train_used=int(fit_idx.size))
-    train_seconds = method.fit(dataset, train_data, None if fit_idx is None else torch.from_numpy(fit_idx), progress)
+        info: dict = {"name": method.name}
+        fit_idx = holdout_idx = None
+        if config.temperature_scaling:
+            holdout_idx, fit_idx = holdout_split(config.holdout_fraction, dataset.n_train, config.train.seed)
+            info.update(holdout_fraction=config.holdout_fraction, n_holdout=int(holdout_idx.size),
+                        n_train_used=int(fit_idx.size))
+        train_seconds = method.fit(dataset, train_data, None if fit_idx is None else torch.from_numpy(fit_idx),
+                                   progress)
 
-    start = time.perf_counter()
-    probs, logits = method.predictive(test_data)
-    logits = log_probs(probs) if logits is None else logits
-    if config.temperature_scaling:
-        probs, logits, scaled = temperature_scale(method, train_data, holdout_idx,
-                                                  dataset.train_labels[holdout_idx].numpy(), logits)
-        info.update(scaled)
-    labels = dataset.test_labels.numpy()
-    confidence = method.confidence(probs)
-    info.update(confidence=method.confidence_label, **method.describe())
-    metrics = classification_metrics(probs, labels, confidence)
-    eval_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        probs, logits = method.predictive(test_data)
+        logits = log_probs(probs) if logits is None else logits
+        if config.temperature_scaling:
+            probs, logits, scaled = temperature_scale(method, train_data, holdout_idx,
+                                                      dataset.train_labels[holdout_idx].numpy(), logits)
+            info.update(scaled)
+        labels = dataset.test_labels.numpy()
+        confidence = method.confidence(probs)
+        info.update(confidence=method.confidence_label, **method.describe())
+        metrics = classification_metrics(probs, labels, confidence)
+        eval_seconds = time.perf_counter() - start
 
-    model = method.models_[0]
-    model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
-                                model.build_config.get("head", "linear"), model.build_config.get("cos_temp", 8.0))
-    model_info["method"] = method.name
-    if method.saved_model:
-        model_info["model_pt_holds"] = method.saved_model
-    result = TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
-                            confidence, train_seconds, eval_seconds, model_info, method_info=info,
-                            member_states=method.member_states)
-    if config.bootstrap > 0:
-        # from the arrays predictions.npz stores, so `activecrl rescore` recomputes the same intervals
-        result.ci95 = bootstrap_intervals(result.probs, result.labels, result.confidence,
-                                          n_resamples=config.bootstrap, seed=config.train.seed)
-    return result
+        model = method.models_[0]
+        model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
+                                    model.build_config.get("head", "linear"), model.build_config.get("cos_temp", 8.0))
+        model_info["method"] = method.name
+        if method.saved_model:
+            model_info["model_pt_holds"] = method.saved_model
+        result = TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
+                                confidence, train_seconds, eval_seconds, model_info, method_info=info,
+                                member_states=method.member_states, threads_used=threads)
+        if config.bootstrap > 0:
+            # from the arrays predictions.npz stores, so `activecrl rescore` recomputes the same intervals
+            result.ci95 = bootstrap_intervals(result.probs, result.labels, result.confidence,
+                                              n_resamples=config.bootstrap, seed=config.train.seed)
+        return result
 
 
 def save_train_run(result: TrainRunResult, out_dir: Path, *, overwrite: bool = False) -> Path:

@@ -72,8 +72,11 @@ def atomic_savez(path: Path, **arrays) -> None:
     _atomic(path, lambda h: np.savez_compressed(h, **arrays))
 
 
-def prepare_out_dir(out: Path, *, marker: str, overwrite: bool = False, create: bool = True) -> Path:
+def prepare_out_dir(out: Path, *, marker: str, overwrite: bool = False, create: bool = True,
+                    remedy: str = "choose another --out, or pass --overwrite to replace it") -> Path:
     """Create ``out``; refuse to reuse one that already holds ``marker`` unless ``overwrite``.
+
+    ``remedy`` is the fix the refusal suggests, in the words of the command that calls it.
 
     ``create=False`` only checks, so a command can fail on a finished run before it does any
     work without leaving an empty folder behind when something else goes wrong first.
@@ -83,8 +86,7 @@ def prepare_out_dir(out: Path, *, marker: str, overwrite: bool = False, create: 
         raise ConfigError(f"--out must be a directory, got the existing file {out} instead")
     if (out / marker).exists() and not overwrite:
         raise ConfigError(
-            f"{out} already holds a run ({marker} exists); choose another --out, "
-            f"or pass --resume / --overwrite where the command offers it"
+            f"{out} already holds a run ({marker} exists); {remedy}"
         )
     if create:
         out.mkdir(parents=True, exist_ok=True)

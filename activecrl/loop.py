@@ -30,7 +30,7 @@ import torch
 from strategies import QueryContext, get_strategy
 
 from . import __version__
-from .config import from_dict
+from .config import from_dict, merge
 from .data import device_splits, load_dataset
 from .embeddings import load_embeddings
 from .errors import ConfigError
@@ -41,7 +41,8 @@ from .metrics import classification_metrics
 from .models import MODELS, build_model
 from .outputs import PoolOutputs
 from .records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
-from .runtime import configure_backends, resolve_device, seed_everything
+from .runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
+                      torch_threads)
 from .trainers import EpochInfo, TrainConfig, build_trainer
 from .validate import SEED_LIMIT, check_int
 
@@ -95,6 +96,9 @@ class ALConfig:
         "that select by typicality/coverage (typiclust, probcover) and for --initial-strategy")})
     initial_strategy: str = field(default="random", metadata={"help": (
         "how the seed set is chosen: random | typiclust | probcover (the last two need --embeddings)")})
+    threads: int | None = field(default=None, metadata={"help": (
+        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
+        "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
     train: TrainConfig = field(default_factory=_al_train_config, metadata={
         "help": "training of each stage (the [train] table)"})
 
@@ -121,6 +125,7 @@ class ALConfig:
                               f"--embeddings DIR, or use --initial-strategy random")
         if self.embeddings is not None and not isinstance(self.embeddings, str):
             self.embeddings = str(self.embeddings)
+        check_threads_option(self.threads)
 
     def to_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self))
@@ -246,8 +251,9 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     """
     out = Path(out_dir)
     cb = callbacks or LoopCallbacks()
+    saved_threads = None
     if resume:
-        config = _check_resume(config, out)
+        config, saved_threads = _check_resume(config, out)
     trial_ids = list(range(config.trials)) if trials is None else [int(t) for t in trials]
     if any(not 0 <= t < config.trials for t in trial_ids):
         raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
@@ -256,7 +262,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
-        prepare_out_dir(out, marker=CONFIG_FILE, create=False)  # never overwrite a run
+        prepare_out_dir(out, marker=CONFIG_FILE, create=False, remedy=_resume_remedy(out))  # never overwrite a run
     checked = check_run(config, dataset=dataset, names=names)
     dataset, strategy, dropout = checked.dataset, checked.strategy, checked.dropout
     n_train = dataset.n_train
@@ -271,6 +277,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
             seed_sets[trial] = _seed_set(config, trial, n_train, seed_strategy, embeddings)
         return seed_sets[trial]
 
+    check_label_budget(config, n_train, stages=not resume)  # a resumed run was accepted when it started
     if seed_strategy is not None and not resume:
         seed_set(0)  # a seed set the strategy cannot choose (too few clusters) fails before anything is written
     train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
@@ -279,10 +286,30 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     def new_model():
         return _build_model(config, checked)
 
+    # the model's size sets the automatic thread count
+    threads = resolve_threads(config.threads, new_model())
+    if saved_threads is not None and threads != saved_threads and device.type == "cpu":
+        raise ConfigError(
+            f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
+            f"and this run's stages were computed with {saved_threads} thread(s), got {threads} instead"
+            f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
     if not resume:
-        prepare_out_dir(out, marker=CONFIG_FILE)
-        write_run_config(out, config, dropout=dropout, n_train=n_train,
-                         extra={"embeddings_fingerprint": checked.embeddings_info} if checked.embeddings_info else None)
+        prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
+        extra = {"threads_used": threads}
+        if checked.embeddings_info:
+            extra["embeddings_fingerprint"] = checked.embeddings_info
+        write_run_config(out, config, dropout=dropout, n_train=n_train, extra=extra)
+    with torch_threads(threads):
+        _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device,
+                    trial_ids, seed_set, embeddings)
+    return read_records(out)
+
+
+def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_model, train_data, test_data,
+                test_labels, n_train: int, device, trial_ids: list[int], seed_set, embeddings) -> None:
+    """Every (trial, stage) of ``trial_ids`` not yet recorded, in order, each appended when complete.
+
+    ``seed_set(trial)`` gives a trial's seed set; ``embeddings`` (or None) go to the strategies."""
 
     records = read_records(out)
     done = {(r.trial, r.stage) for r in records}
@@ -338,7 +365,6 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
             cb.stage_end(record)
             logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, len(labeled), metrics["accuracy"])
             labeled = np.union1d(labeled, queried)
-    return read_records(out)
 
 
 def _with_class_count(strategy, spec, params: dict, n_classes: int):
@@ -428,21 +454,106 @@ def _load_warm_state(out: Path, trial: int, stage: int):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_saved_config(out: Path | str) -> ALConfig:
-    """The ``ALConfig`` saved in a run folder's ``config.json``."""
+def _resume_remedy(out: Path) -> str:
+    return f"choose another --out, or continue it with: {resume_command(out)}"
+
+
+def resume_command(out: Path | str) -> str:
+    """The command line that continues the run in ``out`` (printed after an interruption)."""
+    import shlex
+
+    return f"activecrl run --resume --out {shlex.quote(str(out))}"
+
+
+def check_label_budget(config: ALConfig, n_train: int, *, stages: bool = True) -> None:
+    """The seed set and (``stages``) every stage's query must fit in the training split: a budget the
+    pool cannot fill is refused like an oversized seed set, rather than silently clipped in the last
+    stages."""
+    if config.initial > n_train:
+        raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
+    needed = config.initial + config.budget * (config.stages - 1)
+    if stages and needed > n_train:
+        most = (n_train - config.initial) // (config.stages - 1)
+        raise ConfigError(
+            f"initial + budget x (stages - 1) must be at most the training split size {n_train}, got "
+            f"{config.initial} + {config.budget} x {config.stages - 1} = {needed} instead; lower --budget "
+            f"(at most {most} here), --stages or --initial")
+
+
+def completed_stages(out: Path | str) -> int:
+    """How many (trial, stage) records ``out/results.jsonl`` holds."""
+    return len({(r.trial, r.stage) for r in read_records(Path(out))})
+
+
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint")
+# where a run executes, not what it computes: these may change on --resume
+RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
+
+
+def _read_saved(out: Path | str) -> dict:
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
-    saved = json.loads(path.read_text())
-    for key in ("activecrl_version", "dropout_used", "n_train", "sweep", "embeddings_fingerprint"):
+    return json.loads(path.read_text())
+
+
+def load_saved_config(out: Path | str) -> ALConfig:
+    """The ``ALConfig`` saved in a run folder's ``config.json``."""
+    saved = _read_saved(out)
+    for key in _SAVED_EXTRAS:
         saved.pop(key, None)
     return ALConfig.from_dict(saved)
 
 
-def _check_resume(config: ALConfig, out: Path) -> ALConfig:
-    """Resume uses the saved experiment; only where it runs (device, data folder) may change."""
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "strategy_params":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _option_name(key: str) -> str:
+    """The flag of a (dotted) ALConfig key: train.epochs is --epochs; the TOML key where no flag exists."""
+    from .config import config_options
+
+    flags = {option.key: "--" + option.flag.replace("_", "-") for option in config_options(ALConfig)}
+    return flags.get(key, key)
+
+
+def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
+    """The saved experiment of ``out`` with ``given`` options applied, for ``--resume``.
+
+    ``given`` holds the options of the command line (nested like ``ALConfig.to_dict()``; a preset's
+    values already merged in). Options equal to the saved ones are accepted, so the natural retry
+    (the same command with ``--resume`` added) works; where the run executes (``RESUME_MAY_CHANGE``)
+    may change; any other difference is refused, naming each option with both values.
+    """
+    saved = load_saved_config(out)
+    merged = ALConfig.from_dict(merge(saved.to_dict(), given or {}))  # validates and normalises types
+    before, after = _flat(saved.to_dict()), _flat(merged.to_dict())
+    changed = [k for k in after if after[k] != before.get(k) and k.split(".")[-1] not in RESUME_MAY_CHANGE]
+    if changed:
+        listed = ", ".join(f"{_option_name(k)} {after[k]!r} (saved: {before.get(k)!r})" for k in changed)
+        raise ConfigError(
+            f"--resume continues the run saved in {Path(out) / CONFIG_FILE}, but these options differ from it: "
+            f"{listed}; drop them or give the saved values (only --device, --data-dir and --threads may change), "
+            f"or start a new run with another --out")
+    return merged
+
+
+def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
+    """Resume uses the saved experiment; only where it runs (device, data folder, threads) may change.
+
+    Returns that config and the thread count the saved stages were computed with (None: an older run
+    that did not record it)."""
+    saved = _read_saved(out)
     saved_config = load_saved_config(out)
-    return dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir)
+    resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
+                                  threads=config.threads if config.threads is not None else saved_config.threads)
+    return resumed, saved.get("threads_used")
 
 
 def _check_same_embeddings(out: Path, info: dict) -> None:

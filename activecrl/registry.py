@@ -68,7 +68,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise RegistryError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s are: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; valid {_plural(self.kind)} are: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:
@@ -85,6 +85,11 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.names())
+
+
+def _plural(kind: str) -> str:
+    """strategy -> strategies, model -> models."""
+    return kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
 
 
 def _describe(obj: object) -> str:

@@ -39,7 +39,7 @@ OOD_HEADERS = {"fpr95": "FPR-95%-TPR", "detection_error": "Detection err", "auro
                "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
 # config keys that say where or how fast a run went, not what it computed
 _IGNORED = {"seed", "data_dir", "device", "download", "eval_batch_size", "compile", "amp", "channels_last",
-            "batch_size_eval", "bootstrap"}
+            "batch_size_eval", "bootstrap", "threads"}
 _METHOD_ORDER = {"plain": 0, "aes": 1, "mc_dropout": 2, "aleatoric": 3, "ensemble": 4}
 
 

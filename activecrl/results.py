@@ -83,6 +83,20 @@ def load_run(path: Path | str) -> RunSummary:
                       records)
 
 
+def distinct_labels(runs: list[RunSummary]) -> list[str]:
+    """Legend labels: the run's label, plus its folder where two runs share a label (two runs of one
+    strategy must not draw under one name), and the whole path where folder names collide too."""
+    plain = [run.label for run in runs]
+    labels = list(plain)
+    for i, run in enumerate(runs):
+        if plain.count(run.label) > 1:
+            same = [r for r in runs if r.label == run.label]
+            names = [r.path.name for r in same]
+            where = run.path.name if names.count(run.path.name) == 1 else str(run.path)
+            labels[i] = f"{run.label} · {where}"
+    return labels
+
+
 def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy", "aurc")) -> Path:
     """Metric against labeled-set size, mean +/- std over trials, one curve per run."""
     import matplotlib
@@ -91,10 +105,11 @@ def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    labels = distinct_labels(runs)
     for ax, metric in zip(axes[0], metrics):
-        for run in runs:
+        for run, label in zip(runs, labels):
             x, y, s = run.n_labeled, run.mean[metric], run.std[metric]
-            (line,) = ax.plot(x, y, marker="o", markersize=3, label=run.label)
+            (line,) = ax.plot(x, y, marker="o", markersize=3, label=label)
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("labeled training samples")
         ax.set_ylabel("test accuracy (higher is better)" if metric == "accuracy"
@@ -102,7 +117,8 @@ def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy
         ax.grid(alpha=0.3)
     datasets = sorted({Path(str(r.config.get("dataset"))).name for r in runs})  # a path: its file name
     trials = sorted({int(t) for r in runs for t in r.n_trials})
-    fig.suptitle(f"{', '.join(datasets)}: mean ± std over {'/'.join(map(str, trials))} trial(s)")
+    spread = "one trial (no spread)" if trials == [1] else f"mean ± std over {'/'.join(map(str, trials))} trial(s)"
+    fig.suptitle(f"{', '.join(datasets)}: {spread}")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     out_path = Path(out_path)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,17 +296,40 @@ def register_strategy(name: str):
     return add
 
 
+def _import_from_path_or_cwd(module_name: str):
+    """Import ``module_name`` from the Python path, else from the current folder, as ``python -m``
+    would: the ``activecrl`` console script (unlike ``python``) does not put the working folder on
+    ``sys.path``, so ``--strategy my_strategies:MyStrategy`` would otherwise fail next to the file.
+    The folder is appended, never prepended: it cannot shadow an installed module."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        cwd = os.getcwd()
+        if exc.name != top or cwd in sys.path or "" in sys.path or "." in sys.path:
+            raise
+        sys.path.append(cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except BaseException:
+            sys.path.remove(cwd)  # not found there either: leave the path as it was
+            raise
+        logger.info("imported strategy module %r from the current folder %s", module_name, cwd)
+        return module
+
+
 def _load_by_path(spec: str) -> type:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"strategy path must look like 'package.module:ClassName', got {spec!r} instead")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_path_or_cwd(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise ConfigError(
-                f"strategy module {module_name!r} (from {spec!r}) could not be found; make sure it is "
-                f"importable (installed, or its folder on PYTHONPATH)"
+                f"strategy module {module_name!r} (from {spec!r}) could not be found in the current folder "
+                f"({os.getcwd()}) or on the Python path; run from the folder that holds "
+                f"{module_name.split('.')[0]}.py, or put that folder on PYTHONPATH"
             ) from None
         raise ConfigError(
             f"strategy module {module_name!r} (from {spec!r}) failed to import: {exc}"

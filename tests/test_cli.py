@@ -89,13 +89,32 @@ def test_version_and_help():
         assert command in runner.invoke(app, []).output
 
 
-def test_resume_refuses_changed_options_and_continues(tmp_path):
+def test_resume_refuses_changed_options_and_continues(tmp_path, monkeypatch):
+    from activecrl import cli
+
     out = tmp_path / "al"
     base = ["run", "--dataset", "digits", "--initial", "40", "--budget", "40", "--stages", "2", "--epochs", "1",
             "--trials", "1", "--device", "cpu", "--out", str(out)]
-    _ok(runner.invoke(app, base))
-    refused = runner.invoke(app, ["run", "--resume", "--out", str(out), "--stages", "3", "--strategy", "entropy"])
-    assert refused.exit_code != 0 and "drop --stages, --strategy" in str(refused.exception)
+
+    def interrupt(self, record):  # Ctrl-C right after the first stage was saved
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._RichLoop, "stage_end", interrupt)
+    stopped = runner.invoke(app, base)
+    assert stopped.exit_code == 130, stopped.output
+    assert "1 of 2 stages are saved" in stopped.output
+    assert f"activecrl run --resume --out {out}\n" in stopped.output  # the exact command, on one line
+    monkeypatch.undo()
+
+    refused = runner.invoke(app, ["run", "--resume", "--out", str(out), "--stages", "3", "--strategy", "entropy",
+                                  "--epochs", "1"])
+    message = str(refused.exception)
+    assert refused.exit_code != 0 and "--stages 3 (saved: 2)" in message
+    assert "--strategy 'entropy' (saved: 'least_conf')" in message and "--epochs" not in message  # equal: fine
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    # the natural retry: the same command line with --resume added
+    assert "trials" in _ok(runner.invoke(app, base + ["--resume"]))
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
     assert "trials" in _ok(runner.invoke(app, ["run", "--resume", "--out", str(out), "--device", "cpu"]))
     assert len((out / "results.jsonl").read_text().splitlines()) == 2  # nothing left to do, nothing redone
 

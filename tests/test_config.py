@@ -232,13 +232,20 @@ def test_readme_commands_parse(where, args, captured, monkeypatch):
     def saved(out):
         raise _Built
 
-    monkeypatch.setattr(cli, "load_saved_config", saved)  # `run --resume` does not build a new config
+    from activecrl import loop
+
+    monkeypatch.setattr(loop, "load_saved_config", saved)  # `run --resume` (resume_config) reads the saved config
     captured(args)
 
 
 def test_presets_resolve_by_name_and_path():
     assert {"cifar10_paper", "cifar100_paper", "svhn_paper", "cifar10_shared_cpu"} <= set(preset_names())
     for name in preset_names():
+        if "_train_" in name:  # a preset of `activecrl train`: the paper's classification schedule
+            from activecrl.experiment import TrainRunConfig
+
+            assert from_dict(TrainRunConfig, load_toml(name)).train.epochs == 300
+            continue
         config = from_dict(ALConfig, load_toml(name))
         assert config.train.milestones == (0.6, 0.8)
     assert load_toml("cifar10_paper.toml") == load_toml(ROOT / "configs" / "cifar10_paper.toml")

@@ -55,8 +55,11 @@ def test_existing_out_is_never_overwritten(tmp_path):
     ds = make_blobs_dataset(n_train=150, n_test=40)
     run_active_learning(_config(trials=1, stages=1), tmp_path / "run", dataset=ds)
     before = (tmp_path / "run" / "results.jsonl").read_text()
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a run") as info:
         run_active_learning(_config(trials=1, stages=1), tmp_path / "run", dataset=ds)
+    # run's own remedy (it has --resume, not --overwrite)
+    assert f"activecrl run --resume --out {tmp_path / 'run'}" in str(info.value)
+    assert "--overwrite" not in str(info.value)
     assert (tmp_path / "run" / "results.jsonl").read_text() == before
 
 
@@ -96,10 +99,79 @@ def test_resume_needs_a_run(tmp_path):
 
 def test_pool_subset_and_exhausted_pool(tmp_path):
     ds = make_blobs_dataset(n_train=60, n_test=30)
-    records = run_active_learning(_config(strategy="entropy", initial=30, budget=20, stages=3, trials=1,
+    records = run_active_learning(_config(strategy="entropy", initial=30, budget=15, stages=3, trials=1,
                                           pool_subset=25), tmp_path / "r", dataset=ds)
-    assert [len(r.queried) for r in records] == [20, 10, 0]  # the last query takes what is left
+    assert [len(r.queried) for r in records] == [15, 15, 0]  # the last query takes the whole pool
     assert records[-1].n_labeled == 60
+
+
+def test_budget_larger_than_the_pool_is_refused_like_an_oversized_seed_set(tmp_path):
+    ds = make_blobs_dataset(n_train=60, n_test=30)
+    # 30 + 20 x 2 = 70 labels of 60: refused before anything is written, not clipped in the last stage
+    with pytest.raises(ConfigError, match=r"initial \+ budget x \(stages - 1\) must be at most the training split "
+                                          r"size 60, got 30 \+ 20 x 2 = 70 instead; lower --budget \(at most 15"):
+        run_active_learning(_config(initial=30, budget=20, stages=3, trials=1), tmp_path / "r", dataset=ds)
+    with pytest.raises(ConfigError, match="initial must be at most the training split size 60"):
+        run_active_learning(_config(initial=61, trials=1), tmp_path / "r", dataset=ds)
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_records_its_thread_count_and_resume_keeps_it(tmp_path, monkeypatch):
+    import torch
+
+    from activecrl.loop import resume_config
+
+    import activecrl.loop as loop_module
+
+    applied = []
+
+    class Recording(loop_module.torch_threads):
+        # records the count without changing torch's: running 2 OpenMP threads here would leave a
+        # thread pool that a test forking later (test_sweep) could deadlock on
+        def __enter__(self):
+            applied.append(self.n)
+            return self.n
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(loop_module, "torch_threads", Recording)
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    run_active_learning(_config(trials=1, stages=2, threads=2), tmp_path / "two", dataset=ds)
+    assert applied == [2]  # the stages run inside torch_threads(2)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["threads_used"] == 2
+    run_active_learning(_config(trials=1, stages=1), tmp_path / "auto", dataset=ds)
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert saved["threads_used"] == 1 and saved["threads"] is None  # small_cnn: 1 thread automatically
+    # CPU results depend on the thread count: a resume that would change it is refused, naming the option
+    with pytest.raises(ConfigError, match="--threads must stay 1 .* got 3 instead; pass --threads 1"):
+        run_active_learning(_config(threads=3), tmp_path / "auto", dataset=ds, resume=True)
+    # ... also when the automatic count differs, e.g. on a machine with more CPUs (here: a "larger" model)
+    monkeypatch.setattr("activecrl.runtime.PARAMETERS_PER_THREAD", 1000)
+    monkeypatch.setattr("activecrl.runtime.available_cpus", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with pytest.raises(ConfigError, match=r"--threads must stay 1 .* got 2 instead \(the automatic count here\)"):
+        run_active_learning(_config(), tmp_path / "auto", dataset=ds, resume=True)
+    # the saved request is kept (2 stays 2), and --threads may be given again on resume
+    run_active_learning(_config(threads=None), tmp_path / "two", dataset=ds, resume=True)
+    assert len(read_records(tmp_path / "two")) == 2
+    assert resume_config(tmp_path / "two", {"threads": 2, "stages": 2}).threads == 2
+
+
+def test_resume_config_accepts_equal_options_and_names_different_ones(tmp_path):
+    from activecrl.loop import resume_config
+
+    ds = make_blobs_dataset(n_train=150, n_test=40)
+    run_active_learning(_config(trials=1, stages=1), tmp_path / "r", dataset=ds)
+    same = resume_config(tmp_path / "r", {"strategy": "least_conf", "trials": 1, "device": "cpu",
+                                          "train": {"epochs": 2, "milestones": [0.6, 0.8]}, "seed": None})
+    assert same.trials == 1 and same.train.epochs == 2
+    assert resume_config(tmp_path / "r", {"device": "cuda:1", "data_dir": "/elsewhere"}).device == "cuda:1"
+    with pytest.raises(ConfigError) as info:
+        resume_config(tmp_path / "r", {"trials": 1, "stages": 4, "train": {"epochs": 3, "lr": 0.1}})
+    message = str(info.value)
+    assert "--stages 4 (saved: 1)" in message and "--epochs 3 (saved: 2)" in message
+    assert "--trials" not in message and "--lr" not in message  # equal to the saved values
 
 
 def test_user_strategy_by_path(tmp_path, monkeypatch):

@@ -128,6 +128,10 @@ def test_run_ood_each_detector(digits_run, image_folder, tmp_path, detector):
     assert blob["detector"] == detector and blob["protocol"]["tuned_on_test_ood"] is False
     assert all(blob[m] == result.metrics[m] for m in ("fpr95", "detection_error", "auroc", "aupr_in", "aupr_out"))
     assert blob["ood_set"] == "pics" and blob["run"]["trainer"] == "baseline"
+    # the RGB 12x12 set was converted to the digits model's 1x8x8 input, and ood.json says so
+    assert blob["ood_conversion"] == ("37 images converted from 3×12×12 (RGB) to the model's input 1×8×8 (gray): "
+                                      "RGB to gray (ITU-R 601 luma), resized 12×12 → 8×8 (bilinear, antialiased)")
+    assert blob["run"]["ood_val_conversion"] is None  # synthetic noise is made in the model's shape
     scores = np.load(out / "scores.npz")
     np.testing.assert_allclose(scores["score_in"], result.score_in)
     assert ood_metrics(scores["score_in"], scores["score_out"]) == blob["metrics"]
@@ -189,6 +193,7 @@ def test_cli_train_then_ood(tmp_path, image_folder):
                             "--device", "cpu", "--tune-on-test-ood"])
     assert r.exit_code == 0, (r.output, r.exception)
     assert "paper protocol" in r.output and "auroc" in r.output
+    assert "OOD set converted: 37 images converted from 3×12×12 (RGB) to the model's input 1×8×8" in r.output
     blob = json.loads((out / "ood.json").read_text())
     assert blob["protocol"]["tuned_on_test_ood"] and (out / "scores.npz").is_file()
     r = runner.invoke(app, ["ood", "--run", str(run), "--ood", "noise", "--detector", "energy", "--out",
@@ -197,3 +202,20 @@ def test_cli_train_then_ood(tmp_path, image_folder):
     r = runner.invoke(app, ["ood", "--run", str(run), "--ood", "noise", "--detector", "msp", "--out",
                             str(tmp_path / "x"), "--epsilons", "a,b"])
     assert r.exit_code != 0 and "comma-separated numbers" in str(r.exception)
+
+
+def test_ood_set_conversion_is_described(tmp_path):
+    from activecrl.ood import convert_to_model_input, load_ood_set
+
+    same = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    images, note = convert_to_model_input(same, 1, 8)
+    assert images is same and note is None  # nothing to convert, nothing to say
+    images, note = convert_to_model_input(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), 3, 8)
+    assert images.shape == (4, 3, 8, 8) and note.endswith("gray copied to RGB")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    rng = np.random.default_rng(0)
+    for i, side in enumerate((10, 12, 16)):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(mixed / f"{i}.png")
+    images, note = load_ood_set(str(mixed), channels=1, size=8, data_dir=tmp_path / "d")
+    assert images.shape == (3, 1, 8, 8) and "mixed sizes, each resized to 8×8" in note

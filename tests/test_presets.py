@@ -2,10 +2,10 @@
 
 import pytest
 
-from activecrl.config import load_toml, preset_names
+from activecrl.config import from_dict, load_toml, preset_names
 from activecrl.loop import ALConfig
 
-PRESETS = preset_names()
+PRESETS = [name for name in preset_names() if "_train_" not in name]  # `activecrl run` presets (train's: below)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -20,3 +20,11 @@ def test_budget_regimes(name, labels):
     config = ALConfig.from_dict(load_toml(name))
     assert config.initial == config.budget == labels and config.stages == 10
     assert config.model == "small_cnn" and config.pool_subset is None
+
+
+def test_train_preset_is_the_papers_schedule():
+    from activecrl.experiment import TrainRunConfig
+    from activecrl.trainers import TrainConfig
+
+    config = from_dict(TrainRunConfig, load_toml("cifar10_train_paper"))
+    assert config.train == TrainConfig() and config.train.milestone_epochs() == [150, 250]

@@ -1,6 +1,10 @@
 """The README's code must run as written."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +62,29 @@ def test_readme_recipe_example_runs():
         assert namespace["trainer"].name == "crl_sam_ema" and hasattr(namespace["trainer"], "setup")
     finally:
         TRAINERS.unregister("crl_sam_ema")
+
+
+def _console_script() -> list[str]:
+    """The installed ``activecrl`` command, or its exact equivalent: ``-P`` keeps the working folder
+    off ``sys.path`` as a console script does (``python -m`` would add it and hide the bug)."""
+    script = Path(sys.executable).with_name("activecrl")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-P", "-c", "import sys; from activecrl.cli import main; sys.argv[0] = 'activecrl'; main()"]
+
+
+def test_readme_strategy_command_works_through_the_console_script(tmp_path):
+    """The README's own command, run as a user runs it: the console script, in the folder where the
+    user wrote my_strategies.py (the demo shortened to 2 stages of 1 epoch)."""
+    (tmp_path / "my_strategies.py").write_text(_block("# my_strategies.py"))
+    command = next(line.split("#")[0].split() for line in README.read_text().splitlines()
+                   if line.startswith("activecrl run --strategy my_strategies:"))
+    assert command[0] == "activecrl"
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}  # this checkout, not another install
+    result = subprocess.run(_console_script() + command[1:] + ["--trials", "1", "--stages", "2", "--epochs", "1",
+                                                               "--device", "cpu", "--out", "run"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["strategy"] == "my_strategies:LowMarginFarFeatures"
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 2

@@ -445,7 +445,7 @@ def test_registry_duplicate_and_unknown():
         class Again(Strategy):
             def select(self, context, budget, rng):
                 return context.pool.indices.numpy()[:budget]
-    with pytest.raises(RegistryError, match="valid strategys are: .*coreset.*entropy"):
+    with pytest.raises(RegistryError, match="valid strategies are: .*coreset.*entropy"):
         get_strategy("entropi")
     with pytest.raises(RegistryError, match="expects a Strategy subclass"):
         register_strategy("not_a_strategy")(object)

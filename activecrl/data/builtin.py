@@ -150,11 +150,12 @@ _TORCHVISION_FILES = {
 def _torchvision_missing(name: str, root: Path, download: bool, exc: Exception) -> DataError:
     how = "the download failed (no internet?)" if download else "download is off and the files are not there"
     return DataError(
-        f"{name} is not available in {root}: {how} ({type(exc).__name__}: {exc}). To fix: load it once with "
-        f"download enabled (the default; load_dataset({name!r}, data_dir=..., download=True)) on a machine "
-        f"with internet access and copy that data directory here; or put torchvision's files "
-        f"({_TORCHVISION_FILES.get(name, 'as torchvision expects them')}) in {root}; or pass the path of an "
-        f"ImageFolder directory or archive instead of the name (e.g. load_dataset('/path/to/{name}.tar.gz'))"
+        f"{name} is not available in {root}: {how} ({type(exc).__name__}: {exc}). To fix: on a machine with "
+        f"internet access, run once with `--dataset {name} --data-dir DIR` (it downloads there; in Python: "
+        f"load_dataset({name!r}, data_dir=DIR)) and copy DIR here, then pass `--data-dir DIR` (or set "
+        f"$ACTIVECRL_DATA); or put torchvision's files "
+        f"({_TORCHVISION_FILES.get(name, 'as torchvision expects them')}) in {root}; or give the path of an "
+        f"ImageFolder directory or archive instead of the name (`--dataset /path/to/{name}.tar.gz`)"
     )
 
 

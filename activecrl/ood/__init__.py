@@ -7,14 +7,15 @@ data that is never the test OOD set unless ``tune_on_test_ood`` asks for the pap
 - ``scores.py``: the scores themselves (MSP, energy, the ODIN score grid, Mahalanobis: class
   Gaussian, whitening and ``MahalanobisScorer``), and what each detector computes.
 - ``data.py``: OOD images (synthetic noise sets, FGSM validation images, an OOD set converted to the
-  model's channels and size by ``load_ood_images``).
+  model's channels and size by ``load_ood_set``, which also says what it converted).
 - ``detectors.py``: the ``DETECTORS`` registry (entry-point group ``activecrl.detectors``): one
   ``Detector`` class per detector, tuning its grid (``select_best``) and scoring the evaluation data.
 - ``run.py``: ``OODConfig`` / ``OODResult``, the tuning protocol (the tuning / evaluation split),
   ``run_ood`` (load, split, the detector's ``score``) and ``save_ood`` / ``read_ood``.
 """
 
-from .data import SYNTHETIC_SETS, fgsm_images, load_ood_images, synthetic_images
+from .data import (SYNTHETIC_SETS, convert_to_model_input, fgsm_images, load_ood_images, load_ood_set,
+                   synthetic_images)
 from .detectors import DETECTORS, Detector, DetectorScores, register_detector, select_best
 from .run import DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, OODConfig, OODResult, read_ood, run_ood, save_ood
 from .scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,

@@ -82,20 +82,60 @@ def _ood_name(spec: str) -> str:
     return name
 
 
-def load_ood_images(spec: str, *, channels: int, size: int, data_dir=None, n_synthetic: int = 10000,
-                    seed: int = 0) -> torch.Tensor:
+def _shape(images: torch.Tensor) -> str:
+    c, h, w = images.shape[1:]
+    return f"{c}×{h}×{w}" + {1: " (gray)", 3: " (RGB)"}.get(int(c), "")
+
+
+def convert_to_model_input(images: torch.Tensor, channels: int, size: int) -> tuple[torch.Tensor, str | None]:
+    """``images`` in the model's channels and size, and a sentence saying what was converted (None: nothing)."""
+    if tuple(images.shape[1:]) == (channels, size, size):
+        return images, None
+    converted = _convert(images, channels, size)
+    steps = []
+    if images.shape[1] != channels:
+        steps.append("gray copied to RGB" if channels == 3 else "RGB to gray (ITU-R 601 luma)")
+    if tuple(images.shape[2:]) != (size, size):
+        steps.append(f"resized {images.shape[2]}×{images.shape[3]} → {size}×{size} (bilinear, antialiased)")
+    note = (f"{images.shape[0]} images converted from {_shape(images)} to the model's input {_shape(converted)}: "
+            + ", ".join(steps))
+    return converted, note
+
+
+def load_ood_set(spec: str, *, channels: int, size: int, data_dir=None, n_synthetic: int = 10000,
+                 seed: int = 0) -> tuple[torch.Tensor, str | None]:
     """OOD images for a model: a synthetic set name, a registered dataset name (its test split), or an
-    image folder / archive (``load_image_folder``), converted to ``channels`` x ``size`` x ``size``."""
+    image folder / archive (``load_image_folder``), converted to ``channels`` x ``size`` x ``size``; and
+    what was converted (None when the images already had the model's shape), for the output and ood.json.
+
+    Folders whose images share one size are decoded as they are and converted here, so the note can
+    say what they were; folders of mixed sizes are resized image by image while decoding."""
     spec = str(spec)
     if spec in SYNTHETIC_SETS:
-        return synthetic_images(spec, n_synthetic, channels, size, seed)
+        return synthetic_images(spec, n_synthetic, channels, size, seed), None  # made in the model's shape
     path = Path(spec).expanduser()
     if not path.exists() and "/" not in spec and spec in DATASETS:
-        return _convert(load_dataset(spec, data_dir=data_dir).test_images, channels, size)
+        return convert_to_model_input(load_dataset(spec, data_dir=data_dir).test_images, channels, size)
     if not path.exists():
         raise DataError(f"OOD set must be an image folder or archive, a dataset name ({', '.join(DATASETS.names())}) "
                         f"or a synthetic set ({', '.join(SYNTHETIC_SETS)}), got {spec!r} instead (no such path)")
-    images = load_image_folder(path, data_dir, size=size, channels=channels)
+    try:
+        images = load_image_folder(path, data_dir)
+    except DataError as exc:
+        if "must have the same size" not in str(exc):
+            raise
+        images = load_image_folder(path, data_dir, size=size, channels=channels)
+        if images.shape[0] == 0:
+            raise DataError(f"{spec} holds no images") from None
+        return images, (f"{images.shape[0]} images of mixed sizes, each resized to {size}×{size} (PIL bilinear) "
+                        f"and converted to {channels} channel(s): the model's input {_shape(images)}")
     if images.shape[0] == 0:
         raise DataError(f"{spec} holds no images")
-    return images
+    return convert_to_model_input(images, channels, size)
+
+
+def load_ood_images(spec: str, *, channels: int, size: int, data_dir=None, n_synthetic: int = 10000,
+                    seed: int = 0) -> torch.Tensor:
+    """The images of ``load_ood_set`` without the conversion note."""
+    return load_ood_set(spec, channels=channels, size=size, data_dir=data_dir, n_synthetic=n_synthetic,
+                        seed=seed)[0]

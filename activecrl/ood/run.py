@@ -37,7 +37,7 @@ from ..io import atomic_savez, atomic_write_json, prepare_out_dir, to_jsonable
 from ..metrics import ood_metrics
 from ..runtime import configure_backends, resolve_device
 from ..validate import check_int
-from .data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_images
+from .data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_set
 from .detectors import DETECTORS
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class OODResult:
             "protocol": self.protocol,
             "in_distribution": self.run_info.get("dataset"),
             "ood_set": self.run_info.get("ood_set"),
+            "ood_conversion": self.run_info.get("ood_conversion"),
             "n_in": int(self.score_in.size),
             "n_out": int(self.score_out.size),
             "max_samples": self.config.max_samples,
@@ -155,6 +156,7 @@ class _Inputs:
     device_data: Callable  # uint8 images (+ labels) -> normalised DeviceData, no augmentation
     test: object  # DeviceData of the in-distribution test split
     ood: object  # DeviceData of the test OOD set
+    conversions: dict  # what was converted to the model's input: {"ood": note or None, "ood_val": ...}
 
 
 @dataclass
@@ -192,9 +194,12 @@ def _load(config: OODConfig, say: Callable[[str], None]) -> _Inputs:
 
     test = device_data(dataset.test_images, dataset.test_labels)
     say(f"loading OOD set {config.ood}")
-    ood_images = load_ood_images(config.ood, channels=c, size=size, data_dir=data_dir,
-                                 n_synthetic=dataset.n_test, seed=config.seed + 1)
-    return _Inputs(model, info, run_cfg, ds_spec, data_dir, dataset, device_data, test, device_data(ood_images))
+    ood_images, conversion = load_ood_set(config.ood, channels=c, size=size, data_dir=data_dir,
+                                          n_synthetic=dataset.n_test, seed=config.seed + 1)
+    if conversion:
+        logger.info("OOD set %s: %s", config.ood, conversion)  # the CLI prints it; ood.json records it
+    return _Inputs(model, info, run_cfg, ds_spec, data_dir, dataset, device_data, test, device_data(ood_images),
+                   {"ood": conversion})
 
 
 def _validation_ood(config: OODConfig, inp: _Inputs, rest_in: np.ndarray) -> tuple[torch.Tensor, str, np.ndarray]:
@@ -221,8 +226,8 @@ def _validation_ood(config: OODConfig, inp: _Inputs, rest_in: np.ndarray) -> tup
             raise ConfigError("ood_val must differ from the test OOD set, got the same "
                               f"{val_spec!r} for both; to tune on the test OOD set use --tune-on-test-ood "
                               "(the paper's protocol)")
-    val_images = load_ood_images(val_spec, channels=c, size=size, data_dir=inp.data_dir,
-                                 n_synthetic=config.n_tune, seed=config.seed + 2)
+    val_images, inp.conversions["ood_val"] = load_ood_set(val_spec, channels=c, size=size, data_dir=inp.data_dir,
+                                                          n_synthetic=config.n_tune, seed=config.seed + 2)
     ood_tuning = (f"{min(config.n_tune, val_images.shape[0])} images of {val_spec}"
                   + (" (synthetic)" if val_spec in SYNTHETIC_SETS else ""))
     return val_images, ood_tuning, eval_in
@@ -288,6 +293,9 @@ def _run_info(config: OODConfig, inp: _Inputs) -> dict:
         "seed": train.get("seed"),
         "ood_set": _ood_name(config.ood),
         "ood_spec": str(config.ood),
+        # what was converted to the model's input (channels, size); None: used as they were
+        "ood_conversion": inp.conversions.get("ood"),
+        "ood_val_conversion": inp.conversions.get("ood_val"),
         "config": run_cfg,
     }
 
