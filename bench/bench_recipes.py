@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -28,13 +27,9 @@ from activecrl.data import DeviceData
 from activecrl.models import build_model
 from activecrl.runtime import configure_backends, resolve_device
 from activecrl.trainers import TrainConfig, build_trainer, resolved_config
+from bench_crl_step import timed  # one timing loop for the step benchmarks (this script's folder is on sys.path)
 
 TRAINERS = ("baseline", "crl", "sam", "swa", "fmfp", "sure")
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_step(name, model_name, x, y, idx, device, n_train):
@@ -46,15 +41,6 @@ def make_step(name, model_name, x, y, idx, device, n_train):
     trainer.setup(model, type("SplitSize", (), {"n": n_train})(), device)
     opt = trainer.make_optimizer(model)
     return lambda: trainer.train_step(model, opt, x, y, idx)
-
-
-def timed(step, n, device):
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    sync(device)
-    return (time.perf_counter() - start) / n
 
 
 def main():
