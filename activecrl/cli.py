@@ -390,17 +390,22 @@ def pretrain(
     overwrite: bool = typer.Option(False, help="replace the embeddings already in --out"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
-    """Self-supervised (SimCLR) embeddings of every training image, for `activecrl run --embeddings`."""
+    """Label-free embeddings of every training image (k-means patch features or SimCLR), for `activecrl run
+    --embeddings`."""
     _setup_logging(verbose)
     config = build_config(PretrainConfig, overrides, config, pretrain.config_options)
-    with _epoch_progress(f"SimCLR {config.model}", config.epochs) as on_epoch:
-        result = run_pretrain(config, out, overwrite=overwrite, progress=on_epoch)
+    if config.method == "simclr":
+        with _epoch_progress(f"SimCLR {config.model}", config.epochs) as on_epoch:
+            result = run_pretrain(config, out, overwrite=overwrite, progress=on_epoch)
+    else:
+        with console.status(f"k-means patch features ({config.centroids} centroids)"):
+            result = run_pretrain(config, out, overwrite=overwrite)
     n, d = result.embeddings.shape
     console.print(f"{n} x {d} embeddings (L2-normalised) in [bold]{out / 'embeddings.npy'}[/] "
                   f"({result.train_seconds:.0f}s)")
     if result.knn_accuracy is not None:
         console.print(f"{config.knn_k}-NN test accuracy on the embeddings: {result.knn_accuracy * 100:.2f}% "
-                      f"(same encoder untrained: {result.knn_accuracy_init * 100:.2f}%)")
+                      f"({result.knn_baseline}: {result.knn_accuracy_init * 100:.2f}%)")
 
 
 @app.command()

@@ -1,22 +1,29 @@
-"""Self-supervised embeddings for the strategies and the seed set: SimCLR (Chen et al., ICML 2020).
+"""Label-free embeddings for the strategies and the seed set (``activecrl pretrain``).
 
-``pretrain(PretrainConfig, out_dir)`` trains a registered model's body plus a two-layer
-projection head on *all* training images, labels unused, with the NT-Xent loss: two augmented
-views of each image must pick each other out of the 2B - 1 other views of the batch. The
-augmentations are SimCLR's CIFAR set as TypiClust's pretext config uses it (random resized crop
-of scale [0.2, 1], horizontal flip, colour jitter 0.4/0.4/0.4/0.1 applied with p 0.8, grayscale
-with p 0.2; temperature 0.1, SGD lr 0.4 momentum 0.9, weight decay 1e-4, cosine schedule, batch
-512) and run on the device in batches, on the same uint8 ``DeviceData`` the trainers use: no
-per-image Python, no workers.
+Two methods, chosen by ``PretrainConfig.method``:
 
-It writes ``embeddings.npy`` (float32, one L2-normalised row of penultimate features per
-training-split image, in training-split order; TypiClust and ProbCover compare embeddings by
-Euclidean distance on the unit sphere), ``test_embeddings.npy`` (the same for the test split),
-``encoder.pt`` (``torch.load(..., weights_only=True)``: model name, build arguments, body and
-head weights) and ``config.json`` (the config plus a k-nearest-neighbour accuracy check on the
-test split, for the trained encoder and for the same encoder at initialisation: a label-free
-encoder is only worth its cost if it beats random features). A CIFAR-10 run costs minutes to
-tens of minutes, so it is simply rerun rather than resumed.
+* ``patches`` (the default): k-means features of whitened image patches, Coates, Lee and Ng
+  (AISTATS 2011), in ``activecrl.patches``. No gradient steps: one pass of k-means and one
+  convolutional feature pass, minutes on one CPU core for CIFAR-10.
+* ``simclr``: SimCLR (Chen et al., ICML 2020), below. It trains a registered model's body plus
+  a two-layer projection head on *all* training images, labels unused, with the NT-Xent loss:
+  two augmented views of each image must pick each other out of the 2B - 1 other views of the
+  batch. The augmentations are SimCLR's CIFAR set as TypiClust's pretext config uses it (random
+  resized crop of scale [0.2, 1], horizontal flip, colour jitter 0.4/0.4/0.4/0.1 applied with
+  p 0.8, grayscale with p 0.2; temperature 0.1, SGD lr 0.4 momentum 0.9, weight decay 1e-4,
+  cosine schedule, batch 512) and run on the device in batches, on the same uint8 ``DeviceData``
+  the trainers use: no per-image Python, no workers. It needs an accelerator: on a CPU core one
+  CIFAR-10 epoch takes tens of minutes and buys next to nothing (README).
+
+Both write ``embeddings.npy`` (float32, one L2-normalised row per training-split image, in
+training-split order; TypiClust and ProbCover compare embeddings by Euclidean distance on the
+unit sphere), ``test_embeddings.npy`` (the same for the test split), ``encoder.pt``
+(``torch.load(..., weights_only=True)``: what embeds new images; for SimCLR the model name,
+build arguments, body and head weights, for patches ``PatchEncoder.state()``) and
+``config.json`` (the config plus a k-nearest-neighbour accuracy check on the test split, next
+to a baseline a label-free embedding must beat to be worth its cost: the same encoder at
+initialisation for SimCLR, the raw pixels for patches). A run costs minutes, so it is simply
+rerun rather than resumed.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from torch import nn
 from . import __version__
 from .errors import ConfigError, TrainingDiverged
 from .io import _atomic, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from .patches import PatchEncoder, fit_patch_encoder
 from .runtime import resolve_device, seed_everything
 from .trainers import EpochInfo
 
@@ -48,58 +56,81 @@ ENCODER_FILE = "encoder.pt"
 CONFIG_FILE = "config.json"
 
 
+METHODS = ("patches", "simclr")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclass
 class PretrainConfig:
-    """SimCLR pretraining of a registered model's body on a dataset's training images."""
+    """Label-free embeddings of a dataset's training images: ``patches`` (Coates et al. 2011) or
+    ``simclr`` (Chen et al. 2020). Options marked (simclr) or (patches) apply to that method only."""
 
     dataset: str = field(default="digits", metadata={"help": "digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"})
-    model: str = field(default="small_cnn", metadata={"help": "registered model whose body is the encoder"})
-    epochs: int = field(default=20, metadata={"help": "passes over the training images"})
-    batch_size: int = field(default=512, metadata={"help": "images per batch (2x views each); TypiClust: 512"})
-    lr: float = field(default=0.4, metadata={"help": "SGD learning rate, cosine-decayed to 0 (TypiClust: 0.4 at batch 512)"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "SGD weight decay"})
-    temperature: float = field(default=0.1, metadata={"help": "NT-Xent temperature (TypiClust/SCAN: 0.1)"})
-    projection_dim: int = field(default=128, metadata={"help": "output width of the projection head"})
-    crop_scale: tuple[float, float] = field(default=(0.2, 1.0), metadata={"help": "area fraction range of the random resized crop"})
+    method: str = field(default="patches", metadata={
+        "help": "patches: k-means on whitened image patches (Coates et al. 2011; minutes on a CPU core) | "
+                "simclr: contrastive training of --model (Chen et al. 2020; wants a GPU)"})
+    centroids: int = field(default=1600, metadata={"help": "(patches) k-means centroids K; 4K features per image (paper: 1600)"})
+    patch_size: int = field(default=6, metadata={"help": "(patches) side of the square windows, in pixels (paper: 6)"})
+    patch_stride: int = field(default=1, metadata={"help": "(patches) step between feature windows (paper: 1; 2 is ~4x cheaper)"})
+    kmeans_patches: int = field(default=100_000, metadata={"help": "(patches) random windows k-means learns from (paper: 400000)"})
+    kmeans_iters: int = field(default=10, metadata={"help": "(patches) k-means iterations (paper: 50)"})
+    embedding_dim: int = field(default=256, metadata={"help": "(patches) PCA width of the embeddings (at most the number of images)"})
+    model: str = field(default="small_cnn", metadata={"help": "(simclr) registered model whose body is the encoder"})
+    epochs: int = field(default=20, metadata={"help": "(simclr) passes over the training images"})
+    batch_size: int = field(default=512, metadata={"help": "(simclr) images per batch (2x views each); TypiClust: 512"})
+    lr: float = field(default=0.4, metadata={"help": "(simclr) SGD learning rate, cosine-decayed to 0 (TypiClust: 0.4 at batch 512)"})
+    momentum: float = field(default=0.9, metadata={"help": "(simclr) SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "(simclr) SGD weight decay"})
+    temperature: float = field(default=0.1, metadata={"help": "(simclr) NT-Xent temperature (TypiClust/SCAN: 0.1)"})
+    projection_dim: int = field(default=128, metadata={"help": "(simclr) output width of the projection head"})
+    crop_scale: tuple[float, float] = field(default=(0.2, 1.0), metadata={"help": "(simclr) area fraction range of the random resized crop"})
     jitter: tuple[float, float, float, float] = field(
-        default=(0.4, 0.4, 0.4, 0.1), metadata={"help": "colour jitter strength: brightness, contrast, saturation, hue"})
-    jitter_p: float = field(default=0.8, metadata={"help": "probability of colour jitter per view"})
-    grayscale_p: float = field(default=0.2, metadata={"help": "probability of grayscale per view"})
+        default=(0.4, 0.4, 0.4, 0.1), metadata={"help": "(simclr) colour jitter strength: brightness, contrast, saturation, hue"})
+    jitter_p: float = field(default=0.8, metadata={"help": "(simclr) probability of colour jitter per view"})
+    grayscale_p: float = field(default=0.2, metadata={"help": "(simclr) probability of grayscale per view"})
     knn_k: int = field(default=20, metadata={"help": "neighbours of the kNN accuracy check (0: skip the check)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset folder (else $ACTIVECRL_DATA)"})
     download: bool = field(default=True, metadata={"help": "let torchvision download named datasets"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the embedding pass"})
-    channels_last: bool = field(default=True, metadata={"help": "NHWC memory format (faster convolutions on CPUs and GPUs)"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the embedding pass (patches: at most)"})
+    channels_last: bool = field(default=True, metadata={"help": "(simclr) NHWC memory format (faster convolutions on CPUs and GPUs)"})
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r} instead")
         for name, minimum in (("epochs", 1), ("batch_size", 2), ("projection_dim", 1), ("knn_k", 0),
-                              ("eval_batch_size", 1)):
+                              ("eval_batch_size", 1), ("centroids", 1), ("patch_size", 1), ("patch_stride", 1),
+                              ("kmeans_patches", 1), ("kmeans_iters", 1), ("embedding_dim", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} instead")
+                raise ConfigError(f"{_flag(name)} must be an integer >= {minimum}, got {value!r} instead")
+        if self.kmeans_patches < self.centroids:
+            raise ConfigError(f"--kmeans-patches must be at least --centroids ({self.centroids}): k-means needs a "
+                              f"window per centroid, got {self.kmeans_patches} instead")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r} instead")
+            raise ConfigError(f"--seed must be an integer in [0, 2**63), got {self.seed!r} instead")
         for name in ("lr", "temperature"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r} instead")
+                raise ConfigError(f"{_flag(name)} must be a positive number, got {value!r} instead")
         for name in ("momentum", "weight_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {value!r} instead")
+                raise ConfigError(f"{_flag(name)} must be a non-negative number, got {value!r} instead")
         for name in ("jitter_p", "grayscale_p"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r} instead")
+                raise ConfigError(f"{_flag(name)} must be a probability in [0, 1], got {value!r} instead")
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ConfigError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r} instead")
+            raise ConfigError(f"--crop-scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r} instead")
         self.jitter = tuple(float(v) for v in self.jitter)
         if len(self.jitter) != 4 or min(self.jitter) < 0 or max(self.jitter[:3]) >= 1 or self.jitter[3] > 0.5:
-            raise ConfigError(f"jitter must be (brightness, contrast, saturation, hue) in [0, 1)^3 x [0, 0.5], "
+            raise ConfigError(f"--jitter must be (brightness, contrast, saturation, hue) in [0, 1)^3 x [0, 0.5], "
                               f"got {self.jitter!r} instead")
 
     def to_dict(self) -> dict:
@@ -230,7 +261,9 @@ class PretrainResult:
     epoch_losses: list[float]
     train_seconds: float
     knn_accuracy: float | None = None  # trained encoder, test split
-    knn_accuracy_init: float | None = None  # the same encoder before training
+    knn_accuracy_init: float | None = None  # the baseline: the same encoder before training, or raw pixels
+    knn_baseline: str = "same encoder untrained"
+    details: dict = field(default_factory=dict)  # method-specific facts for config.json (e.g. seconds per step)
 
 
 @torch.no_grad()
@@ -243,6 +276,16 @@ def embed(encoder: nn.Module, data, batch_size: int = 1024) -> np.ndarray:
     finally:
         encoder.train(was_training)
     return torch.cat(parts).cpu().numpy().astype(np.float32)
+
+
+def pixel_embeddings(images: torch.Tensor, mean, std, chunk: int = 4096) -> np.ndarray:
+    """The raw-pixel baseline: each uint8 image (N, C, H, W) normalised per channel as the
+    trainers see it, flattened and L2-normalised; float32 (N, C * H * W)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    parts = [F.normalize(((images[i:i + chunk].float() / 255 - m) / s).flatten(1), dim=1)
+             for i in range(0, len(images), chunk)]
+    return torch.cat(parts).numpy()
 
 
 def knn_accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray,
@@ -325,32 +368,60 @@ def simclr_fit(config: PretrainConfig, dataset, *, progress: Callable[[EpochInfo
     return model, PretrainResult(emb, test_emb, losses, seconds, knn, knn_init)
 
 
+def patches_fit(config: PretrainConfig, dataset) -> tuple[PatchEncoder, PretrainResult]:
+    """Coates et al.'s patch features of ``dataset`` (an ``ImageDataset``), labels unused but for
+    the kNN check, embedded on both splits; the kNN baseline is the raw pixels."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    encoder, train_feats, seconds = fit_patch_encoder(config, dataset.train_images, device)
+    emb = encoder.project(train_feats).numpy().astype(np.float32)
+    del train_feats
+    test_emb = encoder.embed(dataset.test_images, device, config.eval_batch_size)
+    total = time.perf_counter() - start
+    knn = knn_pixels = None
+    if config.knn_k:
+        train_labels, test_labels = dataset.train_labels.numpy(), dataset.test_labels.numpy()
+        knn = knn_accuracy(emb, train_labels, test_emb, test_labels, config.knn_k)
+        knn_pixels = knn_accuracy(pixel_embeddings(dataset.train_images, dataset.mean, dataset.std), train_labels,
+                                  pixel_embeddings(dataset.test_images, dataset.mean, dataset.std), test_labels,
+                                  config.knn_k)
+    details = {"step_seconds": seconds, "features_per_image": int(4 * config.centroids)}
+    return encoder, PretrainResult(emb, test_emb, [], total, knn, knn_pixels, "raw pixels", details)
+
+
 def pretrain(config: PretrainConfig, out_dir: Path | str, *, dataset=None, overwrite: bool = False,
              progress: Callable[[EpochInfo], None] | None = None) -> PretrainResult:
-    """Train a SimCLR encoder and write embeddings.npy, test_embeddings.npy, encoder.pt, config.json."""
+    """Embed the training images with ``config.method`` and write embeddings.npy,
+    test_embeddings.npy, encoder.pt and config.json (``progress``: SimCLR's per-epoch callback)."""
     from .data import load_dataset
     from .models import MODELS
 
     out = Path(out_dir)
-    MODELS.get(config.model)  # bad names and folders fail before any work
+    if config.method == "simclr":
+        MODELS.get(config.model)  # bad names and folders fail before any work
     resolve_device(config.device)
     prepare_out_dir(out, marker=EMBEDDINGS_FILE, overwrite=overwrite, create=False)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
-    model, result = simclr_fit(config, dataset, progress=progress)
+    if config.method == "patches":
+        encoder, result = patches_fit(config, dataset)
+        state = {**encoder.state(), "image_shape": list(dataset.train_images.shape[1:])}
+    else:
+        model, result = simclr_fit(config, dataset, progress=progress)
+        encoder = model.encoder
+        state = {"method": "simclr", "model": config.model, "build_config": dict(encoder.build_config),
+                 "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+                 "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()}}
     prepare_out_dir(out, marker=EMBEDDINGS_FILE, overwrite=True)
-    encoder = model.encoder
-    atomic_torch_save(out / ENCODER_FILE, {
-        "model": config.model, "build_config": dict(encoder.build_config),
-        "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
-    })
+    atomic_torch_save(out / ENCODER_FILE, state)
     _atomic(out / TEST_EMBEDDINGS_FILE, lambda h: np.save(h, result.test_embeddings))
     atomic_write_json(out / CONFIG_FILE, {
-        "activecrl_version": __version__, "method": "simclr", **config.to_dict(),
+        "activecrl_version": __version__, **config.to_dict(),
         "n_train": int(result.embeddings.shape[0]), "embedding_dim": int(result.embeddings.shape[1]),
         "l2_normalised": True, "train_seconds": result.train_seconds, "epoch_losses": result.epoch_losses,
         "knn_accuracy": result.knn_accuracy, "knn_accuracy_init": result.knn_accuracy_init,
+        "knn_baseline": result.knn_baseline, **result.details,
     })
     _atomic(out / EMBEDDINGS_FILE, lambda h: np.save(h, result.embeddings))  # last: its presence marks a finished run
     return result

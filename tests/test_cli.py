@@ -147,17 +147,23 @@ def test_threads_option_sets_torch_threads():
 
 def test_pretrain_then_run_with_embeddings_and_a_cold_start(tmp_path):
     pre = tmp_path / "pre"
-    text = _ok(runner.invoke(app, ["pretrain", "--dataset", "digits", "--epochs", "1", "--batch-size", "128",
+    text = _ok(runner.invoke(app, ["pretrain", "--dataset", "digits", "--method", "simclr", "--epochs", "1",
+                                   "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "simclr")]))
+    assert "1347 x 128 embeddings" in text and "20-NN test accuracy" in text and "same encoder untrained" in text
+    assert np.load(tmp_path / "simclr" / "embeddings.npy").shape == (1347, 128)
+    text = _ok(runner.invoke(app, ["pretrain", "--dataset", "digits", "--method", "patches", "--centroids", "100",
+                                   "--patch-size", "4", "--kmeans-patches", "20000", "--embedding-dim", "64",
                                    "--device", "cpu", "--out", str(pre)]))
-    assert "1347 x 128 embeddings" in text and "20-NN test accuracy" in text
-    assert np.load(pre / "embeddings.npy").shape == (1347, 128)
+    assert "1347 x 64 embeddings" in text and "raw pixels" in text
+    assert np.load(pre / "embeddings.npy").shape == (1347, 64)
+    assert json.loads((pre / "config.json").read_text())["method"] == "patches"
     out = tmp_path / "al"
     _ok(runner.invoke(app, ["run", "--dataset", "digits", "--strategy", "typiclust", "--embeddings", str(pre),
                             "--initial-strategy", "probcover", "--initial", "20", "--budget", "20", "--stages", "2",
                             "--epochs", "1", "--trials", "1", "--device", "cpu", "--out", str(out)]))
     config = json.loads((out / "config.json").read_text())
     assert config["initial_strategy"] == "probcover" and config["embeddings"] == str(pre)
-    assert config["embeddings_fingerprint"]["shape"] == [1347, 128]
+    assert config["embeddings_fingerprint"]["shape"] == [1347, 64]
     # bad input: a clear error in flag words, nothing written
     for args, message in ((["--embeddings", str(tmp_path)], "without it"),
                           (["--initial-strategy", "kmeans"], "initial_strategy must be one of"),
@@ -168,6 +174,10 @@ def test_pretrain_then_run_with_embeddings_and_a_cold_start(tmp_path):
         assert not (tmp_path / "bad").exists()
     again = runner.invoke(app, ["pretrain", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(pre)])
     assert again.exit_code != 0 and "already holds a run" in str(again.exception)
+    bad = runner.invoke(app, ["pretrain", "--dataset", "digits", "--method", "patches", "--patch-size", "9",
+                              "--device", "cpu", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "--patch-size must be at most" in str(bad.exception), bad.exception
+    assert not (tmp_path / "bad").exists()
 
 
 def test_recipes_and_ingredient_flags(tmp_path):

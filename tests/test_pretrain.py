@@ -1,4 +1,4 @@
-"""SimCLR pretraining: the NT-Xent loss, the written files, their order, determinism, learning."""
+"""SimCLR pretraining (--method simclr): the NT-Xent loss, the written files, their order, determinism, learning."""
 
 import json
 import math
@@ -56,7 +56,7 @@ def test_knn_accuracy_on_hand_made_points():
 
 
 def _config(**changes):
-    return PretrainConfig(**{**dict(dataset="blobs", epochs=2, batch_size=16, device="cpu", knn_k=5), **changes})
+    return PretrainConfig(**{**dict(dataset="blobs", method="simclr", epochs=2, batch_size=16, device="cpu", knn_k=5), **changes})
 
 
 def test_pretrain_writes_embeddings_in_training_split_order(tmp_path):
@@ -106,10 +106,10 @@ def test_simclr_loss_decreases():
 
 def test_bad_pretrain_input_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
-        PretrainConfig(epochs=0)
+        PretrainConfig(method="simclr", epochs=0)
     with pytest.raises(ConfigError, match="temperature must be a positive number"):
         PretrainConfig(temperature=0)
-    with pytest.raises(ConfigError, match="crop_scale"):
+    with pytest.raises(ConfigError, match="--crop-scale must be"):
         PretrainConfig(crop_scale=(0.5, 0.2))
     with pytest.raises(RegistryError, match="small_cnn"):
         pretrain(_config(model="nope"), tmp_path / "pre", dataset=make_blobs_dataset())
