@@ -72,12 +72,13 @@ class PretrainConfig:
     method: str = field(default="patches", metadata={
         "help": "patches: k-means on whitened image patches (Coates et al. 2011; minutes on a CPU core) | "
                 "simclr: contrastive training of --model (Chen et al. 2020; wants a GPU)"})
-    centroids: int = field(default=1600, metadata={"help": "(patches) k-means centroids K; 4K features per image (paper: 1600)"})
+    centroids: int = field(default=100, metadata={
+        "help": "(patches) k-means centroids K; 4K features per image (paper: 1600, for an SVM; 100 was best for kNN)"})
     patch_size: int = field(default=6, metadata={"help": "(patches) side of the square windows, in pixels (paper: 6)"})
     patch_stride: int = field(default=1, metadata={"help": "(patches) step between feature windows (paper: 1; 2 is ~4x cheaper)"})
     kmeans_patches: int = field(default=100_000, metadata={"help": "(patches) random windows k-means learns from (paper: 400000)"})
     kmeans_iters: int = field(default=10, metadata={"help": "(patches) k-means iterations (paper: 50)"})
-    embedding_dim: int = field(default=256, metadata={"help": "(patches) PCA width of the embeddings (at most the number of images)"})
+    pca_dim: int = field(default=256, metadata={"help": "(patches) PCA width of the embeddings (capped at the number of images and features)"})
     model: str = field(default="small_cnn", metadata={"help": "(simclr) registered model whose body is the encoder"})
     epochs: int = field(default=20, metadata={"help": "(simclr) passes over the training images"})
     batch_size: int = field(default=512, metadata={"help": "(simclr) images per batch (2x views each); TypiClust: 512"})
@@ -104,7 +105,7 @@ class PretrainConfig:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r} instead")
         for name, minimum in (("epochs", 1), ("batch_size", 2), ("projection_dim", 1), ("knn_k", 0),
                               ("eval_batch_size", 1), ("centroids", 1), ("patch_size", 1), ("patch_stride", 1),
-                              ("kmeans_patches", 1), ("kmeans_iters", 1), ("embedding_dim", 1)):
+                              ("kmeans_patches", 1), ("kmeans_iters", 1), ("pca_dim", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{_flag(name)} must be an integer >= {minimum}, got {value!r} instead")
@@ -374,9 +375,8 @@ def patches_fit(config: PretrainConfig, dataset) -> tuple[PatchEncoder, Pretrain
     device = resolve_device(config.device)
     seed_everything(config.seed)
     start = time.perf_counter()
-    encoder, train_feats, seconds = fit_patch_encoder(config, dataset.train_images, device)
-    emb = encoder.project(train_feats).numpy().astype(np.float32)
-    del train_feats
+    encoder, emb, seconds = fit_patch_encoder(config, dataset.train_images, device)
+    emb = emb.numpy().astype(np.float32)
     test_emb = encoder.embed(dataset.test_images, device, config.eval_batch_size)
     total = time.perf_counter() - start
     knn = knn_pixels = None

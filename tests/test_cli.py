@@ -152,7 +152,7 @@ def test_pretrain_then_run_with_embeddings_and_a_cold_start(tmp_path):
     assert "1347 x 128 embeddings" in text and "20-NN test accuracy" in text and "same encoder untrained" in text
     assert np.load(tmp_path / "simclr" / "embeddings.npy").shape == (1347, 128)
     text = _ok(runner.invoke(app, ["pretrain", "--dataset", "digits", "--method", "patches", "--centroids", "100",
-                                   "--patch-size", "4", "--kmeans-patches", "20000", "--embedding-dim", "64",
+                                   "--patch-size", "4", "--kmeans-patches", "20000", "--pca-dim", "64",
                                    "--device", "cpu", "--out", str(pre)]))
     assert "1347 x 64 embeddings" in text and "raw pixels" in text
     assert np.load(pre / "embeddings.npy").shape == (1347, 64)

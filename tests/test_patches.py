@@ -16,7 +16,7 @@ from tests.conftest import make_blobs_dataset
 
 def _config(**changes):
     return PretrainConfig(**{**dict(dataset="blobs", method="patches", centroids=8, patch_size=3, kmeans_patches=500,
-                                    kmeans_iters=5, embedding_dim=6, device="cpu", knn_k=5), **changes})
+                                    kmeans_iters=5, pca_dim=6, device="cpu", knn_k=5), **changes})
 
 
 def test_sampled_patches_are_windows_of_the_images():
@@ -124,7 +124,7 @@ def test_patch_features_beat_raw_pixels_where_position_varies(tmp_path):
     (xtr, ytr), (xte, yte) = _stripes(24, seed=0), _stripes(200, seed=1)
     ds = ImageDataset(name="stripes", train_images=xtr, train_labels=ytr, test_images=xte, test_labels=yte,
                       classes=["horizontal", "vertical"])
-    result = pretrain(_config(centroids=16, patch_size=4, kmeans_patches=4000, embedding_dim=8, knn_k=5),
+    result = pretrain(_config(centroids=16, patch_size=4, kmeans_patches=4000, pca_dim=8, knn_k=5),
                       tmp_path / "pre", dataset=ds)
     assert result.knn_accuracy >= 0.95 and result.knn_accuracy > result.knn_accuracy_init + 0.05, (
         result.knn_accuracy, result.knn_accuracy_init)
@@ -133,30 +133,44 @@ def test_patch_features_beat_raw_pixels_where_position_varies(tmp_path):
 def test_digits_patch_run_records_its_knn_check(tmp_path):
     from activecrl.data import load_dataset
 
-    # on 8x8 digits raw pixels are already at ~97% 20-NN accuracy and patch features land at 95-97%
-    # depending on the settings: the check is recorded, not a win
+    # on 8x8 digits raw pixels are already at 96.7% 20-NN accuracy; the default patch features
+    # reach 97.8% (measured), a margin of 5 test images, too thin to assert across BLAS builds
     ds = load_dataset("digits")
-    result = pretrain(_config(dataset="digits", centroids=100, patch_size=4, kmeans_patches=20_000, kmeans_iters=10,
-                              embedding_dim=64, knn_k=20), tmp_path / "digits", dataset=ds)
+    result = pretrain(_config(dataset="digits", centroids=100, patch_size=6, kmeans_patches=20_000, kmeans_iters=10,
+                              pca_dim=64, knn_k=20), tmp_path / "digits", dataset=ds)
     assert result.embeddings.shape == (len(ds.train_images), 64)
     config = json.loads((tmp_path / "digits" / "config.json").read_text())
-    assert config["knn_accuracy"] > 0.9 and config["knn_accuracy_init"] > 0.9
+    assert config["knn_accuracy"] > 0.95 and config["knn_accuracy_init"] > 0.95
 
 
 def test_embedding_width_is_capped_by_the_number_of_images(tmp_path):
     ds = make_blobs_dataset(n_train=12, n_test=4, channels=1)
-    result = pretrain(_config(embedding_dim=256, knn_k=0), tmp_path / "pre", dataset=ds)
-    assert result.embeddings.shape == (12, 12)
+    result = pretrain(_config(pca_dim=256, knn_k=0), tmp_path / "pre", dataset=ds)
+    assert result.embeddings.shape == (12, 12) and np.isfinite(result.embeddings).all()
+    config = json.loads((tmp_path / "pre" / "config.json").read_text())
+    assert config["pca_dim"] == 256 and config["embedding_dim"] == 12  # asked for, got
 
 
 def test_bad_patch_options_name_the_flag(tmp_path):
     for changes, message in ((dict(method="byol"), "--method must be one of patches, simclr, got 'byol' instead"),
                              (dict(centroids=0), "--centroids must be an integer >= 1, got 0 instead"),
                              (dict(patch_stride=0), "--patch-stride must be an integer >= 1"),
-                             (dict(embedding_dim=2.5), "--embedding-dim must be an integer >= 1, got 2.5 instead"),
+                             (dict(pca_dim=2.5), "--pca-dim must be an integer >= 1, got 2.5 instead"),
                              (dict(kmeans_patches=4), "--kmeans-patches must be at least --centroids (8)")):
         with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
             _config(**changes)
     with pytest.raises(ConfigError, match="--patch-size must be at most the image's short side .8 pixels., got 9 instead"):
         pretrain(_config(patch_size=9), tmp_path / "pre", dataset=make_blobs_dataset())
     assert not (tmp_path / "pre").exists()
+
+
+def test_principal_directions_are_the_covariance_eigenvectors():
+    from activecrl.patches import principal_directions
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.1])
+    x = x - x.mean(0)
+    vectors, values = principal_directions(x, 3, seed=0)
+    ref_values, ref_vectors = torch.linalg.eigh(torch.cov(x.t()))
+    torch.testing.assert_close(values, ref_values.flip(0)[:3], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((vectors * ref_vectors.flip(1)[:, :3]).sum(0).abs(), torch.ones(3), rtol=1e-4, atol=1e-4)
