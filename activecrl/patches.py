@@ -220,6 +220,31 @@ def check_fits(config, image_shape) -> None:
                           f"with {c} channel instead")
 
 
+def learn_codebook(images: torch.Tensor, *, patch_size: int, stride: int, centroids: int, kmeans_patches: int,
+                   kmeans_iters: int, seed: int) -> PatchEncoder:
+    """Steps 1-4 on uint8 ``images`` (N, C, H, W): the whitening and the centroids, no projection yet."""
+    g = torch.Generator().manual_seed(seed)
+    patches = normalize_patches(sample_patches(images, kmeans_patches, patch_size, g))
+    whiten_mean, whiten = zca_whitening(patches)
+    white = ((patches - whiten_mean) @ whiten).numpy()
+    del patches
+    cents = kmeans_centroids(white, centroids, kmeans_iters, seed)
+    return PatchEncoder(patch_size, stride, whiten_mean, whiten, torch.from_numpy(cents))
+
+
+def fit_projection(encoder: PatchEncoder, feats: torch.Tensor, pca_dim: int, seed: int) -> torch.Tensor:
+    """Steps 7-10 learnt on pooled training features (N, 4K), which are overwritten (N x 4K
+    floats held once, not twice); sets the encoder's projection and returns the (N, d)
+    embeddings of those rows."""
+    feats.sqrt_()
+    encoder.feature_mean = feats.mean(dim=0)
+    encoder.feature_std = (feats.var(dim=0) + FEATURE_EPS).sqrt()
+    feats.sub_(encoder.feature_mean).div_(encoder.feature_std)
+    vectors, values = principal_directions(feats, pca_dim, seed)
+    encoder.components = vectors / (values + PCA_WHITEN_EPS * values[0]).clamp_min(1e-12).sqrt()
+    return F.normalize(feats @ encoder.components, dim=1)
+
+
 def fit_patch_encoder(config, images: torch.Tensor, device: torch.device) -> tuple[PatchEncoder, torch.Tensor, dict]:
     """Learn the whitening and centroids on windows of ``images`` (uint8 (N, C, H, W), labels
     never seen), then the standardisation and projection on all their features.
@@ -228,29 +253,18 @@ def fit_patch_encoder(config, images: torch.Tensor, device: torch.device) -> tup
     check_fits(config, tuple(images.shape[1:]))
     seconds = {}
     start = time.perf_counter()
-    g = torch.Generator().manual_seed(config.seed)
-    patches = normalize_patches(sample_patches(images, config.kmeans_patches, config.patch_size, g))
-    whiten_mean, whiten = zca_whitening(patches)
-    white = ((patches - whiten_mean) @ whiten).numpy()
-    del patches
-    centroids = kmeans_centroids(white, config.centroids, config.kmeans_iters, config.seed)
+    encoder = learn_codebook(images, patch_size=config.patch_size, stride=config.patch_stride,
+                             centroids=config.centroids, kmeans_patches=config.kmeans_patches,
+                             kmeans_iters=config.kmeans_iters, seed=config.seed)
     seconds["kmeans"] = time.perf_counter() - start
-    logger.info("patches: %d centroids of %d whitened %dx%d windows in %.1fs", config.centroids, len(white),
-                config.patch_size, config.patch_size, seconds["kmeans"])
-    del white
-    encoder = PatchEncoder(config.patch_size, config.patch_stride, whiten_mean, whiten, torch.from_numpy(centroids))
+    logger.info("patches: %d centroids of %d whitened %dx%d windows in %.1fs", config.centroids,
+                config.kmeans_patches, config.patch_size, config.patch_size, seconds["kmeans"])
     start = time.perf_counter()
     feats = encoder.all_features(images, device, config.eval_batch_size)
     seconds["features"] = time.perf_counter() - start
     logger.info("patches: %d x %d training features in %.1fs", *feats.shape, seconds["features"])
     start = time.perf_counter()
-    feats.sqrt_()
-    encoder.feature_mean = feats.mean(dim=0)
-    encoder.feature_std = (feats.var(dim=0) + FEATURE_EPS).sqrt()
-    feats.sub_(encoder.feature_mean).div_(encoder.feature_std)  # in place: N x 4K floats once, not twice
-    vectors, values = principal_directions(feats, config.pca_dim, config.seed)
-    encoder.components = vectors / (values + PCA_WHITEN_EPS * values[0]).clamp_min(1e-12).sqrt()
-    embeddings = F.normalize(feats @ encoder.components, dim=1)
+    embeddings = fit_projection(encoder, feats, config.pca_dim, config.seed)
     seconds["pca"] = time.perf_counter() - start
     return encoder, embeddings, seconds
 
