@@ -46,20 +46,22 @@ train() {  # README: "Confidence estimates (issue #2)"
   $PYTHON results/cifar10_train/significance.py    # writes results/cifar10_train/significance.md
 }
 
-al() {  # README: "Active learning (issue #3)"; the preset's dataset is ../shared/data/cifar10.tar.gz
-  for s in random entropy least_conf coreset; do
-    fresh results/al_cifar10/$s-baseline
-    $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy $s --trainer baseline --device cpu --out results/al_cifar10/$s-baseline
-  done
-  fresh results/al_cifar10/least_conf-crl results/al_cifar10/mc_dropout-baseline
-  $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy least_conf --trainer crl --device cpu --out results/al_cifar10/least_conf-crl
-  $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy mc_dropout --trainer baseline --device cpu --out results/al_cifar10/mc_dropout-baseline
-  $ACTIVECRL plot results/al_cifar10/*-*/ -o results/al_cifar10/curves.png
-  to_file results/al_cifar10/summary.txt $ACTIVECRL summary results/al_cifar10/*-*/
+al() {  # README: "Active learning on the CPU protocol (issues #3, #10, #11)"; ~2-4 min per trial on one core
   R=results/al_cifar10
+  C="--config cifar10_shared_cpu --trials 3 --dataset $CIFAR10 --device cpu --threads 1"
+  for s in random entropy least_conf coreset badge mc_dropout; do
+    fresh $R/$s-baseline
+    $ACTIVECRL run $C --strategy $s --trainer baseline --out $R/$s-baseline
+  done
+  for t in crl fmfp sure; do
+    fresh $R/least_conf-$t
+    $ACTIVECRL run $C --strategy least_conf --trainer $t --out $R/least_conf-$t
+  done
+  runs="$R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl $R/least_conf-fmfp $R/least_conf-sure $R/coreset-baseline $R/badge-baseline $R/mc_dropout-baseline"
+  $ACTIVECRL plot $runs -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary $runs
   fresh $R/compare
-  $ACTIVECRL compare $R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl \
-      $R/coreset-baseline $R/mc_dropout-baseline -o $R/compare
+  $ACTIVECRL compare $runs -o $R/compare
 }
 
 ood() {  # results/ood/COMMANDS.md
@@ -77,18 +79,25 @@ ood() {  # results/ood/COMMANDS.md
   $ACTIVECRL report results/ood/*/ -o results/ood/report.md
 }
 
-recipes() {  # README: "A CPU recipe not behind a plain script (issue #10)"; ~40 min at load ~1
+recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plain script" (issue #10)
   R=results/recipes_cpu
-  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --budget 1000 --trials 1 --epochs 20 --device cpu"
-  fresh $R/cpu_recipe_before $R/cpu_recipe_after
-  $ACTIVECRL run $C --initial 1000 --stages 3 --out $R/cpu_recipe_before
-  $ACTIVECRL run $C --initial 1000 --stages 3 --schedule onecycle --nesterov --weight-decay 5e-4 --out $R/cpu_recipe_after
-  F="--schedule onecycle --nesterov --weight-decay 5e-4 --model small_cnn4"  # = preset cifar10_cpu_fast's training
-  fresh $R/cpu_recipe_after_cnn4_1k $R/cpu_recipe_after_cnn4_2k3k
-  $ACTIVECRL run $C $F --initial 1000 --stages 1 --out $R/cpu_recipe_after_cnn4_1k
-  $ACTIVECRL run $C $F --initial 2000 --stages 2 --out $R/cpu_recipe_after_cnn4_2k3k
-  to_file $R/plain_reference.jsonl ${DRY:+echo} python bench/plain_cpu_reference.py --dataset "$CIFAR10" \
-      --labels 1000 2000 3000 --epochs 20 --threads 1
+  # classification: six recipes, 3 seeds, small_cnn4 with the CPU recipe on a 5,000-image subset, 20 epochs
+  for s in 0 1 2; do for t in baseline crl sam swa fmfp sure; do
+    fresh $R/cls/$t-s$s
+    $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn4 --trainer $t --train-subset 5000 --epochs 20 \
+        --schedule onecycle --nesterov --weight-decay 5e-4 --seed $s --threads 1 --device cpu --out $R/cls/$t-s$s
+  done; done
+  $ACTIVECRL report $R/cls/*/ -o $R/cls/report.md
+  # the CPU recipe against the plain script: random labels 1,000 -> 5,000, 20 epochs, 3 seeds each
+  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --device cpu --threads 1"
+  fresh $R/cpu_recipe_before $R/after
+  # before: the old preset's training (small_cnn, step schedule, weight decay 1e-4), one trial, 1,000-3,000 labels
+  $ACTIVECRL run $C --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --initial 1000 --budget 1000 \
+      --stages 3 --trials 1 --epochs 20 --out $R/cpu_recipe_before
+  $ACTIVECRL run $C --initial 1000 --budget 1000 --stages 5 --trials 3 --epochs 20 --out $R/after
+  plain="python bench/plain_cpu_reference.py --dataset $CIFAR10 --labels 1000 2000 3000 4000 5000 --epochs 20 --threads 1"
+  if [ -n "${DRY:-}" ]; then echo "for s in 0 1 2; do $plain --seed \$s; done > $R/plain_reference.jsonl"
+  else for s in 0 1 2; do $plain --seed $s; done > $R/plain_reference.jsonl; fi
 }
 
 cold_start() {  # README: "Low budgets and self-supervised embeddings (issue #11)"
