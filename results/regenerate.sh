@@ -94,6 +94,9 @@ recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plai
   # before: the old preset's training (small_cnn, step schedule, weight decay 1e-4), one trial, 1,000-3,000 labels
   $ACTIVECRL run $C --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --initial 1000 --budget 1000 \
       --stages 3 --trials 1 --epochs 20 --out $R/cpu_recipe_before
+  fresh $R/cpu_recipe_small_cnn
+  $ACTIVECRL run $C --model small_cnn --initial 1000 --budget 1000 --stages 3 --trials 1 --epochs 20 \
+      --out $R/cpu_recipe_small_cnn                               # the recipe on the old network
   $ACTIVECRL run $C --initial 1000 --budget 1000 --stages 5 --trials 3 --epochs 20 --out $R/after
   plain="python bench/plain_cpu_reference.py --dataset $CIFAR10 --labels 1000 2000 3000 4000 5000 --epochs 20 --threads 1"
   if [ -n "${DRY:-}" ]; then echo "for s in 0 1 2; do $plain --seed \$s; done > $R/plain_reference.jsonl"
