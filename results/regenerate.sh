@@ -46,18 +46,32 @@ train() {  # README: "Confidence estimates (issue #2)"
   $PYTHON results/cifar10_train/significance.py    # writes results/cifar10_train/significance.md
 }
 
-al() {  # README: "Active learning on the CPU protocol (issues #3, #10, #11)"; ~2-4 min per trial on one core
-  R=results/al_cifar10
+al() {  # README: "Active learning (issue #3)" (old preset) and "Active learning with the CPU recipe (issues #10, #11)"
+  R=results/al_cifar10      # issue #3: the preset's training before the CPU recipe (small_cnn, step schedule, wd 1e-4)
   C="--config cifar10_shared_cpu --trials 3 --dataset $CIFAR10 --device cpu --threads 1"
-  for s in random entropy least_conf coreset badge mc_dropout; do
+  OLD="--model small_cnn --schedule step --no-nesterov --weight-decay 1e-4"
+  for s in random entropy least_conf coreset mc_dropout; do
+    fresh $R/$s-baseline
+    $ACTIVECRL run $C $OLD --strategy $s --trainer baseline --out $R/$s-baseline
+  done
+  fresh $R/least_conf-crl
+  $ACTIVECRL run $C $OLD --strategy least_conf --trainer crl --out $R/least_conf-crl
+  runs="$R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl $R/coreset-baseline $R/mc_dropout-baseline"
+  $ACTIVECRL plot $runs -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary $runs
+  fresh $R/compare
+  $ACTIVECRL compare $runs -o $R/compare
+
+  R=results/al_cpu_recipe   # issues #10, #11: the preset as it is now (small_cnn4 + the CPU recipe)
+  for s in random badge; do
     fresh $R/$s-baseline
     $ACTIVECRL run $C --strategy $s --trainer baseline --out $R/$s-baseline
   done
-  for t in crl fmfp sure; do
+  for t in baseline crl fmfp sure; do
     fresh $R/least_conf-$t
     $ACTIVECRL run $C --strategy least_conf --trainer $t --out $R/least_conf-$t
   done
-  runs="$R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl $R/least_conf-fmfp $R/least_conf-sure $R/coreset-baseline $R/badge-baseline $R/mc_dropout-baseline"
+  runs="$R/random-baseline $R/least_conf-baseline $R/least_conf-crl $R/least_conf-fmfp $R/least_conf-sure $R/badge-baseline"
   $ACTIVECRL plot $runs -o $R/curves.png
   to_file $R/summary.txt $ACTIVECRL summary $runs
   fresh $R/compare
