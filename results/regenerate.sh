@@ -117,25 +117,26 @@ recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plai
   else for s in 0 1 2; do $plain --seed $s; done > $R/plain_reference.jsonl; fi
 }
 
-cold_start() {  # README: "Low budgets and self-supervised embeddings (issue #11)"
-  fresh results/cold_start/simclr_small_cnn
-  $ACTIVECRL pretrain --dataset "$CIFAR10" --epochs 1 --batch-size 256 --lr 0.3 --device cpu \
-      --out results/cold_start/simclr_small_cnn
-  E=results/cold_start/simclr_small_cnn
-  R="--config cifar10_cold_start --dataset $CIFAR10 --trials 2 --device cpu"
-  for s in random least_conf badge; do
-    fresh results/cold_start/$s
-    $ACTIVECRL run $R --strategy $s --out results/cold_start/$s
+cold_start() {  # README: "Low budgets and label-free embeddings (issue #11)"; ~1 min per trial on one core
+  R=results/cold_start
+  fresh $R/patches
+  $ACTIVECRL pretrain --dataset "$CIFAR10" --method patches --centroids 100 --device cpu --out $R/patches
+  C="--config cifar10_cold_start --trials 5 --dataset $CIFAR10 --device cpu --threads 1"
+  for s in random least_conf badge typiclust probcover; do      # without embeddings: random seed set, model features
+    fresh $R/$s
+    $ACTIVECRL run $C --strategy $s --out $R/$s
   done
-  for s in typiclust probcover; do
-    fresh results/cold_start/$s-ssl
-    $ACTIVECRL run $R --strategy $s --embeddings $E --initial-strategy $s --out results/cold_start/$s-ssl
+  for s in random least_conf badge typiclust; do                 # with embeddings: typiclust seed set
+    fresh $R/$s-emb
+    $ACTIVECRL run $C --strategy $s --embeddings $R/patches --initial-strategy typiclust --out $R/$s-emb
   done
-  runs="results/cold_start/random results/cold_start/least_conf results/cold_start/badge results/cold_start/typiclust-ssl results/cold_start/probcover-ssl"
-  $ACTIVECRL plot $runs -o results/cold_start/curves.png
-  to_file results/cold_start/summary.txt $ACTIVECRL summary $runs
-  fresh results/cold_start/compare
-  $ACTIVECRL compare $runs -o results/cold_start/compare
+  fresh $R/probcover-emb
+  $ACTIVECRL run $C --strategy probcover --embeddings $R/patches --initial-strategy probcover --out $R/probcover-emb
+  runs="$R/random $R/least_conf $R/badge $R/typiclust $R/probcover $R/random-emb $R/least_conf-emb $R/badge-emb $R/typiclust-emb $R/probcover-emb"
+  $ACTIVECRL plot $runs -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary $runs
+  fresh $R/compare
+  $ACTIVECRL compare $runs -o $R/compare
 }
 
 steps=("$@")
