@@ -93,13 +93,12 @@ def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprob
             q = q_all[s:s + step]
             dot = x[q] @ b.T
             dot -= 0.5 * b_sq[None, :]  # a.b - |b|^2 / 2 > (|a|^2 - delta^2) / 2  <=>  |a - b| < delta
-            i, j = np.nonzero(dot > (0.5 * (x_sq[q] - d2_cut))[:, None])
+            hit = dot > (0.5 * (x_sq[q] - d2_cut))[:, None]
+            if max_degree is not None:
+                hit = _nearest_in_block(hit, dot, max_degree)
+            i, j = np.nonzero(hit)
             src, dst = q[i].astype(it), t[j].astype(it)
             d2 = x_sq[src] - 2.0 * dot[i, j] if max_degree is not None else None
-            if max_degree is not None and len(i) > max_degree:
-                # a row's nearest overall are among its nearest in every block, as source or as target
-                keep = np.union1d(cap_nearest(src, dst, d2, max_degree), cap_nearest(dst, src, d2, max_degree))
-                src, dst, d2 = src[keep], dst[keep], d2[keep]
             # the relation is symmetric: a pair found from one end is also the reverse edge, unless
             # that one is found from the other end (the target probes the source's cell)
             back = ~(probes[dst] == probes[src, :1]).any(axis=1)
@@ -122,6 +121,31 @@ def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprob
         if len(src) > max_edges:
             raise too_many_edges(who, max_edges, delta, n, max_degree)
     return edges_to_csr(n, src, dst)
+
+
+def _nearest_in_block(hit: np.ndarray, dot: np.ndarray, k: int) -> np.ndarray:
+    """``hit`` less the pairs that are among neither their row's nor their column's ``k``
+    nearest hits in this block (``dot`` larger = nearer): a row's ``k`` nearest overall are
+    among its ``k`` nearest in each block it meets, as source or as target (the reverse edge),
+    so this bounds the memory of a capped graph without changing it."""
+    keep = np.zeros_like(hit)
+    for axis in (1, 0):
+        count = hit.sum(axis=axis)
+        over = count > k
+        if not over.any():
+            keep |= hit
+            continue
+        h, dd = (hit[over], dot[over]) if axis == 1 else (hit[:, over].T, dot[:, over].T)
+        vals = np.where(h, dd, -np.inf)
+        kth = np.partition(vals, vals.shape[1] - k, axis=1)[:, vals.shape[1] - k]
+        part = h & (vals >= kth[:, None])
+        if axis == 1:
+            keep[~over] |= hit[~over]
+            keep[over] |= part
+        else:
+            keep[:, ~over] |= hit[:, ~over]
+            keep[:, over] |= part.T
+    return keep
 
 
 def _group(labels: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
