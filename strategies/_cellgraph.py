@@ -83,7 +83,7 @@ def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprob
     x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
     d2_cut = np.float32(delta) ** 2
     it = np.int32 if n < 2**31 else np.int64
-    srcs, dsts, d2s, total = [], [], [], 0
+    edges = _Edges(n, max_degree)
     for c in np.flatnonzero(m_end > m_start):
         t = members[m_start[c]:m_end[c]]
         b, b_sq = x[t], x_sq[t]
@@ -97,55 +97,60 @@ def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprob
             if max_degree is not None:
                 hit = _nearest_in_block(hit, dot, max_degree)
             i, j = np.nonzero(hit)
-            src, dst = q[i].astype(it), t[j].astype(it)
+            src, dst = q[i].astype(edges.it), t[j].astype(edges.it)
             d2 = x_sq[src] - 2.0 * dot[i, j] if max_degree is not None else None
             # the relation is symmetric: a pair found from one end is also the reverse edge, unless
             # that one is found from the other end (the target probes the source's cell)
             back = ~(probes[dst] == probes[src, :1]).any(axis=1)
-            src, dst = np.concatenate([src, dst[back]]), np.concatenate([dst, src[back]])
-            if d2 is not None:
-                d2 = np.concatenate([d2, d2[back]])
-            total += len(src)
-            if total > max_edges and max_degree is None:  # capped: at most 2 K n (nprobe + 1) here
+            edges.add(np.concatenate([src, dst[back]]), np.concatenate([dst, src[back]]),
+                      None if d2 is None else np.concatenate([d2, d2[back]]))
+            if max_degree is None and edges.total > max_edges:  # capped: at most 3 n max_degree
                 raise too_many_edges(who, max_edges, delta, n, max_degree)
-            srcs.append(src)
-            dsts.append(dst)
-            if d2 is not None:
-                d2s.append(d2)
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
-    src, dst = cat(srcs, it), cat(dsts, it)
-    del srcs, dsts
-    if max_degree is not None:
-        keep = cap_nearest(src, dst, cat(d2s, np.float32), max_degree)
-        src, dst = src[keep], dst[keep]
-        if len(src) > max_edges:
-            raise too_many_edges(who, max_edges, delta, n, max_degree)
+    src, dst = edges.final()
+    if len(src) > max_edges:
+        raise too_many_edges(who, max_edges, delta, n, max_degree)
     return edges_to_csr(n, src, dst)
+
+
+class _Edges:
+    """The edges found so far; with a cap, each source's nearest ``cap`` (compacted whenever
+    more than ``2 n cap`` edges wait, so memory stays O(n cap))."""
+
+    def __init__(self, n: int, cap: int | None):
+        self.n, self.cap, self.it = n, cap, np.int32 if n < 2**31 else np.int64
+        self.parts: list[tuple] = []
+        self.total = self.pending = 0  # edges held (after the last compaction), edges added since
+
+    def add(self, src: np.ndarray, dst: np.ndarray, d2: np.ndarray | None) -> None:
+        self.parts.append((src, dst, d2))
+        self.total += len(src)
+        self.pending += len(src)
+        if self.cap is not None and self.pending > 2 * self.n * self.cap:
+            self.parts = [self.final(with_d2=True)]
+            self.total, self.pending = len(self.parts[0][0]), 0
+
+    def final(self, with_d2: bool = False) -> tuple:
+        cat = [np.concatenate([p[k] for p in self.parts]) if self.parts else np.empty(0, dt)
+               for k, dt in ((0, self.it), (1, self.it), (2, np.float32)) if k < 2 or self.cap is not None]
+        self.parts = []
+        if self.cap is not None:
+            keep = cap_nearest(cat[0], cat[1], cat[2], self.cap)
+            cat = [a[keep] for a in cat]
+        return tuple(cat) if with_d2 else tuple(cat[:2])
 
 
 def _nearest_in_block(hit: np.ndarray, dot: np.ndarray, k: int) -> np.ndarray:
     """``hit`` less the pairs that are among neither their row's nor their column's ``k``
-    nearest hits in this block (``dot`` larger = nearer): a row's ``k`` nearest overall are
-    among its ``k`` nearest in each block it meets, as source or as target (the reverse edge),
-    so this bounds the memory of a capped graph without changing it."""
-    keep = np.zeros_like(hit)
-    for axis in (1, 0):
-        count = hit.sum(axis=axis)
-        over = count > k
-        if not over.any():
-            keep |= hit
-            continue
-        h, dd = (hit[over], dot[over]) if axis == 1 else (hit[:, over].T, dot[:, over].T)
-        vals = np.where(h, dd, -np.inf)
-        kth = np.partition(vals, vals.shape[1] - k, axis=1)[:, vals.shape[1] - k]
-        part = h & (vals >= kth[:, None])
-        if axis == 1:
-            keep[~over] |= hit[~over]
-            keep[over] |= part
-        else:
-            keep[:, ~over] |= hit[:, ~over]
-            keep[:, over] |= part.T
-    return keep
+    nearest hits in this block (``dot`` larger = nearer; ties kept): a row's ``k`` nearest
+    overall are among its ``k`` nearest in each block it meets, as source or as target (the
+    reverse edge), so this bounds the memory of a capped graph without changing it."""
+    vals = np.where(hit, dot, -np.inf)  # the k-th largest is -inf for a row or column of < k hits
+    h, w = vals.shape
+    if w <= k or h <= k:
+        return hit
+    keep = vals >= np.partition(vals, w - k, axis=1)[:, w - k:w - k + 1]
+    keep |= vals >= np.partition(vals, h - k, axis=0)[h - k:h - k + 1]
+    return keep & hit
 
 
 def _group(labels: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -349,7 +349,7 @@ class GraphTooLarge(ConfigError):
 
 
 def too_many_edges(who: str, max_edges: int, delta: float, n: int, max_degree: int | None = None,
-               estimate: float | None = None) -> GraphTooLarge:
+                   estimate: float | None = None) -> GraphTooLarge:
     got = f"about {estimate:,.0f}" if estimate is not None else "more than that"
     fits = max_edges // max(1, n)
     if max_degree is not None:

@@ -34,15 +34,19 @@ Above, both are estimated, in O(s n d + n nprobe (n / cells) d) with memory O(n 
 
 The degree cap. On clean, well separated clusters the purity radius is about the gap between
 clusters, every ball holds most of its cluster and the exact graph has ~n^2 / classes edges
-(2.5 * 10^8 for 50,000 points in 10 clusters), which no memory budget holds. ``max_degree=K``
-keeps each point's K nearest neighbours within delta: a ball is then the smaller of its delta
-ball and its K-nearest-neighbour ball, a point covers at most K others and picks land in dense
-regions first, as before, but in smaller steps. By default (``max_degree=None``) there is no cap
-unless the graph would pass ``max_edges`` (estimated from the 256 points before the
-approximate graph is built; found while building the exact one): then the largest cap that
-fits, ``max_edges // n``, is used and a warning says so, instead of failing after the work.
-The ``GraphTooLarge`` error remains when even that cannot fit (fewer than 2 edges a point) or
-an explicit ``max_degree`` does not.
+(2.5 * 10^8 for 50,000 points in 10 clusters): gigabytes, and the exact greedy covers
+everything within a few dozen picks and draws the rest of the budget at random. ``max_degree=K``
+keeps each point's K nearest neighbours within delta: a ball becomes the smaller of its delta
+ball and its K-nearest-neighbour ball, so a pick covers at most K points and the budget keeps
+spreading over dense regions, at the scale of K neighbours (where many points reach K, the
+first of them wins, as on any tie). By default (``max_degree=None``) there is no cap unless the
+graph would pass ``max_edges`` (estimated from the 256 points before the approximate graph is
+built; found while building the exact one): then the cap is ``min(100, max_edges // n)`` and a
+warning says so, instead of an error after the work. 100 because the graph's cost grows with the
+cap in that regime (50,000 x 512 whole-class balls, one thread: 16.5 s of CPU and 1.7 GB peak
+at K = 100, 48 s and 6.4 GB at K = 1,000; ``bench/README.md``), and 1,000 picks of K = 100 can
+still cover 100,000 points. The ``GraphTooLarge`` error remains when no cap of at least 2 fits
+or an explicit ``max_degree`` does not.
 
 Differences from the authors' code, all at the edges: once every point is covered (all
 out-degrees 0, where their code would pick point 0 again) the remaining picks are drawn
@@ -74,6 +78,9 @@ __all__ = ["ProbCoverStrategy", "purity_delta", "sampled_purity_delta", "purity_
 _EXACT_MAX_CPU = 20_000  # rows up to which the CPU computes delta and the graph exactly
 _CHECK_ROWS = 256  # random points whose exact balls estimate the edges and measure the recall
 _LOW_RECALL = 0.9  # below, the recall is logged as a warning
+# the automatic degree cap: in the regime that needs it the graph's cost grows with the cap (50,000
+# x 512, balls of whole classes: 16.5 s of CPU and 1.7 GB at 100, 48 s and 6.4 GB at 1,000)
+_AUTO_MAX_DEGREE = 100
 
 
 def _allowed_impure(n: int, alpha: float) -> int:
@@ -260,9 +267,10 @@ class ProbCoverStrategy(Strategy):
         return float(np.finfo(np.float32).max) if not np.isfinite(delta) else float(np.finfo(np.float32).tiny)
 
     def _auto_cap(self, n: int, why: str, error: GraphTooLarge | None = None, estimate: float | None = None) -> int:
-        """The cap when the graph would pass ``max_edges`` and no ``max_degree`` was given: the
-        largest that fits, if a point may keep at least one neighbour besides itself."""
-        cap = int(self.max_edges) // n
+        """The cap when the graph would pass ``max_edges`` and no ``max_degree`` was given:
+        ``_AUTO_MAX_DEGREE``, or less if that does not fit; an error if a point cannot keep at
+        least one neighbour besides itself."""
+        cap = min(_AUTO_MAX_DEGREE, int(self.max_edges) // n)
         if cap < 2:
             raise error or too_many_edges(self._label(), int(self.max_edges), self.delta_, n, estimate=estimate)
         logger.warning("%s: the delta-ball graph would pass max_edges=%s (%s); keeping each point's %d nearest "
