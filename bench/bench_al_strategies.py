@@ -163,6 +163,31 @@ def explicit_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_pick
 
 
 # ---------------------------------------------------------------------------- worker
+def _time_phases() -> dict:
+    """Wrap probcover's steps with CPU-time counters; returns the dict they fill (seconds)."""
+    import strategies._cellgraph as cg
+    import strategies.probcover as pc
+
+    spent: dict[str, float] = {}
+
+    def timed(mod, name):
+        fn = getattr(mod, name)
+
+        def wrapper(*a, **k):
+            t = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - t
+        setattr(mod, name, wrapper)
+
+    for mod, name in ((pc, "kmeans"), (pc, "sampled_purity_delta"), (pc, "purity_delta_and_graph"), (pc, "ball_check"),
+                      (pc, "cell_ball_graph"), (pc, "max_coverage_greedy"), (cg, "train_cells"), (cg, "_nearest_cells"),
+                      (cg, "cap_nearest")):
+        timed(mod, name)
+    return spent
+
+
 def worker(args) -> None:
     torch.set_num_threads(args.threads)
     import faiss  # noqa: F401  (library load is not the algorithm's memory)
@@ -195,7 +220,10 @@ def worker(args) -> None:
         ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), torch.zeros(args.n, 10)),
                                       embeddings=emb, device=args.device)
         s = strategies.get_strategy(args.worker, **(json.loads(args.params) if args.worker == "probcover" else {}))
+        phases = _time_phases() if args.phases and args.worker == "probcover" else None
         picks = s.query(ctx, args.budget, rng)
+        if phases is not None:
+            out["phases"] = phases
         if args.worker == "probcover":
             out.update(delta=s.delta_, greedy_picks=s.n_greedy_, approximate=s.approximate_,
                        recall=s.graph_recall_, max_degree=s.max_degree_)
@@ -210,6 +238,8 @@ def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, clas
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n), "--budget", str(budget),
            "--d", str(d or args.d), "--classes", str(classes or args.classes), "--threads", str(args.threads),
            "--device", args.device, "--data", args.data, "--params", json.dumps(params or {})]
+    if args.phases:
+        cmd.append("--phases")
     if max_picks:
         cmd += ["--max-picks", str(max_picks)]
     if args.embeddings:
@@ -223,8 +253,10 @@ def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, clas
 def _pc_line(label: str, r: dict) -> str:
     how = (f"approximate, graph recall {r['recall']:.3f} on 256 points" if r["approximate"] else "exact")
     cap = f", max_degree {r['max_degree']}" if r["max_degree"] else ""
+    phases = ("\n    CPU by step: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items())
+              if r.get("phases") else "")
     return (f"{label}: {r['seconds']:.2f} s (CPU {r['cpu_s']:.2f} s), extra peak {r['extra_peak_mb']:.0f} MB; "
-            f"delta {r['delta']:.4f}, {r['greedy_picks']} greedy picks, {how}{cap}")
+            f"delta {r['delta']:.4f}, {r['greedy_picks']} greedy picks, {how}{cap}{phases}")
 
 
 def bench_embedding(args) -> None:
@@ -239,7 +271,7 @@ def bench_embedding(args) -> None:
     if not args.ref_n:
         return
     n = args.ref_n
-    ex = run("probcover", args, n, args.budget, params={**pc, "exact_max": None})
+    ex = run("probcover", args, n, args.budget, params={**pc, "exact_max": n})
     ap = run("probcover", args, n, args.budget, params={**pc, "exact_max": 0})
     print(_pc_line(f"probcover n={n} exact path (reference)", ex))
     print(_pc_line(f"probcover n={n} approximate path     ", ap))
@@ -329,6 +361,7 @@ def main(argv=None) -> None:
     p.add_argument("--ref-n", type=int, default=20_000,
                    help="rows where probcover's exact path is the reference (0: skip)")
     p.add_argument("--pc-params", default="{}", help="probcover parameters, JSON, for every probcover run")
+    p.add_argument("--phases", action="store_true", help="print probcover's CPU time by step")
     p.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

@@ -20,7 +20,8 @@ Up to ``exact_max`` rows (20,000 on the CPU; no limit on CUDA) everything is exa
 come from one pass over all pairs in bounded blocks (torch, on the context's device), and the
 same pass keeps the pairs within an upper estimate of delta, so the graph needs no second pass
 (``purity_delta_and_graph``); with a given delta the graph is built by ``_embedding.ball_graph``
-(pruned by cells and a lower-bound sketch). That pass is O(n^2 d): 34 s of CPU at 50,000 x 128.
+(pruned by cells and a lower-bound sketch). That pass is O(n^2 d): 64 s of CPU at 50,000 x 512
+on one thread.
 
 Above, both are estimated, in O(s n d + n nprobe (n / cells) d) with memory O(n d + edges):
 
@@ -43,9 +44,9 @@ first of them wins, as on any tie). By default (``max_degree=None``) there is no
 graph would pass ``max_edges`` (estimated from the 256 points before the approximate graph is
 built; found while building the exact one): then the cap is ``min(100, max_edges // n)`` and a
 warning says so, instead of an error after the work. 100 because the graph's cost grows with the
-cap in that regime (50,000 x 512 whole-class balls, one thread: 16.5 s of CPU and 1.7 GB peak
-at K = 100, 48 s and 6.4 GB at K = 1,000; ``bench/README.md``), and 1,000 picks of K = 100 can
-still cover 100,000 points. The ``GraphTooLarge`` error remains when no cap of at least 2 fits
+cap in that regime (50,000 x 512 whole-class balls, one thread: 16 s of CPU and 1.0 GB extra
+peak at K = 100, 45 s and 5.9 GB at K = 1,000; ``bench/README.md``), and 1,000 picks of K = 100
+can still cover 100,000 points. The ``GraphTooLarge`` error remains when no cap of at least 2 fits
 or an explicit ``max_degree`` does not.
 
 Differences from the authors' code, all at the edges: once every point is covered (all
@@ -79,7 +80,7 @@ _EXACT_MAX_CPU = 20_000  # rows up to which the CPU computes delta and the graph
 _CHECK_ROWS = 256  # random points whose exact balls estimate the edges and measure the recall
 _LOW_RECALL = 0.9  # below, the recall is logged as a warning
 # the automatic degree cap: in the regime that needs it the graph's cost grows with the cap (50,000
-# x 512, balls of whole classes: 16.5 s of CPU and 1.7 GB at 100, 48 s and 6.4 GB at 1,000)
+# x 512, balls of whole classes: 16 s of CPU and 1.0 GB at 100, 45 s and 5.9 GB at 1,000)
 _AUTO_MAX_DEGREE = 100
 
 
