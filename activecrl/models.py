@@ -120,6 +120,11 @@ class ConfidenceModel(nn.Module):
     """
 
     supports_dropout = True
+    # Conv weights: He et al.'s fan-out normal (torchvision's ResNets) or, with False, PyTorch's
+    # default (kaiming-uniform, a=sqrt(5): ~1.7x smaller). With BatchNorm the scale of the weights
+    # sets the effective learning rate until weight decay shrinks them, which matters for short
+    # CPU runs of a few hundred steps (issue 10: small_cnn4 keeps the plain script's default).
+    he_init = True
 
     def __init__(self, in_channels: int):
         super().__init__()
@@ -132,7 +137,7 @@ class ConfidenceModel(nn.Module):
         # The Dropout module exists even at p=0 so set_dropout() can switch it on later.
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and self.he_init:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -400,15 +405,22 @@ class SmallCNN4(ConfidenceModel):
     """Four conv-BN-ReLU blocks (16-32-64-128), max-pool after the first three: the network of
     the plain CPU reference script (``bench/plain_cpu_reference.py``, issue 10). About 4.0M
     multiply-adds per 32x32 image, 0.39x of ``small_cnn``'s 10.3M (its 64- and 128-channel convs
-    run at 16x16 and 8x8, here at 8x8 and 4x4)."""
+    run at 16x16 and 8x8, here at 8x8 and 4x4). Its convolutions keep PyTorch's default init, as
+    the script does (``he_init``)."""
+
+    he_init = False
 
     def __init__(self, *, num_classes: int, in_channels: int = 3, dropout: float = 0.0,
-                 widths=(16, 32, 64, 128)):
+                 widths=(16, 32, 64, 128), image_size: int = 32):
         super().__init__(in_channels)
-        stages, c_in = [], in_channels
+        stages, c_in, size = [], in_channels, int(image_size)
         for i, w in enumerate(widths):
-            pool = [nn.MaxPool2d(2, ceil_mode=True)] if i < len(widths) - 1 else []
-            stages.append(nn.Sequential(*_conv_bn_relu(c_in, w), *pool))
+            # pool only while the map is larger than 4x4: 32x32 CIFAR is pooled after the first
+            # three blocks as in the script (4x4 at the end); 8x8 digits only after the first, since
+            # three pools would leave a 1x1 map (demo at 100 labels: 79.3 % instead of 84.2 %)
+            pool = i < len(widths) - 1 and size > 4
+            stages.append(nn.Sequential(*_conv_bn_relu(c_in, w), *([nn.MaxPool2d(2, ceil_mode=True)] if pool else [])))
+            size = -(-size // 2) if pool else size
             c_in = w
         self.stages = nn.ModuleList(stages)
         self._init_head(c_in, num_classes, dropout)
@@ -488,7 +500,7 @@ def set_cosine_head(model: ConfidenceModel, name: str, temperature: float) -> No
 
 @register_model("small_cnn4")
 def small_cnn4(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
-    return SmallCNN4(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    return SmallCNN4(num_classes=num_classes, in_channels=in_channels, dropout=dropout, image_size=image_size)
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,

@@ -1,8 +1,8 @@
-"""Where the CPU training step spends its time: small_cnn vs the plain reference network.
+"""Where the CPU training step spends its time: small_cnn / small_cnn4 vs the plain reference network.
 
 One process, interleaved rounds, median ms per step (batch 128, 32x32 RGB, SGD step included):
-the library's ``train_step`` with and without channels_last, the same model in a bare loop (no
-trainer), and the plain script's network (``bench/plain_cpu_reference.py``). Also the batch
+the library's ``train_step`` on small_cnn and small_cnn4 with and without channels_last, small_cnn in a
+bare loop (no trainer), and the plain script's network (``bench/plain_cpu_reference.py``). Also the batch
 gather+augment of ``DeviceData`` alone.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_cpu_step.py --threads 1
@@ -39,8 +39,11 @@ def main():
     y = torch.randint(0, 10, (b,))
     idx = torch.arange(b)
     cases = {}
-    for name, cl in (("trainer small_cnn channels_last", True), ("trainer small_cnn NCHW", False)):
-        model = build_model("small_cnn", num_classes=10)
+    for name, arch, cl in (("trainer small_cnn channels_last", "small_cnn", True),
+                           ("trainer small_cnn NCHW", "small_cnn", False),
+                           ("trainer small_cnn4 channels_last (presets)", "small_cnn4", True),
+                           ("trainer small_cnn4 NCHW", "small_cnn4", False)):
+        model = build_model(arch, num_classes=10)
         xin = x.contiguous(memory_format=torch.channels_last) if cl else x
         if cl:
             model = model.to(memory_format=torch.channels_last)

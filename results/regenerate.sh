@@ -46,20 +46,36 @@ train() {  # README: "Confidence estimates (issue #2)"
   $PYTHON results/cifar10_train/significance.py    # writes results/cifar10_train/significance.md
 }
 
-al() {  # README: "Active learning (issue #3)"; the preset's dataset is ../shared/data/cifar10.tar.gz
-  for s in random entropy least_conf coreset; do
-    fresh results/al_cifar10/$s-baseline
-    $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy $s --trainer baseline --device cpu --out results/al_cifar10/$s-baseline
+al() {  # README: "Active learning (issue #3)" (old preset) and "Active learning with the CPU recipe (issues #10, #11)"
+  R=results/al_cifar10      # issue #3: the preset's training before the CPU recipe (small_cnn, step schedule, wd 1e-4)
+  C="--config cifar10_shared_cpu --trials 3 --dataset $CIFAR10 --device cpu --threads 1"
+  OLD="--model small_cnn --schedule step --no-nesterov --weight-decay 1e-4"
+  for s in random entropy least_conf coreset mc_dropout; do
+    fresh $R/$s-baseline
+    $ACTIVECRL run $C $OLD --strategy $s --trainer baseline --out $R/$s-baseline
   done
-  fresh results/al_cifar10/least_conf-crl results/al_cifar10/mc_dropout-baseline
-  $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy least_conf --trainer crl --device cpu --out results/al_cifar10/least_conf-crl
-  $ACTIVECRL run --config cifar10_shared_cpu --trials 3 --dataset "$CIFAR10" --strategy mc_dropout --trainer baseline --device cpu --out results/al_cifar10/mc_dropout-baseline
-  $ACTIVECRL plot results/al_cifar10/*-*/ -o results/al_cifar10/curves.png
-  to_file results/al_cifar10/summary.txt $ACTIVECRL summary results/al_cifar10/*-*/
-  R=results/al_cifar10
+  fresh $R/least_conf-crl
+  $ACTIVECRL run $C $OLD --strategy least_conf --trainer crl --out $R/least_conf-crl
+  runs="$R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl $R/coreset-baseline $R/mc_dropout-baseline"
+  $ACTIVECRL plot $runs -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary $runs
   fresh $R/compare
-  $ACTIVECRL compare $R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl \
-      $R/coreset-baseline $R/mc_dropout-baseline -o $R/compare
+  $ACTIVECRL compare $runs -o $R/compare
+
+  R=results/al_cpu_recipe   # issues #10, #11: the preset as it is now (small_cnn4 + the CPU recipe)
+  for s in random badge; do
+    fresh $R/$s-baseline
+    $ACTIVECRL run $C --strategy $s --trainer baseline --out $R/$s-baseline
+  done
+  for t in baseline crl fmfp sure; do
+    fresh $R/least_conf-$t
+    $ACTIVECRL run $C --strategy least_conf --trainer $t --out $R/least_conf-$t
+  done
+  runs="$R/random-baseline $R/least_conf-baseline $R/least_conf-crl $R/least_conf-fmfp $R/least_conf-sure $R/badge-baseline"
+  $ACTIVECRL plot $runs -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary $runs
+  fresh $R/compare
+  $ACTIVECRL compare $runs -o $R/compare
 }
 
 ood() {  # results/ood/COMMANDS.md
@@ -77,39 +93,50 @@ ood() {  # results/ood/COMMANDS.md
   $ACTIVECRL report results/ood/*/ -o results/ood/report.md
 }
 
-recipes() {  # README: "A CPU recipe not behind a plain script (issue #10)"; ~40 min at load ~1
+recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plain script" (issue #10)
   R=results/recipes_cpu
-  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --budget 1000 --trials 1 --epochs 20 --device cpu"
-  fresh $R/cpu_recipe_before $R/cpu_recipe_after
-  $ACTIVECRL run $C --initial 1000 --stages 3 --out $R/cpu_recipe_before
-  $ACTIVECRL run $C --initial 1000 --stages 3 --schedule onecycle --nesterov --weight-decay 5e-4 --out $R/cpu_recipe_after
-  F="--schedule onecycle --nesterov --weight-decay 5e-4 --model small_cnn4"  # = preset cifar10_cpu_fast's training
-  fresh $R/cpu_recipe_after_cnn4_1k $R/cpu_recipe_after_cnn4_2k3k
-  $ACTIVECRL run $C $F --initial 1000 --stages 1 --out $R/cpu_recipe_after_cnn4_1k
-  $ACTIVECRL run $C $F --initial 2000 --stages 2 --out $R/cpu_recipe_after_cnn4_2k3k
-  to_file $R/plain_reference.jsonl ${DRY:+echo} python bench/plain_cpu_reference.py --dataset "$CIFAR10" \
-      --labels 1000 2000 3000 --epochs 20 --threads 1
+  # classification: six recipes, 3 seeds, small_cnn4 with the CPU recipe on a 5,000-image subset, 20 epochs
+  for s in 0 1 2; do for t in baseline crl sam swa fmfp sure; do
+    fresh $R/cls/$t-s$s
+    $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn4 --trainer $t --train-subset 5000 --epochs 20 \
+        --schedule onecycle --nesterov --weight-decay 5e-4 --seed $s --threads 1 --device cpu --out $R/cls/$t-s$s
+  done; done
+  $ACTIVECRL report $R/cls/*/ -o $R/cls/report.md
+  # the CPU recipe against the plain script: random labels 1,000 -> 5,000, 20 epochs, 3 seeds each
+  C="--config cifar10_shared_cpu --dataset $CIFAR10 --strategy random --trainer baseline --device cpu --threads 1"
+  fresh $R/cpu_recipe_before $R/after
+  # before: the old preset's training (small_cnn, step schedule, weight decay 1e-4), one trial, 1,000-3,000 labels
+  $ACTIVECRL run $C --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --initial 1000 --budget 1000 \
+      --stages 3 --trials 1 --epochs 20 --out $R/cpu_recipe_before
+  fresh $R/cpu_recipe_small_cnn
+  $ACTIVECRL run $C --model small_cnn --initial 1000 --budget 1000 --stages 3 --trials 1 --epochs 20 \
+      --out $R/cpu_recipe_small_cnn                               # the recipe on the old network
+  $ACTIVECRL run $C --initial 1000 --budget 1000 --stages 5 --trials 3 --epochs 20 --out $R/after
+  plain="python bench/plain_cpu_reference.py --dataset $CIFAR10 --labels 1000 2000 3000 4000 5000 --epochs 20 --threads 1"
+  if [ -n "${DRY:-}" ]; then echo "for s in 0 1 2; do $plain --seed \$s; done > $R/plain_reference.jsonl"
+  else for s in 0 1 2; do $plain --seed $s; done > $R/plain_reference.jsonl; fi
 }
 
-cold_start() {  # README: "Low budgets and self-supervised embeddings (issue #11)"
-  fresh results/cold_start/simclr_small_cnn
-  $ACTIVECRL pretrain --dataset "$CIFAR10" --epochs 1 --batch-size 256 --lr 0.3 --device cpu \
-      --out results/cold_start/simclr_small_cnn
-  E=results/cold_start/simclr_small_cnn
-  R="--config cifar10_cold_start --dataset $CIFAR10 --trials 2 --device cpu"
-  for s in random least_conf badge; do
-    fresh results/cold_start/$s
-    $ACTIVECRL run $R --strategy $s --out results/cold_start/$s
+cold_start() {  # README: "Low budgets and label-free embeddings (issue #11)"; ~1 min per trial on one core
+  R=results/cold_start
+  fresh $R/patches
+  $ACTIVECRL pretrain --dataset "$CIFAR10" --method patches --centroids 100 --device cpu --out $R/patches
+  C="--config cifar10_cold_start --trials 5 --dataset $CIFAR10 --device cpu --threads 1"
+  for s in random least_conf badge typiclust probcover; do      # without embeddings: random seed set, model features
+    fresh $R/$s
+    $ACTIVECRL run $C --strategy $s --out $R/$s
   done
-  for s in typiclust probcover; do
-    fresh results/cold_start/$s-ssl
-    $ACTIVECRL run $R --strategy $s --embeddings $E --initial-strategy $s --out results/cold_start/$s-ssl
+  for s in random least_conf badge typiclust; do                 # with embeddings: typiclust seed set
+    fresh $R/$s-emb
+    $ACTIVECRL run $C --strategy $s --embeddings $R/patches --initial-strategy typiclust --out $R/$s-emb
   done
-  runs="results/cold_start/random results/cold_start/least_conf results/cold_start/badge results/cold_start/typiclust-ssl results/cold_start/probcover-ssl"
-  $ACTIVECRL plot $runs -o results/cold_start/curves.png
-  to_file results/cold_start/summary.txt $ACTIVECRL summary $runs
-  fresh results/cold_start/compare
-  $ACTIVECRL compare $runs -o results/cold_start/compare
+  fresh $R/probcover-emb
+  $ACTIVECRL run $C --strategy probcover --embeddings $R/patches --initial-strategy probcover --out $R/probcover-emb
+  runs="$R/random $R/least_conf $R/badge $R/typiclust $R/probcover $R/random-emb $R/least_conf-emb $R/badge-emb $R/typiclust-emb $R/probcover-emb"
+  $ACTIVECRL plot $runs -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary $runs
+  fresh $R/compare
+  $ACTIVECRL compare $runs -o $R/compare
 }
 
 steps=("$@")

@@ -149,8 +149,8 @@ def test_run_epochs_keeps_the_run_batch_size_and_milestones(captured, tmp_path):
     assert (config.train.epochs, config.train.batch_size, config.train.milestones, config.train.crl_weight) == \
         (5, 32, (0.6, 0.8), 0.5)
     # the library path too: a partial train dict updates the run default
-    assert ALConfig.from_dict({"train": {"epochs": 5}}).train == TrainConfig(epochs=5, batch_size=32,
-                                                                               milestones=(0.6, 0.8))
+    assert ALConfig.from_dict({"train": {"epochs": 5}}).train == TrainConfig(
+        epochs=5, batch_size=32, milestones=(0.6, 0.8), schedule="onecycle", nesterov=True, weight_decay=5e-4)
     assert ALConfig(train={"lr": 0.05}).train.batch_size == 32
 
 

@@ -242,6 +242,40 @@ def test_temperature_scaling_run(blobs):
     assert result.to_json()["method"]["temperature"] == t
 
 
+def test_train_subset_trains_on_a_seeded_subset(blobs, monkeypatch):
+    import activecrl.experiment as experiment
+    from activecrl.experiment import train_subset
+
+    seen = []
+    real = experiment.build_method
+
+    def spy(config):  # record the indices the method is asked to fit on
+        method = real(config)
+        fit = method.fit
+        method.fit = lambda ds, data, idx, progress: (seen.append(idx), fit(ds, data, idx, progress))[1]
+        return method
+
+    monkeypatch.setattr(experiment, "build_method", spy)
+    result = train_and_evaluate(_cfg(train_subset=40), dataset=blobs)
+    assert result.method_info["n_train_used"] == 40
+    idx = seen[0].numpy()
+    assert idx.size == 40 and np.unique(idx).size == 40 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(idx, train_subset(40, blobs.n_train, 0))  # reproducible from the seed
+    assert not np.array_equal(train_subset(40, blobs.n_train, 1), idx)
+    # with temperature scaling the subset comes from the training part only, never the held-out rows
+    result = train_and_evaluate(_cfg(train_subset=40, temperature_scaling=True, holdout_fraction=0.25), dataset=blobs)
+    hold = set(range(blobs.n_train)) - set(seen[1].numpy().tolist())
+    assert result.method_info["n_holdout"] == 30 and result.method_info["n_train_used"] == 40
+    assert len(hold) == blobs.n_train - 40
+
+
+def test_train_subset_larger_than_the_split_is_refused(blobs):
+    with pytest.raises(ConfigError, match=r"--train-subset\) must be between 2 and the 120 training images.*got 500"):
+        train_and_evaluate(_cfg(train_subset=500), dataset=blobs)
+    with pytest.raises(ConfigError, match=r"--train-subset\) must be an integer >= 0, got -1"):
+        _cfg(train_subset=-1)
+
+
 def test_bad_method_is_a_config_error(blobs):
     with pytest.raises(ConfigError, match="method must be one of"):
         train_and_evaluate(_cfg(method="nope"), dataset=blobs)

@@ -271,3 +271,28 @@ def test_cuda_channels_last_bf16_train_step(name):
         loss = nn.functional.cross_entropy(logits, torch.zeros(8, dtype=torch.long, device="cuda"))
     loss.backward()
     assert torch.isfinite(loss) and feats.shape == (8, model.feature_dim)
+
+
+def test_small_cnn4_pools_while_the_map_is_larger_than_4x4():
+    """32x32 is pooled after the first three blocks, as the plain script does; 8x8 digits only
+    after the first, so the last block still sees a 4x4 map instead of 1x1."""
+    for size, maps in ((32, [16, 8, 4, 4]), (8, [4, 4, 4, 4])):
+        model = build_model("small_cnn4", num_classes=10, in_channels=3, image_size=size).eval()
+        with torch.no_grad():
+            shapes = [f.shape[-1] for f in model.feature_maps(torch.zeros(2, 3, size, size))]
+        assert shapes == maps, (size, shapes)
+
+
+def test_small_cnn4_keeps_pytorchs_default_conv_init():
+    """PyTorch's default conv init (kaiming-uniform, a=sqrt(5)) is bounded by 1/sqrt(fan_in);
+    He's fan-out normal init (the other models) is not, and is ~1.7x larger in scale."""
+    torch.manual_seed(0)
+    cnn4 = build_model("small_cnn4", num_classes=10, in_channels=3, image_size=32)
+    convs = [m for m in cnn4.modules() if isinstance(m, torch.nn.Conv2d)]
+    for m in convs:
+        fan_in = m.weight[0].numel()
+        assert m.weight.abs().max() <= fan_in ** -0.5 + 1e-7
+    torch.manual_seed(0)
+    cnn = build_model("small_cnn", num_classes=10, in_channels=3, image_size=32)
+    assert any(m.weight.abs().max() > m.weight[0].numel() ** -0.5
+               for m in cnn.modules() if isinstance(m, torch.nn.Conv2d))
