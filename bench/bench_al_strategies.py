@@ -18,11 +18,23 @@ same points; the bench checks that at a small size, run in full. At full size th
 picks cost the same each (one pass over the matrix), so a prefix of ``--ref-picks`` picks is
 timed and scaled to the budget (building the matrix is timed in full).
 
-typiclust and probcover run alone at pool 50,000 x 512 (clustered synthetic embeddings), no
-labels, budget 1,000 (typiclust: 500 k-means clusters, the authors' cap).
+typiclust and probcover run at pool --big-n x --d (50,000 x 512), no labels, budget 1,000
+(typiclust: 500 k-means clusters, the authors' cap), on synthetic embeddings (--data):
+``sphere`` (default): 10 Gaussian blobs on the unit sphere, each spread over a random
+16-dimensional subspace with decaying scales plus isotropic noise, L2-normalised (low intrinsic
+dimension, like real features); ``groups``: 10 classes x 20 sub-clusters (``make_embeddings``),
+so clean that ProbCover's purity radius puts whole classes in one ball. probcover runs with its
+defaults, i.e. on its approximate path (sampled purity radius, cell-probing graph) above 20,000
+rows. Its reference is its exact path, measured in the same run at --ref-n rows (20,000: the
+largest it takes by default) next to the approximate path forced there (``exact_max=0``);
+then, in this process at --ref-n: the recall of the approximate graph against the exact one
+at the same delta (all rows), faiss ``IndexIVFFlat.range_search`` with the same cells and
+nprobe (the obvious tool), and the coverage that the exact and the approximate picks reach
+under the exact graph.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_al_strategies.py --threads 1   # everything
     PYTHONPATH=. python bench/bench_al_strategies.py --skip-ref            # ours only
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_al_strategies.py --threads 1 --skip-badge  # typiclust, probcover
     PYTHONPATH=. python bench/bench_al_strategies.py --skip-badge --embeddings feats.npy  # real embeddings
 """
 
@@ -53,6 +65,33 @@ def make_pool(n: int, d: int, classes: int, seed: int = 0):
     logits = rng.normal(scale=1.5, size=(n, classes)).astype(np.float32)
     logits[np.arange(n), y] += 4.0
     return torch.from_numpy(feats), torch.from_numpy(logits)
+
+
+def sphere_blobs(n: int, d: int, seed: int = 0, classes: int = 10, intrinsic: int = 16, spread: float = 0.5,
+                 noise: float = 0.1):
+    """``classes`` Gaussian blobs around random unit centres, each spread over its own random
+    ``intrinsic``-dimensional subspace (scales decaying as 1/sqrt(i), total ``spread``) plus
+    isotropic noise of norm about ``noise``, L2-normalised, float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    scales = np.arange(1, intrinsic + 1) ** -0.5
+    scales *= spread / np.sqrt((scales ** 2).sum())
+    c = rng.integers(classes, size=n)
+    x = np.empty((n, d), np.float32)
+    for b in range(classes):
+        rows = np.flatnonzero(c == b)
+        basis = np.linalg.qr(rng.normal(size=(d, intrinsic)))[0]
+        x[rows] = (centres[b] + (rng.normal(size=(len(rows), intrinsic)) * scales) @ basis.T
+                   + rng.normal(size=(len(rows), d)) * (noise / np.sqrt(d)))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def embeddings(args, n: int) -> np.ndarray:
+    if args.embeddings:
+        return np.ascontiguousarray(np.load(args.embeddings)[:n], dtype=np.float32)
+    return sphere_blobs(n, args.d) if args.data == "sphere" else make_embeddings(n, args.d)
 
 
 def make_embeddings(n: int, d: int, seed: int = 0, classes: int = 10, modes: int = 20):
@@ -124,6 +163,31 @@ def explicit_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_pick
 
 
 # ---------------------------------------------------------------------------- worker
+def _time_phases() -> dict:
+    """Wrap probcover's steps with CPU-time counters; returns the dict they fill (seconds)."""
+    import strategies._cellgraph as cg
+    import strategies.probcover as pc
+
+    spent: dict[str, float] = {}
+
+    def timed(mod, name):
+        fn = getattr(mod, name)
+
+        def wrapper(*a, **k):
+            t = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - t
+        setattr(mod, name, wrapper)
+
+    for mod, name in ((pc, "kmeans"), (pc, "sampled_purity_delta"), (pc, "purity_delta_and_graph"), (pc, "ball_check"),
+                      (pc, "cell_ball_graph"), (pc, "max_coverage_greedy"), (cg, "train_cells"), (cg, "_nearest_cells"),
+                      (cg, "cap_nearest")):
+        timed(mod, name)
+    return spent
+
+
 def worker(args) -> None:
     torch.set_num_threads(args.threads)
     import faiss  # noqa: F401  (library load is not the algorithm's memory)
@@ -135,10 +199,8 @@ def worker(args) -> None:
     out = {"worker": args.worker}
     if args.worker in ("badge", "authors", "explicit"):
         feats, logits = make_pool(args.n, args.d, args.classes)
-    elif args.embeddings:
-        emb = np.ascontiguousarray(np.load(args.embeddings)[:args.n], dtype=np.float32)
     else:
-        emb = make_embeddings(args.n, args.d)
+        emb = embeddings(args, args.n)
     reset_peak_rss()
     base = status_mb("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
@@ -157,21 +219,27 @@ def worker(args) -> None:
     else:
         ctx = strategies.QueryContext(pool=PoolOutputs(torch.arange(args.n), torch.zeros(args.n, 10)),
                                       embeddings=emb, device=args.device)
-        s = strategies.get_strategy(args.worker)
+        s = strategies.get_strategy(args.worker, **(json.loads(args.params) if args.worker == "probcover" else {}))
+        phases = _time_phases() if args.phases and args.worker == "probcover" else None
         picks = s.query(ctx, args.budget, rng)
+        if phases is not None:
+            out["phases"] = phases
         if args.worker == "probcover":
-            out["delta"] = s.delta_
-            out["greedy_picks"] = s.n_greedy_
+            out.update(delta=s.delta_, greedy_picks=s.n_greedy_, approximate=s.approximate_,
+                       recall=s.graph_recall_, max_degree=s.max_degree_)
     out["seconds"], out["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
     out["extra_peak_mb"] = status_mb("VmHWM") - base
     out["picks"] = [int(i) for i in picks]
     print(json.dumps(out))
 
 
-def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, classes=None, d=None) -> dict:
+def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, classes=None, d=None,
+        params: dict | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--n", str(n), "--budget", str(budget),
            "--d", str(d or args.d), "--classes", str(classes or args.classes), "--threads", str(args.threads),
-           "--device", args.device]
+           "--device", args.device, "--data", args.data, "--params", json.dumps(params or {})]
+    if args.phases:
+        cmd.append("--phases")
     if max_picks:
         cmd += ["--max-picks", str(max_picks)]
     if args.embeddings:
@@ -180,6 +248,95 @@ def run(kind: str, args, n: int, budget: int, max_picks: int | None = None, clas
     if res.returncode != 0:
         raise SystemExit(f"worker {kind} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _pc_line(label: str, r: dict) -> str:
+    how = (f"approximate, graph recall {r['recall']:.3f} on 256 points" if r["approximate"] else "exact")
+    cap = f", max_degree {r['max_degree']}" if r["max_degree"] else ""
+    phases = ("\n    CPU by step: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items())
+              if r.get("phases") else "")
+    return (f"{label}: {r['seconds']:.2f} s (CPU {r['cpu_s']:.2f} s), extra peak {r['extra_peak_mb']:.0f} MB; "
+            f"delta {r['delta']:.4f}, {r['greedy_picks']} greedy picks, {how}{cap}{phases}")
+
+
+def bench_embedding(args) -> None:
+    src = args.embeddings or args.data
+    pc = json.loads(args.pc_params)
+    for kind in ("typiclust", "probcover"):
+        r = run(kind, args, args.big_n, args.budget, params=pc)
+        label = f"{kind:9s} n={args.big_n} ({src}) budget {args.budget}"
+        print(_pc_line(label, r) if kind == "probcover" else
+              f"{label}: {r['seconds']:.2f} s (CPU {r['cpu_s']:.2f} s), extra peak {r['extra_peak_mb']:.0f} MB",
+              flush=True)
+    if not args.ref_n:
+        return
+    n = args.ref_n
+    ex = run("probcover", args, n, args.budget, params={**pc, "exact_max": n})
+    ap = run("probcover", args, n, args.budget, params={**pc, "exact_max": 0})
+    print(_pc_line(f"probcover n={n} exact path (reference)", ex))
+    print(_pc_line(f"probcover n={n} approximate path     ", ap))
+    print(f"  -> at n={n}: approximate {ex['seconds'] / ap['seconds']:.1f}x faster (CPU "
+          f"{ex['cpu_s'] / ap['cpu_s']:.1f}x), memory {ex['extra_peak_mb']:.0f} vs {ap['extra_peak_mb']:.0f} MB; "
+          f"sampled delta / exact delta = {ap['delta'] / ex['delta']:.4f}", flush=True)
+    graph_quality(args, n, ex, ap, pc)
+
+
+def graph_quality(args, n: int, ex: dict, ap: dict, pc: dict) -> None:
+    """In this process: recall of the approximate graph (and of faiss IVFFlat range search with
+    the same cells) against the exact graph at the exact delta, and the coverage of both pick
+    sets under that graph."""
+    import faiss
+
+    from strategies._cellgraph import cell_ball_graph, default_cells, train_cells
+    from strategies._embedding import ball_graph, normalize_rows
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    x = normalize_rows(embeddings(args, n))
+    delta = ex["delta"]
+    t0 = time.process_time()
+    ptr, idx = ball_graph(x, delta, 1 << 40, "bench")
+    t_exact = time.process_time() - t0
+    rows = np.repeat(np.arange(n), np.diff(ptr))
+    exact = rows.astype(np.int64) * n + idx
+    nprobe, cells = int(pc.get("nprobe", 8)), int(pc.get("n_cells") or default_cells(n))
+
+    def recall(keys):
+        return np.isin(exact, keys).mean()
+
+    t0 = time.process_time()
+    a_ptr, a_idx = cell_ball_graph(x, delta, np.random.default_rng(0), nprobe, cells)
+    t_cells = time.process_time() - t0
+    a_keys = np.repeat(np.arange(n), np.diff(a_ptr)).astype(np.int64) * n + a_idx
+    # faiss IndexIVFFlat with the same k-means cells, range search (one direction, as faiss gives)
+    centroids = train_cells(x, cells, np.random.default_rng(0))
+    quantizer = faiss.IndexFlatL2(x.shape[1])
+    quantizer.add(centroids)
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], cells)
+    index.is_trained = True  # the same cells as ours
+    t0 = time.process_time()
+    index.add(x)
+    index.nprobe = nprobe
+    keys = []
+    for s in range(0, n, 4096):
+        lims, _, ids = index.range_search(x[s:s + 4096], float(np.float32(delta) ** 2))
+        hits = np.diff(lims.astype(np.int64))
+        keys.append(np.repeat(np.arange(s, min(n, s + 4096)), hits).astype(np.int64) * n + ids)
+    t_faiss = time.process_time() - t0
+    print(f"  graph at n={n}, exact delta {delta:.4f} ({len(exact):,} edges, mean degree {len(exact) / n:.1f}):")
+    print(f"    exact (ball_graph)                       CPU {t_exact:7.2f} s")
+    print(f"    ours: cells, {nprobe} of {cells} probed          CPU {t_cells:7.2f} s, recall {recall(a_keys):.4f}, "
+          f"{len(a_keys):,} edges ({(~np.isin(a_keys, exact)).sum()} not in the exact graph)")
+    print(f"    faiss IndexIVFFlat.range_search, same    CPU {t_faiss:7.2f} s, recall "
+          f"{recall(np.concatenate(keys)):.4f}", flush=True)
+    covered = []
+    for r in (ex, ap):
+        hit = np.zeros(n, bool)
+        p = np.asarray(r["picks"])
+        hit[idx[np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in p])]] = True
+        covered.append(hit.mean())
+    print(f"    coverage at the exact delta of the {args.budget} picks: exact path {covered[0]:.4f}, "
+          f"approximate path {covered[1]:.4f}")
 
 
 def main(argv=None) -> None:
@@ -199,6 +356,13 @@ def main(argv=None) -> None:
     p.add_argument("--skip-embedding", action="store_true")
     p.add_argument("--embeddings", default=None,
                    help="a .npy (n, d) of real embeddings for typiclust/probcover (first --big-n rows)")
+    p.add_argument("--data", choices=["sphere", "groups"], default="sphere",
+                   help="synthetic embeddings for typiclust/probcover (module docstring)")
+    p.add_argument("--ref-n", type=int, default=20_000,
+                   help="rows where probcover's exact path is the reference (0: skip)")
+    p.add_argument("--pc-params", default="{}", help="probcover parameters, JSON, for every probcover run")
+    p.add_argument("--phases", action="store_true", help="print probcover's CPU time by step")
+    p.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -225,13 +389,8 @@ def main(argv=None) -> None:
                   f"first {r['picks_made']} picks equal to ours: {same}; ratio wall {total / ours['seconds']:.0f}x, "
                   f"CPU {cpu / ours['cpu_s']:.0f}x, memory {r['extra_peak_mb'] / max(ours['extra_peak_mb'], 1):.0f}x")
     if not args.skip_embedding:
-        src = args.embeddings or "synthetic"
-        for kind in ("typiclust", "probcover"):
-            r = run(kind, args, args.big_n, args.budget)
-            extra = f", delta {r['delta']:.4f}, {r['greedy_picks']} greedy picks" if kind == "probcover" else ""
-            print(f"{kind:9s} n={args.big_n} ({src}) budget {args.budget}: {r['seconds']:.2f} s "
-                  f"(CPU {r['cpu_s']:.2f} s), "
-                  f"extra peak {r['extra_peak_mb']:.0f} MB{extra}")
+        bench_embedding(args)
+    print(f"load average now {os.getloadavg()}")
 
 
 if __name__ == "__main__":
