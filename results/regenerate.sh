@@ -26,16 +26,16 @@ if [ -n "${DRY:-}" ]; then ACTIVECRL="echo activecrl"; PYTHON="echo python"; fi 
 fresh() { [ -n "${DRY:-}" ] || rm -rf "$@"; }  # a rerun replaces the old result folder entirely
 to_file() { local file=$1; shift; if [ -n "${DRY:-}" ]; then echo "$("$@") > $file"; else "$@" > "$file"; fi; }
 
-train() {  # README: "Confidence estimates (issue #2)"
+train() {  # README: "Confidence estimates (issue #2)"; the step schedule, Nesterov off and wd 1e-4 pinned: the paper optimiser these runs used
   for t in baseline crl; do
     fresh results/cifar10_train/$t
-    $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn --trainer $t --epochs 12 --seed 0 --device cpu --out results/cifar10_train/$t
+    $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --trainer $t --epochs 12 --seed 0 --device cpu --out results/cifar10_train/$t
     for s in 1 2; do
       fresh results/cifar10_train/$t-s$s
-      $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn --trainer $t --epochs 12 --seed $s --device cpu --out results/cifar10_train/$t-s$s
+      $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --trainer $t --epochs 12 --seed $s --device cpu --out results/cifar10_train/$t-s$s
     done
   done
-  C="--dataset $CIFAR10 --model small_cnn --epochs 12 --seed 0 --device cpu"
+  C="--dataset $CIFAR10 --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --epochs 12 --seed 0 --device cpu"
   fresh results/cifar10_train/{mc_dropout,aes6,aleatoric,ensemble3-crl05}
   $ACTIVECRL train $C --method mc_dropout --out results/cifar10_train/mc_dropout
   $ACTIVECRL train $C --method aes --snapshots 6 --out results/cifar10_train/aes6
