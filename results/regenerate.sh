@@ -25,6 +25,14 @@ if [ -n "${DRY:-}" ]; then ACTIVECRL="echo activecrl"; PYTHON="echo python"; fi 
 
 fresh() { [ -n "${DRY:-}" ] || rm -rf "$@"; }  # a rerun replaces the old result folder entirely
 to_file() { local file=$1; shift; if [ -n "${DRY:-}" ]; then echo "$("$@") > $file"; else "$@" > "$file"; fi; }
+# curves, summary table and comparison (AUBC intervals, penalty matrix) of an active-learning result folder
+al_report() {
+  local R=$1; shift
+  $ACTIVECRL plot "$@" -o $R/curves.png
+  to_file $R/summary.txt $ACTIVECRL summary "$@"
+  fresh $R/compare
+  $ACTIVECRL compare "$@" -o $R/compare
+}
 
 train() {  # README: "Confidence estimates (issue #2)"; the step schedule, Nesterov off and wd 1e-4 pinned: the paper optimiser these runs used
   for t in baseline crl; do
@@ -57,10 +65,7 @@ al() {  # README: "Active learning (issue #3)" (old preset) and "Active learning
   fresh $R/least_conf-crl
   $ACTIVECRL run $C $OLD --strategy least_conf --trainer crl --out $R/least_conf-crl
   runs="$R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl $R/coreset-baseline $R/mc_dropout-baseline"
-  $ACTIVECRL plot $runs -o $R/curves.png
-  to_file $R/summary.txt $ACTIVECRL summary $runs
-  fresh $R/compare
-  $ACTIVECRL compare $runs -o $R/compare
+  al_report $R $runs
 
   R=results/al_cpu_recipe   # issues #10, #11: the preset as it is now (small_cnn4 + the CPU recipe)
   for s in random badge; do
@@ -72,10 +77,7 @@ al() {  # README: "Active learning (issue #3)" (old preset) and "Active learning
     $ACTIVECRL run $C --strategy least_conf --trainer $t --out $R/least_conf-$t
   done
   runs="$R/random-baseline $R/least_conf-baseline $R/least_conf-crl $R/least_conf-fmfp $R/least_conf-sure $R/badge-baseline"
-  $ACTIVECRL plot $runs -o $R/curves.png
-  to_file $R/summary.txt $ACTIVECRL summary $runs
-  fresh $R/compare
-  $ACTIVECRL compare $runs -o $R/compare
+  al_report $R $runs
 }
 
 ood() {  # results/ood/COMMANDS.md
@@ -133,10 +135,7 @@ cold_start() {  # README: "Low budgets and label-free embeddings (issue #11)"; ~
   fresh $R/probcover-emb
   $ACTIVECRL run $C --strategy probcover --embeddings $R/patches --initial-strategy probcover --out $R/probcover-emb
   runs="$R/random $R/least_conf $R/badge $R/typiclust $R/probcover $R/random-emb $R/least_conf-emb $R/badge-emb $R/typiclust-emb $R/probcover-emb"
-  $ACTIVECRL plot $runs -o $R/curves.png
-  to_file $R/summary.txt $ACTIVECRL summary $runs
-  fresh $R/compare
-  $ACTIVECRL compare $runs -o $R/compare
+  al_report $R $runs
 }
 
 steps=("$@")
