@@ -1,3 +1,3 @@
-from .cli import main
+from activecrl.cli.app import main
 
 main()

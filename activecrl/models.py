@@ -3,7 +3,7 @@
 ``MODELS`` maps a name to a factory ``fn(*, num_classes, in_channels, image_size, dropout)``
 returning a :class:`ConfidenceModel`; add your own with ``@register_model("name")`` (timm style)
 or through the ``activecrl.models`` entry-point group. Use :func:`build_model` to construct one:
-it validates the arguments and raises :class:`~activecrl.errors.ConfigError` for bad ones.
+it validates the arguments and raises :class:`~activecrl.core.errors.ConfigError` for bad ones.
 
 Every model splits into a *body* (``forward_features``: image -> pooled penultimate features)
 and a *head* (``classifier``: ``Dropout`` then ``Linear``). Keeping dropout in the head only lets
@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError, DataError
-from .registry import Registry
-from .validate import check_int
+from activecrl.core.errors import ConfigError, DataError
+from activecrl.core.registry import Registry
+from activecrl.core.validate import check_int
 
 __all__ = [
     "MODELS", "register_model", "build_model", "ConfidenceModel",

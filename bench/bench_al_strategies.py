@@ -110,7 +110,7 @@ def make_embeddings(n: int, d: int, seed: int = 0, classes: int = 10, modes: int
 def explicit_embedding(logits: torch.Tensor, feats: torch.Tensor) -> np.ndarray:
     """The n x (C d) gradient embedding matrix (float32), as the BADGE code builds it (row i,
     block c: ``f_i * (p_ic - [c == y_i])``; the sign does not change distances)."""
-    from strategies.badge import gradient_factors
+    from activecrl.strategies.badge import gradient_factors
 
     q, f = gradient_factors(logits, feats)
     n, c = q.shape
@@ -125,7 +125,7 @@ def authors_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_picks
     Python loop for the nearest-centre distance), drawing with ``d2_sample``."""
     from sklearn.metrics import pairwise_distances
 
-    from strategies.badge import d2_sample
+    from activecrl.strategies.badge import d2_sample
 
     ind = int(np.argmax([np.linalg.norm(s, 2) for s in g]))
     picks = [ind]
@@ -145,7 +145,7 @@ def authors_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_picks
 
 def explicit_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_picks: int | None = None) -> list:
     """k-means++ on the explicit matrix with one torch.mv per pick (norms precomputed)."""
-    from strategies.badge import d2_sample
+    from activecrl.strategies.badge import d2_sample
 
     gt = torch.from_numpy(g)
     sq = np.einsum("ij,ij->i", g, g, dtype=np.float64)  # no second n x C d temporary
@@ -165,8 +165,8 @@ def explicit_kmeans_pp(g: np.ndarray, k: int, rng: np.random.Generator, max_pick
 # ---------------------------------------------------------------------------- worker
 def _time_phases() -> dict:
     """Wrap probcover's steps with CPU-time counters; returns the dict they fill (seconds)."""
-    import strategies._cellgraph as cg
-    import strategies.probcover as pc
+    import activecrl.strategies._cellgraph as cg
+    import activecrl.strategies.probcover as pc
 
     spent: dict[str, float] = {}
 
@@ -193,8 +193,8 @@ def worker(args) -> None:
     import faiss  # noqa: F401  (library load is not the algorithm's memory)
     import sklearn.metrics  # noqa: F401
 
-    import strategies
-    from activecrl.outputs import PoolOutputs
+    import activecrl.strategies
+    from activecrl.inference.outputs import PoolOutputs
 
     out = {"worker": args.worker}
     if args.worker in ("badge", "authors", "explicit"):
@@ -287,8 +287,8 @@ def graph_quality(args, n: int, ex: dict, ap: dict, pc: dict) -> None:
     sets under that graph."""
     import faiss
 
-    from strategies._cellgraph import cell_ball_graph, default_cells, train_cells
-    from strategies._embedding import ball_graph, normalize_rows
+    from activecrl.strategies._cellgraph import cell_ball_graph, default_cells, train_cells
+    from activecrl.strategies._embedding import ball_graph, normalize_rows
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from activecrl.bootstrap import bootstrap_metrics, resample_indices
-from activecrl.metrics import METRIC_NAMES, classification_metrics
+from activecrl.evaluation.bootstrap import bootstrap_metrics, resample_indices
+from activecrl.evaluation.metrics import METRIC_NAMES, classification_metrics
 
 
 def main() -> None:

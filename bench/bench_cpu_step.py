@@ -22,7 +22,7 @@ from plain_cpu_reference import net  # noqa: E402
 
 from activecrl.data import DeviceData  # noqa: E402
 from activecrl.models import build_model  # noqa: E402
-from activecrl.trainers import TrainConfig, build_trainer  # noqa: E402
+from activecrl.training.trainers import TrainConfig, build_trainer  # noqa: E402
 
 
 def main():

@@ -17,8 +17,8 @@ import time
 import torch
 
 from activecrl.models import build_model
-from activecrl.runtime import configure_backends, resolve_device
-from activecrl.trainers import TrainConfig, build_trainer
+from activecrl.core.runtime import configure_backends, resolve_device
+from activecrl.training.trainers import TrainConfig, build_trainer
 
 
 def make_step(trainer_name, model, x, y, idx, device, n_train):

@@ -22,11 +22,11 @@ import statistics
 
 import torch
 
-from activecrl.averaging import recompute_batchnorm
+from activecrl.training.weight_averaging import recompute_batchnorm
 from activecrl.data import DeviceData
 from activecrl.models import build_model
-from activecrl.runtime import configure_backends, resolve_device
-from activecrl.trainers import TrainConfig, build_trainer, resolved_config
+from activecrl.core.runtime import configure_backends, resolve_device
+from activecrl.training.trainers import TrainConfig, build_trainer, resolved_config
 from bench_crl_step import timed  # one timing loop for the step benchmarks (this script's folder is on sys.path)
 
 TRAINERS = ("baseline", "crl", "sam", "swa", "fmfp", "sure")

@@ -114,7 +114,7 @@ def deepal_k_center(pool: torch.Tensor, labeled: torch.Tensor, budget: int, dtyp
 
 
 def ours_k_center(pool: torch.Tensor, labeled: torch.Tensor, budget: int, device: str) -> np.ndarray:
-    from strategies import k_center_greedy
+    from activecrl.strategies import k_center_greedy
     return k_center_greedy(pool, labeled, budget, np.random.default_rng(0), device)
 
 
@@ -123,8 +123,8 @@ def coreset_worker(args) -> None:
     torch.set_num_threads(args.threads)
     pool, lab = _make_features(args.n, args.labeled, args.d, clusters=args.clusters)
     import faiss  # noqa: F401  (library load is not the algorithm's memory)
-    import strategies  # noqa: F401
-    import strategies.coreset as cs
+    import activecrl.strategies  # noqa: F401
+    import activecrl.strategies.coreset as cs
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     reset = reset_peak_rss()
@@ -159,7 +159,7 @@ def coreset_worker(args) -> None:
 
 
 def _covering_radius(pool: torch.Tensor, labeled: torch.Tensor, picks) -> float:
-    from strategies.coreset import nearest_center_sq_dist
+    from activecrl.strategies.coreset import nearest_center_sq_dist
     centers = torch.cat([labeled, pool[torch.as_tensor(np.asarray(picks), dtype=torch.long)]])
     return float(nearest_center_sq_dist(pool, centers, "cpu").max().sqrt())
 
@@ -209,7 +209,7 @@ def _agreement(a, b) -> str:
 def check_small(args) -> None:
     """All implementations in-process at --check-n points, every pick: agreement and radius."""
     n, m, k = args.check_n, max(1, args.check_n // 10), max(1, args.check_n // 10)
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     pool, lab = _make_features(n, m, args.d, seed=1)
     runs = {}
     saved = cs._PRUNE_MIN_N
@@ -317,8 +317,8 @@ class EvalData:
 
 def bench_mc(args) -> None:
     from activecrl.models import build_model
-    from activecrl.outputs import PoolOutputs
-    from strategies import QueryContext, mc_dropout_stats
+    from activecrl.inference.outputs import PoolOutputs
+    from activecrl.strategies import QueryContext, mc_dropout_stats
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

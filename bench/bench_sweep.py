@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from activecrl.loop import read_records, run_active_learning
-from activecrl.sweep import SweepCallbacks, expand_grid, run_sweep
+from activecrl.al.loop import read_records, run_active_learning
+from activecrl.al.sweep import SweepCallbacks, expand_grid, run_sweep
 
 
 class _FirstSubmit(SweepCallbacks):

@@ -20,8 +20,8 @@ import torch
 
 from activecrl.data import DeviceData
 from activecrl.models import build_model
-from activecrl.runtime import configure_backends
-from activecrl.trainers import TrainConfig, build_trainer
+from activecrl.core.runtime import configure_backends
+from activecrl.training.trainers import TrainConfig, build_trainer
 
 
 def measure(trainer_name: str, compile_: bool, data: DeviceData, args) -> dict:

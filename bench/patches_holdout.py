@@ -8,7 +8,7 @@ vote of its 20 nearest references (cosine), for two ways of turning the pooled f
 embedding, both learnt on the references only:
 
 * ``plain``: the paper's standardisation, PCA to 256 dimensions, L2 normalisation;
-* ``final``: what `pretrain` does (``activecrl.patches.fit_projection``): square root first,
+* ``final``: what `pretrain` does (``activecrl.embeddings.patches.fit_projection``): square root first,
   PCA whitened with regularised eigenvalues.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/patches_holdout.py --dataset ../shared/data/cifar10.tar.gz
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from activecrl.data import load_dataset
-from activecrl.patches import FEATURE_EPS, fit_projection, learn_codebook, principal_directions
-from activecrl.pretrain import knn_accuracy
+from activecrl.embeddings.patches import FEATURE_EPS, fit_projection, learn_codebook, principal_directions
+from activecrl.embeddings.pretrain import knn_accuracy
 
 DEFAULT_CONFIGS = "50:1,100:1,200:1,400:1,100:2,200:2,400:2,800:2,1600:2"
 

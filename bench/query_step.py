@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from activecrl.data import DeviceData
-from activecrl.inference import predict
+from activecrl.inference.predict import predict
 from activecrl.models import build_model
-from activecrl.runtime import configure_backends, resolve_device
-from strategies import QueryContext, get_strategy
+from activecrl.core.runtime import configure_backends, resolve_device
+from activecrl.strategies import QueryContext, get_strategy
 
 
 def _sync(device):

@@ -9,7 +9,7 @@ given, through ``Strategy.embedding``). Add one by subclassing ``Strategy`` and 
 the ``activecrl.strategies`` entry-point group.
 """
 
-from .base import (
+from activecrl.strategies.base import (
     STRATEGIES,
     QueryContext,
     Strategy,
@@ -20,14 +20,14 @@ from .base import (
 )
 
 # built-ins register themselves on import
-from . import random_sampling, uncertainty, mc_dropout, coreset, badge, typiclust, probcover  # noqa: E402,F401
-from .badge import BadgeStrategy, badge_kmeans_pp, gradient_factors
-from .coreset import CoresetStrategy, k_center_greedy
-from .mc_dropout import BALDStrategy, MCDropoutStrategy
-from .probcover import ProbCoverStrategy, max_coverage_greedy, purity_delta
-from .random_sampling import RandomStrategy
-from .typiclust import TypiClustStrategy, typicality
-from .uncertainty import EntropyStrategy, LeastConfidenceStrategy, MarginStrategy, entropy_scores
+from activecrl.strategies import random_sampling, uncertainty, mc_dropout, coreset, badge, typiclust, probcover  # noqa: E402,F401
+from activecrl.strategies.badge import BadgeStrategy, badge_kmeans_pp, gradient_factors
+from activecrl.strategies.coreset import CoresetStrategy, k_center_greedy
+from activecrl.strategies.mc_dropout import BALDStrategy, MCDropoutStrategy
+from activecrl.strategies.probcover import ProbCoverStrategy, max_coverage_greedy, purity_delta
+from activecrl.strategies.random_sampling import RandomStrategy
+from activecrl.strategies.typiclust import TypiClustStrategy, typicality
+from activecrl.strategies.uncertainty import EntropyStrategy, LeastConfidenceStrategy, MarginStrategy, entropy_scores
 
 __all__ = [
     "STRATEGIES", "QueryContext", "Strategy", "StrategyError", "get_strategy", "register_strategy",

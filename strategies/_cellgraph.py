@@ -30,7 +30,7 @@ import logging
 
 import numpy as np
 
-from ._embedding import _BLOCK_ELEMENTS, cap_nearest, edges_to_csr, seed_from, too_many_edges
+from activecrl.strategies._embedding import _BLOCK_ELEMENTS, cap_nearest, edges_to_csr, seed_from, too_many_edges
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 import torch
 
-from activecrl.errors import ConfigError
+from activecrl.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def other_label_pass(x: np.ndarray, labels: np.ndarray, rows: np.ndarray | None 
     when given. ProbCover gets its purity radius and, when that radius is below ``radius``, its
     graph from this one pass (the nearest ``max_degree`` within ``radius`` that lie within a
     smaller radius are the nearest ``max_degree`` within that one)."""
-    from .coreset import _exact_fp32
+    from activecrl.strategies.coreset import _exact_fp32
 
     device = torch.device(device)
     n = x.shape[0]

@@ -32,9 +32,9 @@ import logging
 import numpy as np
 import torch
 
-from activecrl.errors import ConfigError
+from activecrl.core.errors import ConfigError
 
-from .base import QueryContext, Strategy, register_strategy
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
 

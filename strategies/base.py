@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from activecrl.errors import ActiveCRLError, ConfigError, RegistryError
-from activecrl.outputs import PoolOutputs
-from activecrl.registry import Registry
-from activecrl.validate import check_int
+from activecrl.core.errors import ActiveCRLError, ConfigError, RegistryError
+from activecrl.inference.outputs import PoolOutputs
+from activecrl.core.registry import Registry
+from activecrl.core.validate import check_int
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import logging
 import numpy as np
 import torch
 
-from .base import QueryContext, Strategy, register_strategy
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """MC dropout strategies: ``mc_dropout`` (predictive entropy) and ``bald`` (mutual information).
 
 The sampling itself (dropout-only stochastic passes, head-only sampling on the pool's cached
-features, seeding that leaves the global RNG alone) lives in :mod:`activecrl.mc_dropout`; this
+features, seeding that leaves the global RNG alone) lives in :mod:`activecrl.inference.mc_dropout`; this
 module only feeds it a ``QueryContext`` and ranks the pool by its statistics.
 """
 
@@ -10,17 +10,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from activecrl.errors import ConfigError
-from activecrl.mc_dropout import MCDropoutStats, mc_dropout_stats
-from activecrl.validate import check_int
+from activecrl.core.errors import ConfigError
+from activecrl.inference.mc_dropout import MCDropoutStats, mc_dropout_stats
+from activecrl.core.validate import check_int
 
-from .base import QueryContext, Strategy, register_strategy, select_top
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy, select_top
 
 __all__ = ["MCDropoutStrategy", "BALDStrategy"]
 
 
 def _pool_stats(context: QueryContext, n_samples: int, seed) -> MCDropoutStats:
-    """:func:`activecrl.mc_dropout.mc_dropout_stats` of the pool, on its cached features when the
+    """:func:`activecrl.inference.mc_dropout.mc_dropout_stats` of the pool, on its cached features when the
     model's dropout is all in the head (else, or without features, as the engine decides)."""
     if context.model is None:
         raise ConfigError("MC dropout needs the trained model in context.model, got None instead")

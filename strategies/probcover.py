@@ -63,13 +63,13 @@ import logging
 import numpy as np
 import torch
 
-from activecrl.errors import ConfigError
-from activecrl.validate import check_int
+from activecrl.core.errors import ConfigError
+from activecrl.core.validate import check_int
 
-from ._cellgraph import ball_check, cell_ball_graph, default_cells, graph_recall
-from ._embedding import (GraphTooLarge, ball_graph, csr_rows, edges_to_csr, kmeans, normalize_rows,
+from activecrl.strategies._cellgraph import ball_check, cell_ball_graph, default_cells, graph_recall
+from activecrl.strategies._embedding import (GraphTooLarge, ball_graph, csr_rows, edges_to_csr, kmeans, normalize_rows,
                          other_label_pass, too_many_edges)
-from .base import QueryContext, Strategy, register_strategy
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
 

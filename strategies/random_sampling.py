@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import QueryContext, Strategy, register_strategy
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 
 
 @register_strategy("random")

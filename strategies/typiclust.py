@@ -24,11 +24,11 @@ import logging
 
 import numpy as np
 
-from activecrl.errors import ConfigError
-from activecrl.validate import check_int
+from activecrl.core.errors import ConfigError
+from activecrl.core.validate import check_int
 
-from ._embedding import kmeans, knn_mean_dist, normalize_rows
-from .base import QueryContext, Strategy, register_strategy
+from activecrl.strategies._embedding import kmeans, knn_mean_dist, normalize_rows
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import QueryContext, Strategy, register_strategy, select_top
+from activecrl.strategies.base import QueryContext, Strategy, register_strategy, select_top
 
 
 def _log_probs(context: QueryContext) -> torch.Tensor:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from activecrl.errors import ConfigError
-from activecrl.outputs import PoolOutputs
-from strategies import QueryContext, get_strategy
-from strategies._embedding import Cells, Sketch, ball_graph, kmeans, other_label_pass
-from strategies.badge import badge_kmeans_pp, d2_sample, gradient_factors
-from strategies.probcover import max_coverage_greedy, purity_delta, purity_delta_and_graph
+from activecrl.core.errors import ConfigError
+from activecrl.inference.outputs import PoolOutputs
+from activecrl.strategies import QueryContext, get_strategy
+from activecrl.strategies._embedding import Cells, Sketch, ball_graph, kmeans, other_label_pass
+from activecrl.strategies.badge import badge_kmeans_pp, d2_sample, gradient_factors
+from activecrl.strategies.probcover import max_coverage_greedy, purity_delta, purity_delta_and_graph
 
 
 # ---------------------------------------------------------------------------- helpers

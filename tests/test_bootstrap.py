@@ -6,15 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from activecrl.bootstrap import (
+from activecrl.evaluation.bootstrap import (
     bootstrap_intervals,
     bootstrap_metrics,
     resample_indices,
     rescore_run,
     rescore_runs,
 )
-from activecrl.errors import ConfigError, DataError
-from activecrl.metrics import METRIC_NAMES, classification_metrics
+from activecrl.core.errors import ConfigError, DataError
+from activecrl.evaluation.metrics import METRIC_NAMES, classification_metrics
 
 
 def _predictions(n=300, k=4, seed=0, ties=True):
@@ -78,7 +78,7 @@ def test_seeded_and_validated():
 
 
 def test_train_config_bootstrap_field():
-    from activecrl.experiment import TrainRunConfig
+    from activecrl.methods.run import TrainRunConfig
 
     assert TrainRunConfig().bootstrap == 0
     with pytest.raises(ConfigError, match="bootstrap must be an integer >= 0"):
@@ -124,7 +124,7 @@ def test_rescore_bad_input_writes_nothing(tmp_path):
 
 
 def test_paired_difference(tmp_path):
-    from activecrl.bootstrap import paired_difference
+    from activecrl.evaluation.bootstrap import paired_difference
 
     probs, labels = _predictions(n=400, ties=False)
     _saved_run(tmp_path / "a", probs, labels)

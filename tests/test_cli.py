@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from activecrl.cli import app
+from activecrl.cli.app import app
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def test_train_writes_metrics_predictions_and_model(tmp_path):
     assert metrics["metrics"]["accuracy"] == np.mean(preds["probs"].argmax(1) == preds["labels"])
     blob = torch.load(out / "model.pt", weights_only=True)
     assert blob["model_info"]["model"] == "small_cnn"
-    from activecrl.experiment import load_trained
+    from activecrl.methods.run import load_trained
 
     model, info, _ = load_trained(out)
     assert info["num_classes"] == 10
@@ -90,7 +90,7 @@ def test_version_and_help():
 
 
 def test_resume_refuses_changed_options_and_continues(tmp_path, monkeypatch):
-    from activecrl import cli
+    from activecrl.cli import app as cli
 
     out = tmp_path / "al"
     base = ["run", "--dataset", "digits", "--initial", "40", "--budget", "40", "--stages", "2", "--epochs", "1",
@@ -120,7 +120,7 @@ def test_resume_refuses_changed_options_and_continues(tmp_path, monkeypatch):
 
 
 def test_error_messages_keep_brackets(tmp_path, capsys):
-    from activecrl import cli
+    from activecrl.cli import app as cli
 
     def boom():
         raise cli.ActiveCRLError("probs must be finite, got [nan, nan] in row 0")

@@ -9,10 +9,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from activecrl import cli
-from activecrl.cli import app
-from activecrl.errors import DataError, RegistryError
-from activecrl.results import RunSummary, distinct_labels
+from activecrl.cli import app as cli
+from activecrl.cli.app import app
+from activecrl.core.errors import DataError, RegistryError
+from activecrl.al.runs import RunSummary, distinct_labels
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_plot_and_summary_of_two_runs_of_one_strategy(tmp_path):
 
 def test_messages_are_in_cli_words(tmp_path):
     from activecrl.data import load_dataset
-    from strategies import get_strategy
+    from activecrl.strategies import get_strategy
 
     with pytest.raises(RegistryError, match="valid strategies are"):  # not "strategys"
         get_strategy("no_such_strategy")
@@ -104,9 +104,9 @@ def test_budget_larger_than_the_pool_is_refused_by_the_cli(tmp_path):
 def test_train_defaults_are_quick_and_the_paper_schedule_is_a_preset():
     import tomllib
 
-    from activecrl.config import find_config
-    from activecrl.experiment import TrainRunConfig, config_from_dict
-    from activecrl.trainers import TrainConfig
+    from activecrl.core.config import find_config
+    from activecrl.methods.run import TrainRunConfig, config_from_dict
+    from activecrl.training.trainers import TrainConfig
 
     quick = TrainRunConfig()
     assert quick.dataset == "digits" and quick.train.epochs == 20
@@ -118,7 +118,7 @@ def test_train_defaults_are_quick_and_the_paper_schedule_is_a_preset():
 
 
 def test_train_records_its_thread_count(tmp_path, monkeypatch):
-    import activecrl.experiment as experiment
+    import activecrl.methods.run as experiment
 
     class Recording(experiment.torch_threads):  # no real 2-thread run: a later fork must not inherit a pool
         def __enter__(self):

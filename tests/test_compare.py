@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from activecrl.cli import app
-from activecrl.compare import compare_runs, normalised_area, paired_t_test, trial_interval, write_compare
-from activecrl.errors import ConfigError
+from activecrl.cli.app import app
+from activecrl.al.compare import compare_runs, normalised_area, paired_t_test, trial_interval, write_compare
+from activecrl.core.errors import ConfigError
 
 runner = CliRunner()
 LABELS = [10, 20, 40, 60]  # n_labeled at stages 0..3

@@ -17,16 +17,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from activecrl import cli
-from activecrl.cli import app
-from activecrl.cli_options import config_command
-from activecrl.config import config_options, find_config, from_dict, load_toml, preset_names
-from activecrl.errors import ConfigError
-from activecrl.experiment import TrainRunConfig
-from activecrl.loop import ALConfig
+from activecrl.cli import app as cli
+from activecrl.cli.app import app
+from activecrl.cli.options import config_command
+from activecrl.core.config import config_options, find_config, from_dict, load_toml, preset_names
+from activecrl.core.errors import ConfigError
+from activecrl.methods.run import TrainRunConfig
+from activecrl.al.loop import ALConfig
 from activecrl.ood.run import OODConfig
-from activecrl.pretrain import PretrainConfig
-from activecrl.trainers import TrainConfig
+from activecrl.embeddings.pretrain import PretrainConfig
+from activecrl.training.trainers import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -104,7 +104,7 @@ def test_generated_options_reach_the_config_as_typed_values():
     eager = typer.Typer()
 
     @eager.command()
-    @config_command("activecrl.trainers:TrainConfig")
+    @config_command("activecrl.training.trainers:TrainConfig")
     def fit(overrides: dict):
         seen.update(overrides)
 
@@ -232,7 +232,7 @@ def test_readme_commands_parse(where, args, captured, monkeypatch):
     def saved(out):
         raise _Built
 
-    from activecrl import loop
+    from activecrl.al import loop
 
     monkeypatch.setattr(loop, "load_saved_config", saved)  # `run --resume` (resume_config) reads the saved config
     captured(args)
@@ -242,7 +242,7 @@ def test_presets_resolve_by_name_and_path():
     assert {"cifar10_paper", "cifar100_paper", "svhn_paper", "cifar10_shared_cpu"} <= set(preset_names())
     for name in preset_names():
         if "_train_" in name:  # a preset of `activecrl train`: the paper's classification schedule
-            from activecrl.experiment import TrainRunConfig
+            from activecrl.methods.run import TrainRunConfig
 
             assert from_dict(TrainRunConfig, load_toml(name)).train.epochs == 300
             continue
@@ -263,7 +263,7 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_presets_fall_back_to_the_checkout_when_configs_is_not_importable(monkeypatch):
     # an editable install made before configs/ was a package does not map it
-    from activecrl import config as config_module
+    from activecrl.core import config as config_module
 
     def missing(name):
         raise ModuleNotFoundError(name)
@@ -301,7 +301,7 @@ def test_presets_ship_in_the_wheel(tmp_path):
     shutil.rmtree(src)  # nothing of the sources left to fall back on
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    code = ("import activecrl, configs; from activecrl.config import find_config, load_toml, preset_names; "
+    code = ("import activecrl, activecrl.configs as configs; from activecrl.core.config import find_config, load_toml, preset_names; "
             "print(activecrl.__file__); print(configs.__file__); print(find_config('cifar10_paper')); "
             "print(preset_names()); print(load_toml('cifar10_paper')['train']['milestones'])")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -312,6 +312,9 @@ def test_presets_ship_in_the_wheel(tmp_path):
     for line in lines[:3]:
         assert Path(line).resolve().is_relative_to(target.resolve()), lines
     assert "cifar10_shared_cpu" in lines[3] and lines[4] == "[0.6, 0.8]"
+    # no generic top-level names in site-packages: a user's own strategies.py must not collide
+    assert sorted(p.name for p in target.iterdir() if p.suffix != ".dist-info") == ["activecrl", "bin"]
+    assert (target / "activecrl" / "strategies" / "base.py").is_file()
 
 
 @dataclasses.dataclass

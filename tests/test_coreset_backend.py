@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from strategies import coreset as cs
+from activecrl.strategies import coreset as cs
 
 faiss = pytest.importorskip("faiss")
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from activecrl.crl import CorrectnessHistory, confidence, correctness_ranking_loss
-from activecrl.errors import ConfigError
+from activecrl.training.crl import CorrectnessHistory, confidence, correctness_ranking_loss
+from activecrl.core.errors import ConfigError
 
 
 def test_loss_on_hand_computed_pairs():

@@ -23,7 +23,7 @@ from activecrl.data import (
     load_dataset,
     load_image_folder,
 )
-from activecrl.errors import ConfigError, DataError, RegistryError
+from activecrl.core.errors import ConfigError, DataError, RegistryError
 
 SHARED = Path("/work/shared/data")
 

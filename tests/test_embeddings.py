@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from activecrl.embeddings import load_embeddings
-from activecrl.errors import ConfigError
-from activecrl.loop import ALConfig, read_records, run_active_learning
-from activecrl.trainers import TrainConfig
+from activecrl.embeddings.load import load_embeddings
+from activecrl.core.errors import ConfigError
+from activecrl.al.loop import ALConfig, read_records, run_active_learning
+from activecrl.training.trainers import TrainConfig
 from tests.conftest import make_blobs_dataset
 
 TINY = dict(dataset="blobs", model="small_cnn", trainer="baseline", strategy="random", initial=12, budget=9,
@@ -73,7 +73,7 @@ def test_initial_strategy_validation():
 
 def test_embeddings_reach_the_strategy_in_index_order(tmp_path, monkeypatch):
     """The context carries the --embeddings matrix; Strategy.embedding gives the pool's and the labeled set's rows."""
-    from strategies import STRATEGIES
+    from activecrl.strategies import STRATEGIES
 
     TypiClust = STRATEGIES.get("typiclust")
     ds = make_blobs_dataset(n_train=60, n_test=20)
@@ -87,7 +87,7 @@ def test_embeddings_reach_the_strategy_in_index_order(tmp_path, monkeypatch):
 
     monkeypatch.setattr(TypiClust, "select", spy)
     forward = []
-    import activecrl.loop as loop
+    import activecrl.al.loop as loop
 
     real_predict = loop.predict
     monkeypatch.setattr(loop, "predict", lambda *a, **k: forward.append(k) or real_predict(*a, **k))

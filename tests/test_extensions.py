@@ -13,17 +13,17 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from activecrl.cli import accepted_names, app
+from activecrl.cli.app import accepted_names, app
 from activecrl.data import DATASETS, device_split
-from activecrl.errors import ConfigError, RegistryError
-from activecrl.experiment import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
-from activecrl.loop import ALConfig, check_run_config, run_active_learning
-from activecrl.mc_dropout import dropout_only_in_head, mc_dropout_stats
+from activecrl.core.errors import ConfigError, RegistryError
+from activecrl.methods.run import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
+from activecrl.al.loop import ALConfig, check_run_config, run_active_learning
+from activecrl.inference.mc_dropout import dropout_only_in_head, mc_dropout_stats
 from activecrl.methods import METHODS, PlainMethod, build_method, register_method
 from activecrl.models import build_model
 from activecrl.ood import DETECTORS, Detector, DetectorScores, OODConfig, register_detector, run_ood
-from activecrl.trainers import TrainConfig
-from activecrl.validate import check_int
+from activecrl.training.trainers import TrainConfig
+from activecrl.core.validate import check_int
 from tests.conftest import make_blobs_dataset
 
 

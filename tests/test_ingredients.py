@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from activecrl.averaging import WeightAverager, recompute_batchnorm
+from activecrl.training.weight_averaging import WeightAverager, recompute_batchnorm
 from activecrl.data import device_split
-from activecrl.errors import ConfigError, RegistryError, TrainingDiverged
+from activecrl.core.errors import ConfigError, RegistryError, TrainingDiverged
 from activecrl.models import MODELS, CosineClassifier, build_model, register_model
-from activecrl.regmixup import mix, mixup_cross_entropy, regmixup_term
-from activecrl.schedules import lr_at
-from activecrl.trainers import (TRAINERS, BaselineTrainer, CRLTrainer, Recipe, TrainConfig, build_trainer,
+from activecrl.training.regmixup import mix, mixup_cross_entropy, regmixup_term
+from activecrl.training.schedules import lr_at
+from activecrl.training.trainers import (TRAINERS, BaselineTrainer, CRLTrainer, Recipe, TrainConfig, build_trainer,
                                 register_recipe, resolved_config, trainer_description)
 
 
@@ -200,7 +200,7 @@ def test_cosine_head_output_is_scaled_cosine(blobs):
 
 
 def test_cosine_head_refused_on_a_model_without_linear_classifier(blobs, tmp_path):
-    from activecrl.loop import ALConfig, run_active_learning
+    from activecrl.al.loop import ALConfig, run_active_learning
 
     @register_model("no_linear_head_test")
     def factory(*, num_classes, in_channels, image_size, dropout):
@@ -357,7 +357,7 @@ def test_bad_ingredients_are_refused(bad, match):
 
 
 def test_recipe_refuses_impossible_swa_before_training(blobs, tmp_path):
-    from activecrl.loop import ALConfig, run_active_learning
+    from activecrl.al.loop import ALConfig, run_active_learning
 
     with pytest.raises(ConfigError, match="swa_start must leave at least one epoch"):
         build_trainer("fmfp", TrainConfig(epochs=1))
@@ -378,14 +378,14 @@ def test_recipes_learn(blobs, name):
     train, test = device_split(blobs, "train", "cpu"), device_split(blobs, "test", "cpu")
     model = _model(blobs, head=resolved_config(name).head)
     build_trainer(name, TrainConfig(epochs=6, batch_size=32, lr=0.05, seed=1)).fit(model, train)
-    from activecrl.inference import predict
+    from activecrl.inference.predict import predict
 
     out = predict(model, test, features=False)
     assert (out.logits.argmax(1) == test.labels[out.indices]).float().mean().item() > 0.8  # chance 1/3
 
 
 def test_sure_train_run_saves_and_reloads_the_cosine_head(blobs, tmp_path):
-    from activecrl.experiment import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
+    from activecrl.methods.run import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
 
     config = TrainRunConfig(trainer="sure", device="cpu", train=TrainConfig(epochs=3, batch_size=32))
     result = train_and_evaluate(config, dataset=blobs)
@@ -400,7 +400,7 @@ def test_sure_train_run_saves_and_reloads_the_cosine_head(blobs, tmp_path):
 
 
 def test_active_learning_with_the_sure_recipe(blobs, tmp_path):
-    from activecrl.loop import ALConfig, run_active_learning
+    from activecrl.al.loop import ALConfig, run_active_learning
 
     config = ALConfig(trainer="sure", initial=30, budget=20, stages=2, trials=1,
                       train=TrainConfig(epochs=3, batch_size=16))
@@ -413,7 +413,7 @@ def test_active_learning_with_the_sure_recipe(blobs, tmp_path):
 @pytest.mark.parametrize("compile_", [False, True])
 def test_cuda_sure_fit_bf16_channels_last(blobs, compile_):
     """SAM + SWA + RegMixup + CRL + cosine head on the GPU path: bf16 autocast, channels_last, compile."""
-    from activecrl.inference import predict
+    from activecrl.inference.predict import predict
 
     train, test = device_split(blobs, "train", "cuda", channels_last=True), device_split(blobs, "test", "cuda")
     config = TrainConfig(epochs=6, batch_size=32, lr=0.05, seed=1, compile=compile_)

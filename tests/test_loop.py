@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from activecrl.errors import ConfigError
-from activecrl.metrics import METRIC_NAMES
-from activecrl.loop import ALConfig, LoopCallbacks, read_records, run_active_learning
-from activecrl.trainers import TrainConfig
+from activecrl.core.errors import ConfigError
+from activecrl.evaluation.metrics import METRIC_NAMES
+from activecrl.al.loop import ALConfig, LoopCallbacks, read_records, run_active_learning
+from activecrl.training.trainers import TrainConfig
 from tests.conftest import make_blobs_dataset
 
 TINY = dict(dataset="blobs", model="small_cnn", trainer="crl", strategy="least_conf", initial=20, budget=15,
@@ -119,9 +119,9 @@ def test_budget_larger_than_the_pool_is_refused_like_an_oversized_seed_set(tmp_p
 def test_run_records_its_thread_count_and_resume_keeps_it(tmp_path, monkeypatch):
     import torch
 
-    from activecrl.loop import resume_config
+    from activecrl.al.loop import resume_config
 
-    import activecrl.loop as loop_module
+    import activecrl.al.loop as loop_module
 
     applied = []
 
@@ -147,8 +147,8 @@ def test_run_records_its_thread_count_and_resume_keeps_it(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="--threads must stay 1 .* got 3 instead; pass --threads 1"):
         run_active_learning(_config(threads=3), tmp_path / "auto", dataset=ds, resume=True)
     # ... also when the automatic count differs, e.g. on a machine with more CPUs (here: a "larger" model)
-    monkeypatch.setattr("activecrl.runtime.PARAMETERS_PER_THREAD", 1000)
-    monkeypatch.setattr("activecrl.runtime.available_cpus", lambda: 2)
+    monkeypatch.setattr("activecrl.core.runtime.PARAMETERS_PER_THREAD", 1000)
+    monkeypatch.setattr("activecrl.core.runtime.available_cpus", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with pytest.raises(ConfigError, match=r"--threads must stay 1 .* got 2 instead \(the automatic count here\)"):
         run_active_learning(_config(), tmp_path / "auto", dataset=ds, resume=True)
@@ -159,7 +159,7 @@ def test_run_records_its_thread_count_and_resume_keeps_it(tmp_path, monkeypatch)
 
 
 def test_resume_config_accepts_equal_options_and_names_different_ones(tmp_path):
-    from activecrl.loop import resume_config
+    from activecrl.al.loop import resume_config
 
     ds = make_blobs_dataset(n_train=150, n_test=40)
     run_active_learning(_config(trials=1, stages=1), tmp_path / "r", dataset=ds)
@@ -177,7 +177,7 @@ def test_resume_config_accepts_equal_options_and_names_different_ones(tmp_path):
 def test_user_strategy_by_path(tmp_path, monkeypatch):
     (tmp_path / "my_strats.py").write_text(
         "import numpy as np\n"
-        "from strategies import Strategy\n"
+        "from activecrl.strategies import Strategy\n"
         "class Lowest(Strategy):\n"
         "    name = 'lowest'\n"
         "    def select(self, context, budget, rng):\n"
@@ -212,7 +212,7 @@ def test_coreset_in_the_loop(tmp_path):
 
 
 def test_results_summary_and_plot(tmp_path):
-    from activecrl.results import load_run, plot_curves
+    from activecrl.al.runs import load_run, plot_curves
 
     ds = make_blobs_dataset(n_train=150, n_test=40)
     run_active_learning(_config(), tmp_path / "run", dataset=ds)
@@ -231,7 +231,7 @@ def test_results_summary_and_plot(tmp_path):
 
 
 def test_random_skips_the_pool_forward_pass(tmp_path, monkeypatch):
-    import activecrl.loop as loop
+    import activecrl.al.loop as loop
 
     calls = []
     real_predict = loop.predict
@@ -247,7 +247,7 @@ def test_written_files_are_world_readable(tmp_path):
     import os
     import stat
 
-    from activecrl.io import atomic_write_json
+    from activecrl.core.io import atomic_write_json
 
     old = os.umask(0o022)
     try:

@@ -1,4 +1,4 @@
-"""The shared MC-dropout engine (activecrl.mc_dropout): what the strategy and method tests do not reach."""
+"""The shared MC-dropout engine (activecrl.inference.mc_dropout): what the strategy and method tests do not reach."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from activecrl.errors import ConfigError
-from activecrl.mc_dropout import (active_dropouts, dropout_only_in_head, dropout_only_train, mc_dropout_stats,
+from activecrl.core.errors import ConfigError
+from activecrl.inference.mc_dropout import (active_dropouts, dropout_only_in_head, dropout_only_train, mc_dropout_stats,
                                   seeded)
-from activecrl.outputs import PoolOutputs
-from strategies import QueryContext, get_strategy
+from activecrl.inference.outputs import PoolOutputs
+from activecrl.strategies import QueryContext, get_strategy
 
 
 class Net(nn.Module):

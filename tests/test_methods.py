@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from activecrl.data import device_split
-from activecrl.errors import ConfigError
-from activecrl.experiment import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
+from activecrl.core.errors import ConfigError
+from activecrl.methods.run import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
 from activecrl.methods import (AleatoricTrainer, SnapshotCollector, add_variance_head, apply_temperature,
                                fit_temperature, mc_dropout_probs, negative_entropy, sampled_softmax_loss,
                                snapshot_epochs)
-from activecrl.metrics import METRIC_NAMES
+from activecrl.evaluation.metrics import METRIC_NAMES
 from activecrl.models import build_model
-from activecrl.trainers import TRAINERS, TrainConfig, build_trainer
+from activecrl.training.trainers import TRAINERS, TrainConfig, build_trainer
 
 
 def _cfg(**kw):
@@ -204,7 +204,7 @@ def test_ensemble_members_differ_and_average(blobs, tmp_path):
     a, b = result.member_states
     assert not torch.equal(a["classifier.1.weight"], b["classifier.1.weight"])
     # the stored probabilities are the mean of the members' softmax outputs
-    from activecrl.inference import predict
+    from activecrl.inference.predict import predict
 
     test = device_split(blobs, "test", "cpu")
     probs = []
@@ -243,8 +243,8 @@ def test_temperature_scaling_run(blobs):
 
 
 def test_train_subset_trains_on_a_seeded_subset(blobs, monkeypatch):
-    import activecrl.experiment as experiment
-    from activecrl.experiment import train_subset
+    import activecrl.methods.run as experiment
+    from activecrl.methods.run import train_subset
 
     seen = []
     real = experiment.build_method
@@ -287,7 +287,7 @@ def test_bad_method_is_a_config_error(blobs):
 def test_cli_train_methods(tmp_path):
     from typer.testing import CliRunner
 
-    from activecrl.cli import app
+    from activecrl.cli.app import app
 
     runner = CliRunner()
     out = tmp_path / "aes"

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from activecrl.errors import ConfigError
-from activecrl.metrics import (
+from activecrl.core.errors import ConfigError
+from activecrl.evaluation.metrics import (
     LOWER_IS_BETTER,
     METRIC_NAMES,
     OOD_METRIC_NAMES,

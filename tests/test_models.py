@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from activecrl.errors import ConfigError, DataError, RegistryError
+from activecrl.core.errors import ConfigError, DataError, RegistryError
 from activecrl.models import MODELS, ConfidenceModel, build_model, register_model
 
 BUILTINS = ["densenet_bc", "preact_resnet110", "resnet18", "small_cnn", "small_cnn4", "vgg16"]

@@ -9,15 +9,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import activecrl.ood as ood_mod
-from activecrl.cli import app
+from activecrl.cli.app import app
 from activecrl.data import device_split
-from activecrl.errors import ConfigError
-from activecrl.experiment import TrainRunConfig, save_train_run, train_and_evaluate
-from activecrl.metrics import ood_metrics
+from activecrl.core.errors import ConfigError
+from activecrl.methods.run import TrainRunConfig, save_train_run, train_and_evaluate
+from activecrl.evaluation.metrics import ood_metrics
 from activecrl.models import build_model
 from activecrl.ood import (OODConfig, class_gaussian, energy_score, mahalanobis_sq, msp_score, odin_score_grid,
                            run_ood, save_ood, select_best, synthetic_images, _whitener)
-from activecrl.trainers import TrainConfig
+from activecrl.training.trainers import TrainConfig
 
 runner = CliRunner()
 
@@ -174,7 +174,7 @@ def test_bad_config_messages(digits_run, tmp_path):
         OODConfig(run="x", ood="noise", detector="knn")
     with pytest.raises(ConfigError, match="temperatures must be positive"):
         OODConfig(run="x", ood="noise", temperatures=(0,))
-    from activecrl.errors import DataError
+    from activecrl.core.errors import DataError
 
     with pytest.raises(DataError, match="OOD set must be"):
         run_ood(OODConfig(run=str(digits_run), ood=str(tmp_path / "missing"), device="cpu"))

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from activecrl.errors import ConfigError
-from activecrl.patches import (CONTRAST_EPS, PatchEncoder, normalize_patches, quadrant_pool, sample_patches, triangle,
+from activecrl.core.errors import ConfigError
+from activecrl.embeddings.patches import (CONTRAST_EPS, PatchEncoder, normalize_patches, quadrant_pool, sample_patches, triangle,
                                zca_whitening)
-from activecrl.pretrain import PretrainConfig, pretrain
+from activecrl.embeddings.pretrain import PretrainConfig, pretrain
 from tests.conftest import make_blobs_dataset
 
 
@@ -165,7 +165,7 @@ def test_bad_patch_options_name_the_flag(tmp_path):
 
 
 def test_principal_directions_are_the_covariance_eigenvectors():
-    from activecrl.patches import principal_directions
+    from activecrl.embeddings.patches import principal_directions
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 6, generator=g) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.1])

@@ -2,8 +2,8 @@
 
 import pytest
 
-from activecrl.config import from_dict, load_toml, preset_names
-from activecrl.loop import ALConfig
+from activecrl.core.config import from_dict, load_toml, preset_names
+from activecrl.al.loop import ALConfig
 
 PRESETS = [name for name in preset_names() if "_train_" not in name]  # `activecrl run` presets (train's: below)
 
@@ -25,8 +25,8 @@ def test_budget_regimes(name, labels):
 
 
 def test_train_preset_is_the_papers_schedule():
-    from activecrl.experiment import TrainRunConfig
-    from activecrl.trainers import TrainConfig
+    from activecrl.methods.run import TrainRunConfig
+    from activecrl.training.trainers import TrainConfig
 
     config = from_dict(TrainRunConfig, load_toml("cifar10_train_paper"))
     assert config.train == TrainConfig() and config.train.milestone_epochs() == [150, 250]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from activecrl.errors import ConfigError, RegistryError
-from activecrl.pretrain import PretrainConfig, SimCLRAugment, knn_accuracy, nt_xent, pretrain
+from activecrl.core.errors import ConfigError, RegistryError
+from activecrl.embeddings.pretrain import PretrainConfig, SimCLRAugment, knn_accuracy, nt_xent, pretrain
 from tests.conftest import make_blobs_dataset
 
 
@@ -96,7 +96,7 @@ def test_pretrain_is_deterministic(tmp_path):
 
 
 def test_simclr_loss_decreases():
-    from activecrl.pretrain import simclr_fit
+    from activecrl.embeddings.pretrain import simclr_fit
 
     ds = make_blobs_dataset(n_train=64, n_test=8, channels=3)
     _, result = simclr_fit(_config(epochs=12, batch_size=32, lr=0.1, knn_k=0), ds)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activecrl.outputs import PoolOutputs
-from strategies import STRATEGIES, QueryContext, get_strategy
+from activecrl.inference.outputs import PoolOutputs
+from activecrl.strategies import STRATEGIES, QueryContext, get_strategy
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -52,7 +52,7 @@ def test_readme_notebook_example_runs(tmp_path, monkeypatch):
 
 
 def test_readme_recipe_example_runs():
-    from activecrl.trainers import TRAINERS
+    from activecrl.training.trainers import TRAINERS
 
     namespace = {}
     try:
@@ -70,7 +70,7 @@ def _console_script() -> list[str]:
     script = Path(sys.executable).with_name("activecrl")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-P", "-c", "import sys; from activecrl.cli import main; sys.argv[0] = 'activecrl'; main()"]
+    return [sys.executable, "-P", "-c", "import sys; from activecrl.cli.app import main; sys.argv[0] = 'activecrl'; main()"]
 
 
 def test_readme_strategy_command_works_through_the_console_script(tmp_path):

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activecrl.errors import DataError
-from activecrl.metrics import METRIC_NAMES
-from activecrl.records import StageRecord, append_record, read_records
-from activecrl.results import load_run
+from activecrl.core.errors import DataError
+from activecrl.evaluation.metrics import METRIC_NAMES
+from activecrl.al.records import StageRecord, append_record, read_records
+from activecrl.al.runs import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(p.parent for p in (ROOT / "results").rglob("results.jsonl"))

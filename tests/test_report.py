@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from activecrl.cli import app
-from activecrl.errors import ConfigError
-from activecrl.report import build_report, method_label
+from activecrl.cli.app import app
+from activecrl.core.errors import ConfigError
+from activecrl.evaluation.report import build_report, method_label
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_cli_report_end_to_end(tmp_path):
 
 
 def test_runs_saved_before_new_options_group_with_newer_seeds(tmp_path):
-    from activecrl.experiment import TrainRunConfig
+    from activecrl.methods.run import TrainRunConfig
 
     defaults = {k: v for k, v in __import__("dataclasses").asdict(TrainRunConfig()).items() if k != "train"}
     old = tmp_path / "old"

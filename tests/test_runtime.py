@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from activecrl.errors import ConfigError
+from activecrl.core.errors import ConfigError
 from activecrl.models import build_model
-from activecrl.runtime import available_cpus, default_threads, resolve_threads, torch_threads
+from activecrl.core.runtime import available_cpus, default_threads, resolve_threads, torch_threads
 
 
 def test_default_threads_follow_model_size_and_available_cpus(monkeypatch):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from activecrl.errors import ConfigError, RegistryError
-from activecrl.outputs import PoolOutputs
-from strategies import (
+from activecrl.core.errors import ConfigError, RegistryError
+from activecrl.inference.outputs import PoolOutputs
+from activecrl.strategies import (
     STRATEGIES,
     QueryContext,
     Strategy,
@@ -23,7 +23,7 @@ from strategies import (
     select_top,
 )
 
-from activecrl.mc_dropout import mc_dropout_stats
+from activecrl.inference.mc_dropout import mc_dropout_stats
 from activecrl.models import build_model
 
 K, D, IN = 4, 8, 6
@@ -221,7 +221,7 @@ def test_coreset_matches_brute_force():
 
 
 def test_nearest_center_faiss_and_chunked_torch_agree(monkeypatch):
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     rng = np.random.default_rng(2)
     x = torch.as_tensor(rng.normal(size=(70, 5)), dtype=torch.float32)
     c = torch.as_tensor(rng.normal(size=(9, 5)), dtype=torch.float32)
@@ -243,7 +243,7 @@ def test_coreset_without_labeled_starts_from_rng_point():
 @pytest.mark.parametrize("labeled", [True, False])
 def test_coreset_accelerator_loop_matches_cpu_loop(labeled):
     """The torch loop used on GPUs, run on the CPU, picks what the numpy-updated CPU loop picks."""
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     rng = np.random.default_rng(4)
     x = torch.as_tensor(rng.normal(size=(200, 12)), dtype=torch.float32)
     c = torch.as_tensor(rng.normal(size=(15, 12)), dtype=torch.float32)
@@ -265,7 +265,7 @@ def test_coreset_duplicate_features_never_repicks():
                                                       features=np.ones((2, 4))))
     out = get_strategy("coreset").query(ctx, 6, np.random.default_rng(0))
     assert out.tolist() == list(range(100, 106))  # all distances 0: next unpicked position
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     x = torch.ones(10, 4)
     picks = cs._greedy_torch(x, (x * x).sum(1), torch.zeros(10), 6, None)  # the GPU loop
     assert picks.tolist() == list(range(6))
@@ -282,7 +282,7 @@ def clustered(n, d, n_clusters, seed, scale=6.0):
 def test_coreset_grouped_path_matches_brute_force_and_skips_work(monkeypatch, labeled):
     """CPU pools >= _PRUNE_MIN_N take the grouped path; forced here on a small clustered pool:
     it picks what float64 brute force picks, while skipping most rows and most labeled points."""
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     monkeypatch.setattr(cs, "_PRUNE_MIN_N", 1)
     feats = clustered(960, 16, 6, seed=5)
     pool_f, lab_f = feats[:900], (feats[900:] if labeled else None)
@@ -304,7 +304,7 @@ def test_coreset_grouped_path_matches_brute_force_and_skips_work(monkeypatch, la
 def test_coreset_grouped_loop_is_the_plain_loop(seed):
     """Given the same initial distances, the grouped loop picks exactly what _greedy_cpu picks
     (the skipped rows could not have changed min_dist, rounding included), in the same order."""
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     feats = torch.as_tensor(clustered(3100, 24, 8, seed=seed, scale=2.0 + seed), dtype=torch.float32)
     x, c = feats[:3000], feats[3000:]
     sq = (x * x).sum(1)
@@ -324,7 +324,7 @@ def test_coreset_grouped_loop_is_the_plain_loop(seed):
 def test_coreset_grouped_ties_go_to_first_pool_position(monkeypatch):
     """Equal distances across groups: the grouped path breaks ties by pool position, as the
     plain loop (np.argmax) does, whatever order the groups are laid out in."""
-    import strategies.coreset as cs
+    import activecrl.strategies.coreset as cs
     monkeypatch.setattr(cs, "_PRUNE_MIN_N", 1)
     a, b = np.zeros(4), np.r_[2.0, np.zeros(3)]
     pool_f = np.stack([b if i % 3 else a for i in range(30)])  # duplicates of two points
@@ -472,7 +472,7 @@ def test_bad_params_listed():
 
 USER_MODULE = textwrap.dedent("""
     import numpy as np
-    from strategies import Strategy
+    from activecrl.strategies import Strategy
 
     class LastK(Strategy):
         name = "last_k"
@@ -553,7 +553,7 @@ def test_user_strategy_from_entry_point(user_module, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_coreset_matches_cpu():
-    from strategies.coreset import k_center_greedy
+    from activecrl.strategies.coreset import k_center_greedy
 
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(8, 32, generator=g) * 10

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from activecrl.cli import app
-from activecrl.errors import ActiveCRLError, ConfigError, RegistryError
-from activecrl.records import RESULTS_FILE, StageRecord, append_trial_record, read_records
-from activecrl.sweep import KILL_ONCE_ENV, expand_grid, load_sweep, run_sweep
+from activecrl.cli.app import app
+from activecrl.core.errors import ActiveCRLError, ConfigError, RegistryError
+from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records
+from activecrl.al.sweep import KILL_ONCE_ENV, expand_grid, load_sweep, run_sweep
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

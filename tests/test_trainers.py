@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from activecrl.data import device_split
-from activecrl.errors import ConfigError, RegistryError, TrainingDiverged
+from activecrl.core.errors import ConfigError, RegistryError, TrainingDiverged
 from activecrl.models import build_model
-from activecrl.trainers import TRAINERS, BaselineTrainer, CRLTrainer, TrainConfig, build_trainer, register_trainer
+from activecrl.training.trainers import TRAINERS, BaselineTrainer, CRLTrainer, TrainConfig, build_trainer, register_trainer
 
 
 def _model(ds, seed=0, dropout=0.0):
@@ -16,7 +16,7 @@ def _model(ds, seed=0, dropout=0.0):
 
 
 def _acc(model, data):
-    from activecrl.inference import predict
+    from activecrl.inference.predict import predict
 
     out = predict(model, data, features=False)
     return (out.logits.argmax(1) == data.labels.cpu()[out.indices]).float().mean().item()
@@ -64,7 +64,7 @@ def test_crl_history_counts_every_seen_sample(blobs):
 
 def test_crl_loss_adds_ranking_term():
     trainer = CRLTrainer(TrainConfig(epochs=1, crl_weight=2.0))
-    trainer.history_ = __import__("activecrl.crl", fromlist=["x"]).CorrectnessHistory(4)
+    trainer.history_ = __import__("activecrl.training.crl", fromlist=["x"]).CorrectnessHistory(4)
     trainer.history_.update(torch.tensor([0, 1]), torch.tensor([True, False]))
     logits = torch.tensor([[0.0, 0.0], [3.0, 0.0]])  # kappa 0.5 (c=1) and ~0.95 (c=0)
     labels = torch.tensor([0, 0])
@@ -157,7 +157,7 @@ def test_weights_blowing_up_on_the_last_step_are_caught(blobs):
 @pytest.mark.parametrize("compile_", [False, True])
 def test_cuda_fit_bf16_channels_last(blobs, compile_):
     """The GPU path: device-resident data, on-device batches, bf16 autocast, optional compile."""
-    from activecrl.inference import predict
+    from activecrl.inference.predict import predict
 
     train, test = device_split(blobs, "train", "cuda", channels_last=True), device_split(blobs, "test", "cuda")
     trainer = CRLTrainer(TrainConfig(epochs=6, batch_size=32, lr=0.05, seed=1, compile=compile_))

@@ -28,11 +28,11 @@ Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dat
 ``device`` -> ``dataset``), so there are no cycles.
 """
 
-from .builtin import DATASETS, cifar10, cifar100, digits, load_dataset, svhn
-from .cache import default_data_dir
-from .dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
-from .device import DeviceData, device_split, device_splits
-from .folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_image_folder
+from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, svhn
+from activecrl.data.cache import default_data_dir
+from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
+from activecrl.data.device import DeviceData, device_split, device_splits
+from activecrl.data.folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
     "ImageDataset",

@@ -21,12 +21,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, RegistryError
-from ..registry import Registry
-from .cache import (_CACHE_FORMAT, _dataset_to_dict, _fingerprint, _read_dataset_cache, _safe, _write_cache,
+from activecrl.core.errors import ConfigError, DataError, RegistryError
+from activecrl.core.registry import Registry
+from activecrl.data.cache import (_CACHE_FORMAT, _dataset_to_dict, _fingerprint, _read_dataset_cache, _safe, _write_cache,
                     decode_lock, default_data_dir)
-from .dataset import ImageDataset
-from .folders import ARCHIVE_SUFFIXES, _dataset_name_from_path, _load_image_folder_dataset
+from activecrl.data.dataset import ImageDataset
+from activecrl.data.folders import ARCHIVE_SUFFIXES, _dataset_name_from_path, _load_image_folder_dataset
 
 logger = logging.getLogger(__name__)
 

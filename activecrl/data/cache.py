@@ -23,9 +23,9 @@ from typing import Iterator
 
 import torch
 
-from ..errors import DataError
-from ..io import atomic_torch_save
-from .dataset import ImageDataset
+from activecrl.core.errors import DataError
+from activecrl.core.io import atomic_torch_save
+from activecrl.data.dataset import ImageDataset
 
 try:
     import fcntl

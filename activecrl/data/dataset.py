@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import DataError
+from activecrl.core.errors import DataError
 
 #: Images smaller than this (on their short side) are not cropped/flipped by default: on 8x8
 #: digits a 4-pixel shift or a mirror changes what the image shows.

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
-from ..validate import check_int
-from .dataset import ImageDataset, _check_images, _check_stat
+from activecrl.core.errors import ConfigError, DataError
+from activecrl.core.validate import check_int
+from activecrl.data.dataset import ImageDataset, _check_images, _check_stat
 
 
 class DeviceData:

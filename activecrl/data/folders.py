@@ -26,9 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from .cache import _CACHE_FORMAT, _fingerprint, _read_cache, _safe, _walk_files, _write_cache, default_data_dir
-from .dataset import MIN_AUGMENT_SIZE, ImageDataset
+from activecrl.core.errors import ConfigError, DataError
+from activecrl.data.cache import _CACHE_FORMAT, _fingerprint, _read_cache, _safe, _walk_files, _write_cache, default_data_dir
+from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 how its test predictions and confidence are formed. Each method is a :class:`Method` subclass in
 the ``METHODS`` registry (entry-point group ``activecrl.methods``): ``base.py`` (the interface,
 ``build_method``), ``averaging.py`` (plain, aes, ensemble), ``mc.py`` (mc_dropout, aleatoric),
-``temperature.py`` (temperature scaling); :func:`activecrl.experiment.train_and_evaluate` runs
+``temperature.py`` (temperature scaling); :func:`activecrl.methods.run.train_and_evaluate` runs
 them. Every method writes the same ``metrics.json`` / ``predictions.npz`` as a plain run:
 ``probs`` is the predictive distribution (averaged over samples, snapshots or members) and
 ``confidence`` the score the paper ranks by.
@@ -51,12 +51,12 @@ rest, and one temperature T is fitted by minimising the NLL of the held-out pred
 that is ``softmax(logits / T)``). T is recorded in ``metrics.json`` under ``method``.
 """
 
-from ..models import add_variance_head
-from ..trainers import AleatoricTrainer, sampled_softmax_loss
-from .averaging import AESMethod, EnsembleMethod, PlainMethod, SnapshotCollector, snapshot_epochs
-from .base import METHODS, Method, build_method, negative_entropy, register_method, validate_method_config
-from .mc import AleatoricMethod, MCDropoutMethod, mc_dropout_probs
-from .temperature import apply_temperature, fit_temperature, holdout_split, temperature_scale
+from activecrl.models import add_variance_head
+from activecrl.training.trainers import AleatoricTrainer, sampled_softmax_loss
+from activecrl.methods.ensembles import AESMethod, EnsembleMethod, PlainMethod, SnapshotCollector, snapshot_epochs
+from activecrl.methods.base import METHODS, Method, build_method, negative_entropy, register_method, validate_method_config
+from activecrl.methods.mc_dropout import AleatoricMethod, MCDropoutMethod, mc_dropout_probs
+from activecrl.methods.temperature import apply_temperature, fit_temperature, holdout_split, temperature_scale
 
 __all__ = [
     "METHODS", "Method", "register_method", "build_method", "validate_method_config",

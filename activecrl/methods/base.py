@@ -3,7 +3,7 @@
 A method decides how ``activecrl train`` trains (which trainer, how many models, what the model
 is built with) and how the test predictions and their confidence are formed. The run itself
 (data, hold-out split, temperature scaling, metrics, saving) is the same for every method and
-lives in :func:`activecrl.experiment.train_and_evaluate`.
+lives in :func:`activecrl.methods.run.train_and_evaluate`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..inference import predict
-from ..models import VARIANCE_HEADS, build_model
-from ..registry import Registry
-from ..runtime import seed_everything
-from ..trainers import TRAINERS, EpochInfo, Trainer
-from ..validate import check_int
+from activecrl.core.errors import ConfigError
+from activecrl.inference.predict import predict
+from activecrl.models import VARIANCE_HEADS, build_model
+from activecrl.core.registry import Registry
+from activecrl.core.runtime import seed_everything
+from activecrl.training.trainers import TRAINERS, EpochInfo, Trainer
+from activecrl.core.validate import check_int
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from ..errors import ConfigError
+from activecrl.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

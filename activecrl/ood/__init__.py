@@ -14,11 +14,11 @@ data that is never the test OOD set unless ``tune_on_test_ood`` asks for the pap
   ``run_ood`` (load, split, the detector's ``score``) and ``save_ood`` / ``read_ood``.
 """
 
-from .data import (SYNTHETIC_SETS, convert_to_model_input, fgsm_images, load_ood_images, load_ood_set,
+from activecrl.ood.data import (SYNTHETIC_SETS, convert_to_model_input, fgsm_images, load_ood_images, load_ood_set,
                    synthetic_images)
-from .detectors import DETECTORS, Detector, DetectorScores, register_detector, select_best
-from .run import DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, OODConfig, OODResult, read_ood, run_ood, save_ood
-from .scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,
+from activecrl.ood.detectors import DETECTORS, Detector, DetectorScores, register_detector, select_best
+from activecrl.ood.run import DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, OODConfig, OODResult, read_ood, run_ood, save_ood
+from activecrl.ood.scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,
                      odin_score_grid)
 
 __all__ = [

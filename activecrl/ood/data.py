@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DATASETS, load_dataset, load_image_folder
-from ..errors import ConfigError, DataError
+from activecrl.data import DATASETS, load_dataset, load_image_folder
+from activecrl.core.errors import ConfigError, DataError
 
 SYNTHETIC_SETS = ("noise", "gaussian", "uniform", "smooth")
 

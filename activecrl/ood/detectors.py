@@ -18,10 +18,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..errors import ConfigError
-from ..metrics import ood_metrics
-from ..registry import Registry
-from .scores import MahalanobisScorer, _logits, energy_score, msp_score, odin_score_grid
+from activecrl.core.errors import ConfigError
+from activecrl.evaluation.metrics import ood_metrics
+from activecrl.core.registry import Registry
+from activecrl.ood.scores import MahalanobisScorer, _logits, energy_score, msp_score, odin_score_grid
 
 DETECTORS: Registry[type["Detector"]] = Registry("detector", "activecrl.detectors")
 register_detector = DETECTORS.register

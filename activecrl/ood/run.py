@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..data import DeviceData, load_dataset
-from ..errors import ConfigError, DataError
-from ..experiment import load_trained
-from ..io import atomic_savez, atomic_write_json, prepare_out_dir, to_jsonable
-from ..metrics import ood_metrics
-from ..runtime import configure_backends, resolve_device
-from ..validate import check_int
-from .data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_set
-from .detectors import DETECTORS
+from activecrl import __version__
+from activecrl.data import DeviceData, load_dataset
+from activecrl.core.errors import ConfigError, DataError
+from activecrl.methods.run import load_trained
+from activecrl.core.io import atomic_savez, atomic_write_json, prepare_out_dir, to_jsonable
+from activecrl.evaluation.metrics import ood_metrics
+from activecrl.core.runtime import configure_backends, resolve_device
+from activecrl.core.validate import check_int
+from activecrl.ood.data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_set
+from activecrl.ood.detectors import DETECTORS
 
 logger = logging.getLogger(__name__)
 

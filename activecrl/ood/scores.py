@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from activecrl.core.errors import ConfigError, DataError
 
 
 def msp_score(logits: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ Needs each run's predictions.npz. Run from the repository root:
 import json
 from pathlib import Path
 
-from activecrl.bootstrap import paired_difference
-from activecrl.compare import paired_t_test
-from activecrl.metrics import METRIC_NAMES, PAPER_SCALE
-from activecrl.report import TRAIN_HEADERS
+from activecrl.evaluation.bootstrap import paired_difference
+from activecrl.al.compare import paired_t_test
+from activecrl.evaluation.metrics import METRIC_NAMES, PAPER_SCALE
+from activecrl.evaluation.report import TRAIN_HEADERS
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,0 +1,415 @@
+"""Comparing active-learning runs: AUBC with intervals over trials and the pairwise penalty matrix.
+
+``compare_runs(paths)`` reads ``activecrl run`` folders and computes, all before anything is
+written (``write_compare`` then writes ``compare.json``, ``penalty.png``, ``curves.png``):
+
+- **AUBC** per trial: the trapezoid area under accuracy vs number of labels divided by the label
+  range (Zhan et al. 2021), the same for AURC; per run the mean over trials and a 95 % Student-t
+  interval over trials, ``mean ± t(0.975, k-1) · s / sqrt(k)`` (k trials, s the sample std;
+  a single trial has no interval: ``null``).
+- **Penalty matrix** (Ash et al., ICLR 2020, Section 5, as Lüth et al., NeurIPS 2023 use it): for
+  runs i, j of the same dataset, at every stage where both have results from at least two shared
+  trials (same trial index and base ``--seed`` = the same seed set), a paired two-sided t-test on
+  test accuracy over those trials at α = 0.05. With L such stages, ``P[i][j]`` gains ``1/L`` for
+  each stage where i is significantly better than j (p < α and a positive mean difference).
+  Matrices of several datasets are summed; rows and columns follow the order the runs were given.
+  A column's mean over the other runs of its dataset says how often that run is beaten (lower is
+  better).
+
+Unfinished runs are compared on the stages they have: AUBC over the stages every run of the
+dataset reached (trials that stop earlier are left out of it), the t-tests on the shared trials of
+each stage; ``notes`` in the result say what was left out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from activecrl.core.errors import ConfigError
+from activecrl.core.io import _atomic, atomic_write_json
+from activecrl.al.loop import CONFIG_FILE
+from activecrl.al.records import StageRecord, read_records
+from activecrl.evaluation.report import dataset_label
+
+__all__ = ["CompareRun", "AreaStats", "CompareResult", "load_compare_run", "normalised_area", "trial_interval",
+           "paired_t_test", "penalty_matrix", "compare_runs", "write_compare", "ALPHA"]
+
+ALPHA = 0.05
+
+
+@dataclass
+class CompareRun:
+    """One ``activecrl run`` folder: its per-(trial, stage) records."""
+
+    path: Path
+    label: str
+    dataset: str
+    seed: int  # the base --seed: trial t of two runs has the same seed set only with the same seed
+    planned_trials: int
+    planned_stages: int
+    records: dict[tuple[int, int], StageRecord]  # (trial, stage) -> record
+
+    def trials(self) -> list[int]:
+        return sorted({t for t, _ in self.records})
+
+    def stages_of(self, trial: int) -> list[int]:
+        return sorted(s for t, s in self.records if t == trial)
+
+    def n_labeled(self, stage: int) -> int | None:
+        values = {r.n_labeled for (t, s), r in self.records.items() if s == stage}
+        return values.pop() if len(values) == 1 else None
+
+    def value(self, trial: int, stage: int, metric: str) -> float:
+        v = self.records[(trial, stage)].value(metric)
+        return float("nan") if v is None else float(v)
+
+
+@dataclass
+class AreaStats:
+    mean: float
+    ci95: list[float] | None  # Student-t interval over trials; None with one trial
+    per_trial: list[float]
+    trials: list[int]
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "ci95": self.ci95, "per_trial": self.per_trial, "trials": self.trials}
+
+
+@dataclass
+class CompareResult:
+    runs: list[CompareRun]
+    aubc: dict[str, AreaStats]  # accuracy
+    aubc_aurc: dict[str, AreaStats]
+    stages: dict[str, list[int]]  # dataset -> stage indices the AUBC covers
+    penalty: np.ndarray  # (k, k)
+    tested_stages: np.ndarray  # (k, k) L per pair (0: not comparable or another dataset)
+    column_means: list[float | None]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return [r.label for r in self.runs]
+
+    def to_json(self) -> dict:
+        return {
+            "labels": self.labels,
+            "aubc": {k: v.to_json() for k, v in self.aubc.items()},
+            "penalty": {"labels": self.labels, "matrix": self.penalty.tolist()},
+            "aubc_aurc": {k: v.to_json() for k, v in self.aubc_aurc.items()},
+            "penalty_column_means": self.column_means,
+            "penalty_tested_stages": self.tested_stages.astype(int).tolist(),
+            "runs": {r.label: {"path": str(r.path), "dataset": r.dataset, "seed": r.seed, "trials": r.trials(),
+                               "aubc_labels": [r.n_labeled(s) for s in self.stages[r.dataset]]}
+                     for r in self.runs},
+            "protocol": {
+                "aubc": "trapezoid area under the metric vs number of labels, divided by the label range, per trial",
+                "ci95": "Student-t interval over trials: mean ± t(0.975, k-1) s / sqrt(k)",
+                "penalty": "P[i][j] += 1/L for each of the L stages (>= 2 shared trials) where a paired two-sided "
+                           f"t-test on accuracy gives p < {ALPHA} and i is better; summed over datasets",
+                "column_means": "mean of a column over the other runs of the same dataset (lower is better)",
+                "alpha": ALPHA,
+            },
+            "notes": self.notes,
+        }
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def normalised_area(n_labeled, values) -> float:
+    """Trapezoid area under ``values`` vs ``n_labeled`` divided by the label range (one point: the value)."""
+    x, y = np.asarray(n_labeled, dtype=float), np.asarray(values, dtype=float)
+    if x.size == 1:
+        return float(y[0])
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+
+
+def trial_interval(values) -> tuple[float, list[float] | None]:
+    """(mean, 95 % Student-t interval) over trials; the interval is None for a single trial."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return mean, [mean - half, mean + half]
+
+
+def paired_t_test(a, b) -> tuple[float, float]:
+    """(mean of a - b, two-sided p) of the paired t-test (= ``scipy.stats.ttest_rel``).
+
+    Differences that are all equal have no spread: p = 0 if they are non-zero (every trial agrees),
+    p = 1 if they are all zero (identical results, e.g. the shared first stage), where scipy gives
+    inf/NaN with a warning.
+    """
+    d = np.round(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), 12)  # float noise of equal values
+    if d.size < 2:
+        raise ConfigError(f"a paired t-test needs at least 2 paired trials, got {d.size} instead")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0.0:
+        return mean, 0.0 if mean != 0.0 else 1.0
+    t = mean / (sd / math.sqrt(d.size))
+    return mean, float(2 * stats.t.sf(abs(t), d.size - 1))
+
+
+def penalty_matrix(runs: list[CompareRun], metric: str = "accuracy", alpha: float = ALPHA,
+                   higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, L)``: the pairwise penalty matrix and the number of tested stages per pair (see module doc)."""
+    k = len(runs)
+    penalty, tested = np.zeros((k, k)), np.zeros((k, k), dtype=int)
+    for i in range(k):
+        for j in range(i + 1, k):
+            a, b = runs[i], runs[j]
+            if a.dataset != b.dataset or a.seed != b.seed:  # other data, or other seed sets: no pairs
+                continue
+            wins_i, wins_j, n_stages = 0, 0, 0
+            for stage in sorted({s for _, s in a.records} & {s for _, s in b.records}):
+                shared = [t for t in a.trials() if (t, stage) in a.records and (t, stage) in b.records]
+                if len(shared) < 2 or a.n_labeled(stage) != b.n_labeled(stage):
+                    continue
+                n_stages += 1
+                diff, p = paired_t_test([a.value(t, stage, metric) for t in shared],
+                                        [b.value(t, stage, metric) for t in shared])
+                if p < alpha and diff != 0:
+                    if (diff > 0) == higher_is_better:
+                        wins_i += 1
+                    else:
+                        wins_j += 1
+            tested[i, j] = tested[j, i] = n_stages
+            if n_stages:
+                penalty[i, j] += wins_i / n_stages
+                penalty[j, i] += wins_j / n_stages
+    return penalty, tested
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_compare_run(path: Path | str) -> CompareRun:
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise ConfigError(f"{path} must be an `activecrl run` folder (with {CONFIG_FILE} and results.jsonl), but it "
+                          f"has no {CONFIG_FILE}; pass the --out folders of `activecrl run`")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path / CONFIG_FILE} must be the JSON `activecrl run` wrote, got unreadable content "
+                          f"({exc})") from None
+    records = read_records(path)
+    if not records:
+        raise ConfigError(f"{path} has no completed stage yet (results.jsonl is empty); compare it once its first "
+                          "stage is recorded")
+    by_key = {}
+    for r in records:
+        if r.value("accuracy") is None:
+            raise ConfigError(f"{path}/results.jsonl records must hold 'accuracy', got a record of trial {r.trial} "
+                              f"stage {r.stage} without it")
+        by_key[(r.trial, r.stage)] = r
+    label = f"{config.get('strategy', '?')} ({config.get('trainer', '?')})"
+    return CompareRun(path, label, dataset_label(config.get("dataset")), int(config.get("seed", 0)),
+                      int(config.get("trials", 0)), int(config.get("stages", 0)), by_key)
+
+
+def _assign_labels(runs: list[CompareRun]) -> None:
+    """``strategy (trainer)``; runs that share it get their folder name too; still equal is an error."""
+    base = [r.label for r in runs]
+    for i, run in enumerate(runs):
+        if base.count(base[i]) > 1:
+            run.label = f"{base[i]} [{run.path.name}]"
+    seen: dict[str, CompareRun] = {}
+    for run in runs:
+        other = seen.get(run.label)
+        if other is not None:
+            if other.path.resolve() == run.path.resolve():
+                raise ConfigError(f"run folder {run.path} was given twice; pass each run once")
+            what = "runs of different datasets" if other.dataset != run.dataset else "two runs"
+            raise ConfigError(f"{what} ({other.dataset}: {other.path}, {run.dataset}: {run.path}) are both labelled "
+                              f"{run.label!r}; give their folders different names, or compare each dataset "
+                              "separately")
+        seen[run.label] = run
+
+
+def _progress_notes(run: CompareRun) -> list[str]:
+    notes = []
+    trials = run.trials()
+    short = [t for t in trials if len(run.stages_of(t)) < run.planned_stages]
+    if len(trials) < run.planned_trials or short:
+        parts = [f"{len(trials)} of {run.planned_trials} trials started"]
+        parts += [f"trial {t} has {len(run.stages_of(t))} of {run.planned_stages} stages" for t in short]
+        notes.append(f"{run.label} is unfinished ({'; '.join(parts)}): compared on the stages it has")
+    return notes
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def _areas(run: CompareRun, stages: list[int], metric: str, notes: list[str]) -> AreaStats:
+    x = [run.n_labeled(s) for s in stages]
+    per_trial, used = [], []
+    for t in run.trials():
+        if all((t, s) in run.records for s in stages):
+            per_trial.append(normalised_area(x, [run.value(t, s, metric) for s in stages]))
+            used.append(t)
+    left_out = sorted(set(run.trials()) - set(used))
+    if left_out and metric == "accuracy":
+        notes.append(f"{run.label}: trial(s) {left_out} stop before stage {stages[-1] + 1} and are left out of "
+                     "its AUBC")
+    mean, ci = trial_interval(per_trial)
+    return AreaStats(mean, ci, per_trial, used)
+
+
+def compare_runs(paths, *, alpha: float = ALPHA) -> CompareResult:
+    """Load, check and compare ``activecrl run`` folders (see the module docstring). Writes nothing."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ConfigError("compare needs run folders, got none; pass the --out folders of `activecrl run`")
+    for p in paths:
+        if not p.exists():
+            raise ConfigError(f"run folder {p} does not exist; pass the --out folders of `activecrl run`")
+    runs = [load_compare_run(p) for p in paths]
+    _assign_labels(runs)
+    notes = [n for r in runs for n in _progress_notes(r)]
+
+    # which stages every run of a dataset reached, at the same numbers of labels
+    stages: dict[str, list[int]] = {}
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        group = [r for r in runs if r.dataset == dataset]
+        common = sorted(set.intersection(*({s for _, s in r.records} for r in group)))
+        common = [s for s in common if len({r.n_labeled(s) for r in group}) == 1 and group[0].n_labeled(s)]
+        if not common:
+            raise ConfigError(f"the {dataset} runs share no stage with the same number of labels ("
+                              + "; ".join(f"{r.label}: {sorted({r.n_labeled(s) for _, s in r.records})}"
+                                          for r in group)
+                              + "); compare runs of the same protocol (--initial, --budget)")
+        reached = max(max(s for _, s in r.records) for r in group)
+        if common[-1] < reached:
+            notes.append(f"{dataset}: AUBC covers stages 1-{common[-1] + 1} ({group[0].n_labeled(common[0])}-"
+                         f"{group[0].n_labeled(common[-1])} labels), the stages every run has")
+        stages[dataset] = common
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if a.seed != b.seed or not set(a.records) & set(b.records):
+                    why = (f"their base seeds differ ({a.seed} vs {b.seed}), so no trial has the same seed set"
+                           if a.seed != b.seed else "they have no (trial, stage) in common")
+                    raise ConfigError(f"{a.label} ({a.path}) and {b.label} ({b.path}) share no trial: {why}; "
+                                      "compare runs made with the same --seed")
+
+    aubc = {r.label: _areas(r, stages[r.dataset], "accuracy", notes) for r in runs}
+    aubc_aurc = {r.label: _areas(r, stages[r.dataset], "aurc", notes) for r in runs}
+    penalty, tested = penalty_matrix(runs, "accuracy", alpha)
+    for i, a in enumerate(runs):
+        for j in range(i + 1, len(runs)):
+            if a.dataset == runs[j].dataset and tested[i, j] == 0:
+                notes.append(f"{a.label} vs {runs[j].label}: no stage with results of at least two shared trials; "
+                             "not tested (0 in the penalty matrix)")
+    column_means = []
+    for j, run in enumerate(runs):
+        others = [i for i, r in enumerate(runs) if i != j and r.dataset == run.dataset]
+        column_means.append(float(np.mean(penalty[others, j])) if others else None)
+    return CompareResult(runs, aubc, aubc_aurc, stages, penalty, tested, column_means, notes)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _penalty_png(result: CompareResult) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(result.runs)
+    labels = result.labels
+    size = 1.2 + 0.75 * k
+    fig, (ax, ax_mean) = plt.subplots(2, 1, figsize=(size + 2.5, size + 1.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [k, 1], "hspace": 0.08})
+    top = max(1.0, float(result.penalty.max()))
+    shown = np.where(np.eye(k, dtype=bool), np.nan, result.penalty)
+    image = ax.imshow(shown, cmap="Reds", vmin=0, vmax=top, aspect="auto")
+    for i in range(k):
+        for j in range(k):
+            if i == j:
+                ax.text(j, i, "–", ha="center", va="center", color="0.5")
+            else:
+                v = result.penalty[i, j]  # zeros in grey so the wins stand out
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center",
+                        color="white" if v > 0.6 * top else ("black" if v > 0 else "0.6"))
+    ax.set_yticks(range(k), labels)
+    ax.set_ylabel("row: wins (significantly better)")
+    means = np.array([np.nan if m is None else m for m in result.column_means])[None, :]
+    ax_mean.imshow(means, cmap="Reds", vmin=0, vmax=top, aspect="auto")
+    for j, m in enumerate(means[0]):
+        ax_mean.text(j, 0, "–" if np.isnan(m) else f"{m:.2f}", ha="center", va="center", fontweight="bold",
+                     color="white" if not np.isnan(m) and m > 0.6 * top else "black")
+    ax_mean.set_yticks([0], ["column mean\n(lower = better)"])
+    ax_mean.set_xticks(range(k), labels, rotation=35, ha="right")
+    ax_mean.set_xlabel("column: loses")
+    datasets = ", ".join(dict.fromkeys(r.dataset for r in result.runs))
+    ax.set_title(f"Penalty matrix ({datasets}): P[row][col] = share of stages where row beats col\n"
+                 f"(paired t-test on accuracy over trials, p < {ALPHA})", fontsize=10)
+    fig.colorbar(image, ax=[ax, ax_mean], fraction=0.04, pad=0.02)
+    return _png(fig)
+
+
+def _curves_png(result: CompareResult) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, scale, name in ((axes[0], "accuracy", 100, "test accuracy % (higher is better)"),
+                                    (axes[1], "aurc", 1000, "test AURC ×10³ (lower is better)")):
+        for run in result.runs:
+            stages = sorted({s for _, s in run.records})
+            x, mean, low, high = [], [], [], []
+            for s in stages:
+                values = [run.value(t, s, metric) * scale for t in run.trials() if (t, s) in run.records]
+                m, ci = trial_interval(values)
+                x.append(run.n_labeled(s))
+                mean.append(m)
+                low.append(ci[0] if ci else m)
+                high.append(ci[1] if ci else m)
+            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=run.label)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("labeled training samples")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    datasets = ", ".join(dict.fromkeys(r.dataset for r in result.runs))
+    fig.suptitle(f"{datasets}: mean and 95% t-interval over trials")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_compare(result: CompareResult, out: Path | str) -> dict[str, Path]:
+    """Write ``compare.json``, ``penalty.png`` and ``curves.png`` into ``out`` (each file atomically,
+    all rendered before the first is written)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o must be a folder for compare.json, penalty.png and curves.png, got the file {out} "
+                          "instead; pass a folder name")
+    blobs = {"penalty.png": _penalty_png(result), "curves.png": _curves_png(result)}
+    payload = result.to_json()
+    written = {}
+    atomic_write_json(out / "compare.json", payload)
+    written["compare.json"] = out / "compare.json"
+    for name, data in blobs.items():
+        _atomic(out / name, lambda h, data=data: h.write(data))
+        written[name] = out / name
+    return written

@@ -1,0 +1,566 @@
+"""The active-learning stage loop (Moon et al. 2020, section 4.3).
+
+For each trial: draw a random seed set; then for each stage train a model on the labeled set,
+evaluate it on the test split, score the unlabeled pool with one forward pass, let the strategy
+pick ``budget`` indices, and label them. The loop knows nothing about losses or optimisers (the
+trainer's job) and strategies know nothing about training.
+
+Crash safety without a state file: every random choice of stage ``s`` of trial ``t`` comes from
+a generator seeded by ``(seed, t, s)``, so the labeled set and RNG state of any stage can be
+rebuilt from the records alone (seed set + the indices queried so far). A record is appended
+only once its stage is complete, so a run killed at any moment loses at most that stage.
+
+Records go through ``records.append_trial_record``: one file per trial, merged into
+``results.jsonl``, so the trials of one run folder may run in parallel (``activecrl sweep``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from activecrl.strategies import QueryContext, get_strategy
+
+from activecrl import __version__
+from activecrl.core.config import from_dict, merge
+from activecrl.data import device_splits, load_dataset
+from activecrl.embeddings.load import load_embeddings
+from activecrl.core.errors import ConfigError
+from activecrl.inference.predict import predict
+from activecrl.core.io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT
+from activecrl.evaluation.metrics import classification_metrics
+from activecrl.models import MODELS, build_model
+from activecrl.inference.outputs import PoolOutputs
+from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
+from activecrl.core.runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
+                      torch_threads)
+from activecrl.training.trainers import SHORT_RUN_RECIPE, EpochInfo, TrainConfig, build_trainer
+from activecrl.core.validate import SEED_LIMIT, check_int
+
+logger = logging.getLogger(__name__)
+
+
+CONFIG_FILE = "config.json"
+#: seed-set choices: random, or a strategy that needs no model, run on the --embeddings
+INITIAL_STRATEGIES = ("random", "typiclust", "probcover")
+
+
+def _al_train_config() -> TrainConfig:
+    # the paper's active-learning schedule is 200 epochs with lr/10 at 120 and 160; the library
+    # default is the short offline demo (batch 32: 100 digits in batches of 128 would be one step
+    # per epoch) with the CPU recipe of issue 10 (one-cycle lr, Nesterov, weight decay 5e-4: ahead
+    # of the paper's step schedule in short runs); the presets in configs/ hold the paper's protocol.
+    return TrainConfig(epochs=20, batch_size=32, milestones=(0.6, 0.8), **SHORT_RUN_RECIPE)
+
+
+@dataclass
+class ALConfig:
+    """One active-learning experiment. Defaults: the offline demo on ``digits``."""
+
+    # Each field is a CLI flag of `activecrl run` (--pool-subset) and a TOML key; metadata["help"] is its help.
+    dataset: str = field(default="digits", metadata={
+        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
+    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    trainer: str = field(default="crl", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
+    strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
+    strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments of the strategy, e.g. weight=0.1 (repeat for more)"})
+    initial: int = field(default=100, metadata={"help": "size of the random seed set"})
+    budget: int = field(default=100, metadata={"help": "labels queried after each stage but the last"})
+    stages: int = field(default=5, metadata={"help": "models trained per trial (the paper: 10)"})
+    trials: int = field(default=3, metadata={"help": "independent trials (seeds seed, seed+1, ...)"})
+    seed: int = field(default=0, metadata={"help": "base seed"})
+    pool_subset: int | None = field(default=None, metadata={
+        "help": "score only this many random pool samples per stage (default: the whole pool)"})
+    warm_start: bool = field(default=False, metadata={
+        "help": "fine-tune the previous stage's weights instead of retraining from scratch"})
+    dropout: float | None = field(default=None, metadata={
+        "help": f"dropout before the classifier (default 0, or {DEFAULT_MC_DROPOUT} for strategies that sample it)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "CUDA: deterministic kernels, no autotuning, so the same seed gives the same queries (slower)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
+    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation and scoring passes"})
+    embeddings: str | None = field(default=None, metadata={"help": (
+        "an `activecrl pretrain` folder or a .npy of shape (n_train, d): embeddings for the strategies "
+        "that select by typicality/coverage (typiclust, probcover) and for --initial-strategy")})
+    initial_strategy: str = field(default="random", metadata={"help": (
+        "how the seed set is chosen: random | typiclust | probcover (the last two need --embeddings)")})
+    threads: int | None = field(default=None, metadata={"help": (
+        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
+        "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
+    train: TrainConfig = field(default_factory=_al_train_config, metadata={
+        "help": "training of each stage (the [train] table)"})
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = from_dict(TrainConfig, self.train, base=_al_train_config())  # keys not given keep the run's
+        # initial >= 2: BatchNorm cannot train on a single sample
+        for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
+            check_int(name, getattr(self, name), minimum)
+        check_int("seed", self.seed, 0, below=SEED_LIMIT)
+        check_int("pool_subset", self.pool_subset, 1, none_ok=True)
+        if self.pool_subset is not None and self.pool_subset < self.budget:
+            raise ConfigError(f"pool_subset must be at least the budget ({self.budget}) so a stage can query it "
+                              f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
+        if self.initial_strategy not in INITIAL_STRATEGIES:
+            raise ConfigError(f"initial_strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got "
+                              f"{self.initial_strategy!r} instead")
+        if self.initial_strategy != "random" and self.embeddings is None:
+            # before the first stage there is no model whose features could stand in
+            raise ConfigError(f"--initial-strategy {self.initial_strategy} picks the seed set from embeddings, "
+                              f"got no --embeddings instead; run `activecrl pretrain --out DIR` and pass "
+                              f"--embeddings DIR, or use --initial-strategy random")
+        if self.embeddings is not None and not isinstance(self.embeddings, str):
+            self.embeddings = str(self.embeddings)
+        check_threads_option(self.threads)
+
+    def to_dict(self) -> dict:
+        return to_jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ALConfig":
+        return from_dict(cls, values)
+
+
+class LoopCallbacks:
+    """Progress hooks; the CLI renders them with rich, a notebook may print or ignore them."""
+
+    def trial_start(self, trial: int, n_trials: int) -> None: ...
+    def stage_start(self, trial: int, stage: int, n_labeled: int) -> None: ...
+    def epoch(self, info: EpochInfo) -> None: ...
+    def query_start(self, trial: int, stage: int, n_pool: int) -> None: ...
+    def stage_end(self, record: StageRecord) -> None: ...
+
+
+def stage_rng(seed: int, trial: int, stage: int) -> np.random.Generator:
+    """The generator for all random choices of one stage (stage -1: the seed set)."""
+    return np.random.default_rng([seed, trial, stage + 1])
+
+
+def torch_seed(seed: int, trial: int, stage: int) -> int:
+    return int(np.random.SeedSequence([seed, trial, stage + 1, 7]).generate_state(1)[0])
+
+
+def resolve_dropout(config: ALConfig, strategy) -> float:
+    if config.dropout is not None:
+        if strategy.requires_dropout and config.dropout == 0:
+            raise ConfigError(
+                f"strategy {strategy.name!r} needs dropout before the classifier, got dropout 0 instead; "
+                f"omit --dropout (default {DEFAULT_MC_DROPOUT}) or set a rate in (0, 1)"
+            )
+        return float(config.dropout)
+    if strategy.requires_dropout:
+        # a warning, not info: the user did not ask for dropout and the CLI shows warnings by default
+        logger.warning("strategy %r samples dropout: training with dropout %.2f before the classifier "
+                       "(set --dropout to change)", strategy.name, DEFAULT_MC_DROPOUT)
+        return DEFAULT_MC_DROPOUT
+    return 0.0
+
+
+def check_run_config(config: ALConfig):
+    """The names and options of ``config`` that only a lookup can check: (strategy, trainer, dropout).
+
+    ``run_active_learning`` calls this before it writes anything; ``activecrl list`` shows exactly
+    the names that pass it.
+    """
+    strategy = get_strategy(config.strategy, **config.strategy_params)
+    trainer = build_trainer(config.trainer, config.train)
+    dropout = resolve_dropout(config, strategy)
+    MODELS.get(config.model)
+    return strategy, trainer, dropout
+
+
+@dataclass
+class CheckedRun:
+    """What ``check_run`` established for a run: its strategy, trainer, dropout and dataset."""
+
+    strategy: Any
+    trainer: Any
+    dropout: float
+    dataset: Any  # ImageDataset
+    model_options: dict  # e.g. the aleatoric trainer's variance head
+    embeddings: np.ndarray | None = None  # --embeddings, (n_train, d) float32
+    embeddings_info: dict | None = None  # its path, shape and sha256 (config.json)
+    seed_strategy: Any = None  # --initial-strategy other than random
+
+
+def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
+    """Every check a run makes before it writes anything: names, options, the dataset and its
+    sizes, and that the model can serve the run (``names``: ``check_run_config``'s result, when
+    the caller has it). ``activecrl sweep`` runs it for each grid point before any task starts;
+    the device is checked by the caller (a sweep's driver may have no GPU).
+    """
+    strategy, trainer, dropout = names or check_run_config(config)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    if config.initial > dataset.n_train:
+        raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
+                          f"got {config.initial} instead")
+    embeddings, embeddings_info = None, None
+    if config.embeddings is not None:  # loaded once per run, checked before anything is written
+        embeddings, embeddings_info = load_embeddings(config.embeddings, dataset.n_train)
+    # strategies with a class-count parameter (probcover's purity k-means) default to the dataset's
+    # classes: with --embeddings they see no logits whose width would tell them
+    strategy = _with_class_count(strategy, config.strategy, config.strategy_params, dataset.num_classes)
+    seed_strategy = None if config.initial_strategy == "random" else \
+        _with_class_count(get_strategy(config.initial_strategy), config.initial_strategy, {}, dataset.num_classes)
+    checked = CheckedRun(strategy, trainer, dropout, dataset, trainer.model_options(), embeddings, embeddings_info,
+                         seed_strategy)
+    _build_model(config, checked)  # a model that cannot serve this run fails here
+    return checked
+
+
+def _build_model(config: ALConfig, checked: CheckedRun):
+    dataset, dropout = checked.dataset, checked.dropout
+    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size, dropout=dropout, **checked.model_options)
+    if dropout > 0 and not getattr(model, "supports_dropout", True):
+        raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
+                          f"needs dropout {dropout:g} (strategy {checked.strategy.name!r} or --dropout); choose a "
+                          f"model that supports it (see `activecrl list`)")
+    return model
+
+
+def write_run_config(out: Path, config: ALConfig, *, dropout: float, n_train: int, extra: dict | None = None) -> None:
+    """The run folder's ``config.json``: the options plus what the run derived (``extra``: e.g. a
+    sweep's grid point; ``load_saved_config`` ignores it)."""
+    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
+                                                "n_train": n_train, **config.to_dict(), **(extra or {})})
+
+
+def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
+                        callbacks: LoopCallbacks | None = None,
+                        trials: Iterable[int] | None = None) -> list[StageRecord]:
+    """Run (or resume) an experiment; returns all records of the run folder.
+
+    ``trials`` runs only those trial indices (default: all of them); ``activecrl sweep`` runs
+    each trial of a run folder as its own task this way, with ``resume=True``.
+    """
+    out = Path(out_dir)
+    cb = callbacks or LoopCallbacks()
+    saved_threads = None
+    if resume:
+        config, saved_threads = _check_resume(config, out)
+    trial_ids = list(range(config.trials)) if trials is None else [int(t) for t in trials]
+    if any(not 0 <= t < config.trials for t in trial_ids):
+        raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
+    # fail on a bad name or option before anything else, and on the dataset before creating ``out``
+    names = check_run_config(config)
+    device = resolve_device(config.device)
+    configure_backends(device, config.deterministic)
+    if not resume:
+        prepare_out_dir(out, marker=CONFIG_FILE, create=False, remedy=_resume_remedy(out))  # never overwrite a run
+    checked = check_run(config, dataset=dataset, names=names)
+    dataset, strategy, dropout = checked.dataset, checked.strategy, checked.dropout
+    n_train = dataset.n_train
+    if resume and checked.embeddings_info is not None:
+        _check_same_embeddings(out, checked.embeddings_info)
+    embeddings = checked.embeddings
+    seed_strategy = checked.seed_strategy
+    seed_sets: dict[int, np.ndarray] = {}
+
+    def seed_set(trial: int) -> np.ndarray:
+        if trial not in seed_sets:
+            seed_sets[trial] = _seed_set(config, trial, n_train, seed_strategy, embeddings)
+        return seed_sets[trial]
+
+    check_label_budget(config, n_train, stages=not resume)  # a resumed run was accepted when it started
+    if seed_strategy is not None and not resume:
+        seed_set(0)  # a seed set the strategy cannot choose (too few clusters) fails before anything is written
+    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
+    test_labels = dataset.test_labels.numpy()
+
+    def new_model():
+        return _build_model(config, checked)
+
+    # the model's size sets the automatic thread count
+    threads = resolve_threads(config.threads, new_model())
+    if saved_threads is not None and threads != saved_threads and device.type == "cpu":
+        raise ConfigError(
+            f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
+            f"and this run's stages were computed with {saved_threads} thread(s), got {threads} instead"
+            f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
+    if not resume:
+        prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
+        extra = {"threads_used": threads}
+        if checked.embeddings_info:
+            extra["embeddings_fingerprint"] = checked.embeddings_info
+        write_run_config(out, config, dropout=dropout, n_train=n_train, extra=extra)
+    with torch_threads(threads):
+        _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device,
+                    trial_ids, seed_set, embeddings)
+    return read_records(out)
+
+
+def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_model, train_data, test_data,
+                test_labels, n_train: int, device, trial_ids: list[int], seed_set, embeddings) -> None:
+    """Every (trial, stage) of ``trial_ids`` not yet recorded, in order, each appended when complete.
+
+    ``seed_set(trial)`` gives a trial's seed set; ``embeddings`` (or None) go to the strategies."""
+
+    records = read_records(out)
+    done = {(r.trial, r.stage) for r in records}
+    for trial in trial_ids:
+        cb.trial_start(trial, config.trials)
+        trial_seed = config.seed + trial
+        labeled = _labeled_after(records, trial, config, n_train, seed_set=seed_set)
+        for stage in range(config.stages):
+            if (trial, stage) in done:
+                labeled = _labeled_after(records, trial, config, n_train, through_stage=stage, seed_set=seed_set)
+                continue
+            if len(labeled) == 0:
+                break
+            previous_state = None
+            if config.warm_start and stage > 0:
+                previous_state = _load_warm_state(out, trial, stage - 1)
+            cb.stage_start(trial, stage, len(labeled))
+            seed_everything(torch_seed(config.seed, trial, stage))
+            model = new_model()
+            if previous_state is not None:
+                model.load_state_dict(previous_state)
+            stage_train = config.train.updated(seed=torch_seed(config.seed, trial, stage))
+            fit = build_trainer(config.trainer, stage_train).fit(
+                model, train_data, torch.from_numpy(labeled), progress=cb.epoch)
+
+            test_out = predict(model, test_data, batch_size=config.eval_batch_size, features=False)
+            probs = torch.softmax(test_out.logits.double(), dim=1).numpy()
+            metrics = classification_metrics(probs, test_labels[test_out.indices.numpy()])
+
+            queried = np.empty(0, dtype=np.int64)
+            query_seconds = 0.0
+            if stage < config.stages - 1:
+                rng = stage_rng(config.seed, trial, stage)
+                start = time.perf_counter()
+                pool = np.setdiff1d(np.arange(n_train), labeled)  # computed, never stored
+                if config.pool_subset is not None and config.pool_subset < len(pool):
+                    pool = np.sort(rng.choice(pool, config.pool_subset, replace=False))
+                cb.query_start(trial, stage, len(pool))
+                queried = _query(strategy, model, train_data, pool, labeled, config, rng, device, embeddings)
+                query_seconds = time.perf_counter() - start
+            record = StageRecord(trial=trial, seed=trial_seed, stage=stage, n_labeled=int(len(labeled)),
+                                 metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
+                                 final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
+                                 initial=labeled.tolist() if stage == 0 else None)
+            if config.warm_start and stage < config.stages - 1:
+                # named by stage: a crash between this save and the record below must not let a
+                # rerun of this stage start from its own weights
+                atomic_torch_save(_warm_path(out, trial, stage),
+                                  {k: v.detach().cpu() for k, v in model.state_dict().items()})
+            append_trial_record(out, record)
+            _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
+            records.append(record)
+            cb.stage_end(record)
+            logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, len(labeled), metrics["accuracy"])
+            labeled = np.union1d(labeled, queried)
+
+
+def _with_class_count(strategy, spec, params: dict, n_classes: int):
+    if "n_clusters" in strategy.get_params() and strategy.get_params()["n_clusters"] is None and isinstance(spec, str):
+        return get_strategy(spec, **{**params, "n_clusters": n_classes})
+    return strategy
+
+
+def _indices_only(indices: np.ndarray) -> PoolOutputs:
+    return PoolOutputs(torch.from_numpy(indices), torch.empty(len(indices), 0))
+
+
+def _query(strategy, model, train_data, pool, labeled, config, rng, device, embeddings=None) -> np.ndarray:
+    budget = min(config.budget, len(pool))
+    if budget == 0:
+        return np.empty(0, dtype=np.int64)
+    if embeddings is not None and getattr(strategy, "uses_embeddings", False):
+        # typiclust/probcover on --embeddings: rows are looked up by index, no forward pass
+        context = QueryContext(pool=_indices_only(pool), labeled=_indices_only(labeled), device=device,
+                               batch_size=config.eval_batch_size, embeddings=embeddings)
+        return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
+    if not strategy.needs_model_outputs:  # e.g. random: no forward pass at all
+        context = QueryContext(pool=_indices_only(pool), device=device, batch_size=config.eval_batch_size,
+                               embeddings=embeddings)
+        return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
+    # one forward pass: pool rows first, then (for feature-based strategies) the labeled rows
+    rows = np.concatenate([pool, labeled]) if strategy.needs_features else pool
+    outputs = predict(model, train_data, torch.from_numpy(rows), batch_size=config.eval_batch_size,
+                      features=True)
+    n = len(pool)
+    pool_out = outputs.subset(torch.arange(n))
+    labeled_out = outputs.subset(torch.arange(n, len(rows))) if strategy.needs_features else None
+    context = QueryContext(pool=pool_out, labeled=labeled_out, model=model, data=train_data, device=device,
+                           batch_size=config.eval_batch_size, embeddings=embeddings)
+    return _checked(strategy, strategy.query(context, budget, rng), pool, budget)
+
+
+def _checked(strategy, picked, pool: np.ndarray, budget: int) -> np.ndarray:
+    """The loop's own guard, whatever the strategy: only unlabeled pool indices, unique, exact count."""
+    picked = np.asarray(picked, dtype=np.int64)
+    if len(picked) != budget or len(np.unique(picked)) != budget or not np.isin(picked, pool).all():
+        raise ConfigError(f"strategy {strategy.name!r} returned an invalid query (must be {budget} unique "
+                          f"unlabeled pool indices)")
+    return np.sort(picked)
+
+
+def _seed_set(config: ALConfig, trial: int, n_train: int, strategy=None, embeddings=None) -> np.ndarray:
+    """The seed set of ``trial``: random, or ``strategy`` on the embeddings of the whole split.
+
+    Both draw from ``stage_rng(seed, trial, -1)``, so a resumed run rebuilds the same set.
+    """
+    rng = stage_rng(config.seed, trial, -1)
+    if strategy is None:
+        return np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
+    everything = np.arange(n_train)
+    context = QueryContext(pool=_indices_only(everything), embeddings=embeddings)  # no labels, no model yet
+    picked = strategy.query(context, config.initial, rng)
+    return _checked(strategy, picked, everything, config.initial)
+
+
+def _labeled_after(records: list[StageRecord], trial: int, config: ALConfig, n_train: int,
+                   through_stage: int | None = None, seed_set=None) -> np.ndarray:
+    """Labeled set at the start of ``through_stage + 1`` (or the seed set), rebuilt from records."""
+    mine = sorted((r for r in records if r.trial == trial), key=lambda r: r.stage)
+    if mine and mine[0].initial is not None:
+        labeled = np.asarray(mine[0].initial, dtype=np.int64)
+    elif seed_set is not None:
+        labeled = seed_set(trial)
+    else:
+        rng = stage_rng(config.seed, trial, -1)
+        labeled = np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
+    if through_stage is not None:
+        for r in mine:
+            if r.stage <= through_stage:
+                labeled = np.union1d(labeled, np.asarray(r.queried, dtype=np.int64))
+    return labeled
+
+
+def _warm_path(out: Path, trial: int, stage: int) -> Path:
+    return out / f"warm_trial{trial}_stage{stage}.pt"
+
+
+def _load_warm_state(out: Path, trial: int, stage: int):
+    path = _warm_path(out, trial, stage)
+    if not path.exists():
+        raise ConfigError(f"warm start needs {path} from the previous stage, but it is missing; rerun without --resume")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _resume_remedy(out: Path) -> str:
+    return f"choose another --out, or continue it with: {resume_command(out)}"
+
+
+def resume_command(out: Path | str) -> str:
+    """The command line that continues the run in ``out`` (printed after an interruption)."""
+    import shlex
+
+    return f"activecrl run --resume --out {shlex.quote(str(out))}"
+
+
+def check_label_budget(config: ALConfig, n_train: int, *, stages: bool = True) -> None:
+    """The seed set and (``stages``) every stage's query must fit in the training split: a budget the
+    pool cannot fill is refused like an oversized seed set, rather than silently clipped in the last
+    stages."""
+    if config.initial > n_train:
+        raise ConfigError(f"initial must be at most the training split size {n_train}, got {config.initial} instead")
+    needed = config.initial + config.budget * (config.stages - 1)
+    if stages and needed > n_train:
+        most = (n_train - config.initial) // (config.stages - 1)
+        raise ConfigError(
+            f"initial + budget x (stages - 1) must be at most the training split size {n_train}, got "
+            f"{config.initial} + {config.budget} x {config.stages - 1} = {needed} instead; lower --budget "
+            f"(at most {most} here), --stages or --initial")
+
+
+def completed_stages(out: Path | str) -> int:
+    """How many (trial, stage) records ``out/results.jsonl`` holds."""
+    return len({(r.trial, r.stage) for r in read_records(Path(out))})
+
+
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint")
+# where a run executes, not what it computes: these may change on --resume
+RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
+
+
+def _read_saved(out: Path | str) -> dict:
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume needs an earlier run in {out}, but {path} does not exist; drop --resume to start one")
+    return json.loads(path.read_text())
+
+
+def load_saved_config(out: Path | str) -> ALConfig:
+    """The ``ALConfig`` saved in a run folder's ``config.json``."""
+    saved = _read_saved(out)
+    for key in _SAVED_EXTRAS:
+        saved.pop(key, None)
+    return ALConfig.from_dict(saved)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "strategy_params":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _option_name(key: str) -> str:
+    """The flag of a (dotted) ALConfig key: train.epochs is --epochs; the TOML key where no flag exists."""
+    from activecrl.core.config import config_options
+
+    flags = {option.key: "--" + option.flag.replace("_", "-") for option in config_options(ALConfig)}
+    return flags.get(key, key)
+
+
+def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
+    """The saved experiment of ``out`` with ``given`` options applied, for ``--resume``.
+
+    ``given`` holds the options of the command line (nested like ``ALConfig.to_dict()``; a preset's
+    values already merged in). Options equal to the saved ones are accepted, so the natural retry
+    (the same command with ``--resume`` added) works; where the run executes (``RESUME_MAY_CHANGE``)
+    may change; any other difference is refused, naming each option with both values.
+    """
+    saved = load_saved_config(out)
+    merged = ALConfig.from_dict(merge(saved.to_dict(), given or {}))  # validates and normalises types
+    before, after = _flat(saved.to_dict()), _flat(merged.to_dict())
+    changed = [k for k in after if after[k] != before.get(k) and k.split(".")[-1] not in RESUME_MAY_CHANGE]
+    if changed:
+        listed = ", ".join(f"{_option_name(k)} {after[k]!r} (saved: {before.get(k)!r})" for k in changed)
+        raise ConfigError(
+            f"--resume continues the run saved in {Path(out) / CONFIG_FILE}, but these options differ from it: "
+            f"{listed}; drop them or give the saved values (only --device, --data-dir and --threads may change), "
+            f"or start a new run with another --out")
+    return merged
+
+
+def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
+    """Resume uses the saved experiment; only where it runs (device, data folder, threads) may change.
+
+    Returns that config and the thread count the saved stages were computed with (None: an older run
+    that did not record it)."""
+    saved = _read_saved(out)
+    saved_config = load_saved_config(out)
+    resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
+                                  threads=config.threads if config.threads is not None else saved_config.threads)
+    return resumed, saved.get("threads_used")
+
+
+def _check_same_embeddings(out: Path, info: dict) -> None:
+    """A resumed run must select from the same embeddings its earlier stages used."""
+    saved = json.loads((out / CONFIG_FILE).read_text()).get("embeddings_fingerprint")
+    if saved and (saved.get("sha256"), list(saved.get("shape", []))) != (info["sha256"], info["shape"]):
+        raise ConfigError(f"--embeddings {info['path']} changed since this run started (shape {saved.get('shape')} "
+                          f"-> {info['shape']}, sha256 {saved.get('sha256', '?')[:12]} -> {info['sha256'][:12]}); "
+                          f"restore the original file or start a new run with another --out")

@@ -1,0 +1,514 @@
+"""The ``activecrl`` command: a thin typer/rich layer over the library.
+
+Each command parses options, builds a config dataclass, calls one library function and renders
+the result. Everything here can be done from a notebook with the same functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from activecrl.strategies import STRATEGIES
+
+from activecrl import __version__
+from activecrl.evaluation.bootstrap import rescore_runs
+from activecrl.cli.options import build_config, config_command
+from activecrl.al.compare import compare_runs, write_compare
+from activecrl.core.config import load_toml, merge, preset_names
+from activecrl.data import DATASETS
+from activecrl.core.errors import ActiveCRLError
+from activecrl.methods.run import TrainRunConfig, save_train_run, train_and_evaluate
+from activecrl.core.io import prepare_out_dir
+from activecrl.al.loop import CONFIG_FILE, ALConfig, completed_stages, resume_command, resume_config, run_active_learning
+from activecrl.methods import METHODS, validate_method_config
+from activecrl.evaluation.metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
+from activecrl.models import MODELS
+from activecrl.ood import DETECTORS, OODConfig, run_ood, save_ood
+from activecrl.embeddings.pretrain import PretrainConfig, pretrain as run_pretrain
+from activecrl.evaluation.report import TRAIN_HEADERS, write_report
+from activecrl.al.runs import load_run, plot_curves
+from activecrl.al.sweep import load_sweep, run_sweep
+from activecrl.training.trainers import TRAINERS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
+console = Console()
+
+PAPER_SCALE_NOTE = "AURC, E-AURC, AUGRC ×10³; NLL ×10; others in %"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"activecrl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit."),
+         threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                               help="CPU threads for torch (default: 1 per million model parameters, "
+                                                    "at most the CPUs this process may use)")):
+    """Deep active learning with confidence-aware training (CRL, Moon et al. 2020)."""
+    _global_options["threads"] = threads  # run and train put it in their config (recorded, kept on --resume)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+_global_options: dict = {}  # set by the callback above on every invocation
+
+
+def _with_global_threads(overrides: dict) -> dict:
+    """``activecrl --threads N run`` means ``run --threads N``: both go into the config (recorded in the
+    run folder, kept on --resume); the command's own flag wins."""
+    threads = _global_options.get("threads")
+    return overrides if threads is None or "threads" in overrides else {**overrides, "threads": threads}
+
+
+def _print_table(table: Table) -> None:
+    """Print a table without ever cutting a number: where the output is not a terminal (a log file,
+    ``tee``, CI) rich would squeeze it to 80 columns and end cells in "…", so it is printed at its
+    natural width; on a terminal narrower than the table, cells wrap (fold) instead of being cut."""
+    from rich.measure import Measurement
+
+    for column in table.columns:
+        column.overflow = "fold"
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = max(width, Measurement.get(console, console.options.update_width(10**6), table).maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True,
+                  ci95: dict | None = None) -> Table:
+    """One column per metric (``–`` where a run lacks one); with ``ci95`` and one run, a metric per line."""
+    scale = PAPER_SCALE if paper_scale else {}
+    digits = 2 if paper_scale else 4
+    fmt = lambda v, m: "–" if v is None else f"{v * scale.get(m, 1):.{digits}f}"  # noqa: E731
+    table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
+    if ci95 and len(rows) == 1:  # nine values with intervals only fit a terminal one per line
+        for col in ("metric", rows[0][0], "95% CI (bootstrap)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for m in METRIC_NAMES:
+            ci = ci95.get(m)
+            table.add_row(TRAIN_HEADERS[m], fmt(rows[0][1].get(m), m), f"[{fmt(ci[0], m)}, {fmt(ci[1], m)}]" if ci else "–")
+        return table
+    table.add_column("run")
+    for name in METRIC_NAMES:
+        table.add_column(TRAIN_HEADERS[name], justify="right")
+    for label, metrics in rows:
+        table.add_row(label, *(fmt(metrics.get(m), m) for m in METRIC_NAMES))
+    return table
+
+
+@app.command()
+@config_command(TrainRunConfig)
+def train(
+    overrides: dict,
+    out: Path = typer.Option(..., help="run folder for metrics.json, predictions.npz, model.pt"),
+    config: Optional[str] = typer.Option(None, help="TOML file (or preset name) of these options; flags override it"),
+    overwrite: bool = typer.Option(False, help="replace an existing run in --out"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
+):
+    """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
+    _setup_logging(verbose)
+    config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
+    method, trainer, train_cfg = config.method, config.trainer, config.train
+    validate_method_config(config)  # fail before training, not after
+    prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
+    label = trainer if method == "plain" else f"{method} ({trainer})"
+    total = train_cfg.epochs * (config.members if method == "ensemble" else 1)
+    with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
+        result = train_and_evaluate(config, progress=on_epoch)
+    save_train_run(result, out, overwrite=True)
+    _print_table(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
+                               f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
+                               [(label, result.metrics)], ci95=result.ci95))
+    if "temperature" in result.method_info:
+        console.print(f"temperature scaling: T = {result.method_info['temperature']:.4f}")
+    console.print(f"saved to [bold]{out}[/]")
+
+
+class _epoch_progress:
+    """A rich progress bar fed by the trainer's per-epoch callback."""
+
+    def __init__(self, label: str, epochs: int):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(label, total=epochs, loss="-")
+
+    def __enter__(self):
+        self.progress.start()
+        return lambda info: self.progress.update(self.task, completed=info.epoch, loss=f"{info.loss:.4f}")
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+
+@app.command()
+@config_command(ALConfig, exclude={"train.seed"},  # each stage's training seed derives from (--seed, trial, stage)
+                aliases={"warm_start": "--warm-start/--retrain"})
+def run(
+    overrides: dict,
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<dataset>-<strategy>-<trainer>-<time>)"),
+    config: Optional[str] = typer.Option(None, help=f"a preset ({', '.join(preset_names())}) or a TOML file; "
+                                                   "flags override it"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its last complete stage"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
+):
+    """Run an active-learning experiment. With no options: a short offline demo on digits (under a minute on
+    an idle CPU core)."""
+    _setup_logging(verbose)
+    overrides = _with_global_threads(overrides)
+    if resume:
+        if out is None:
+            raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
+        # the same options again are fine (the natural retry); different ones are refused by name
+        al_config = resume_config(out, merge(load_toml(config) if config else {}, overrides))
+    else:
+        al_config = build_config(ALConfig, overrides, config, run.config_options)
+    if out is None:
+        out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
+                             f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        with _RichLoop(al_config) as callbacks:
+            run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
+    except KeyboardInterrupt:
+        if not (out / CONFIG_FILE).is_file():  # stopped before the run began: nothing to continue
+            raise
+        console.print(f"[yellow]interrupted[/]: {completed_stages(out)} of {al_config.trials * al_config.stages} "
+                      f"stages are saved in {escape(str(out))}; continue with:\n  {escape(resume_command(out))}",
+                      soft_wrap=True)  # never break the command a user will copy
+        raise typer.Exit(130) from None
+    summary = load_run(out)
+    _print_table(_summary_table(summary))
+    plot = plot_curves([summary], out / "curves.png")
+    console.print(f"results: [bold]{out / 'results.jsonl'}[/]   plot: [bold]{plot}[/]")
+
+
+class _RichLoop:
+    def __init__(self, config):
+        self.config = config
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self.stage_task = self.progress.add_task("stages", total=config.trials * config.stages, info="")
+        self.epoch_task = self.progress.add_task("epochs", total=config.train.epochs, info="")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def trial_start(self, trial, n_trials):
+        self.progress.start()  # only once the run is under way: a bad option prints no empty bars
+
+    def stage_start(self, trial, stage, n_labeled):
+        self.progress.update(self.stage_task, info=f"trial {trial + 1}/{self.config.trials}, "
+                                                   f"stage {stage + 1}/{self.config.stages}, {n_labeled} labels")
+        self.progress.reset(self.epoch_task, total=self.config.train.epochs, info="training")
+
+    def epoch(self, info):
+        self.progress.update(self.epoch_task, completed=info.epoch, info=f"loss {info.loss:.4f}")
+
+    def query_start(self, trial, stage, n_pool):
+        self.progress.update(self.epoch_task, info=f"querying {self.config.budget} of {n_pool}")
+
+    def stage_end(self, record):
+        self.progress.advance(self.stage_task)
+        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: "
+                                    f"{record.n_labeled} labels → accuracy {record.metrics['accuracy']:.4f}, "
+                                    f"AURC {record.metrics['aurc'] * 1e3:.2f}")
+
+
+def _pm(mean, std, scale: float, digits: int) -> str:
+    """``mean±std`` scaled; "–" for a metric the run did not record (e.g. AUGRC in older runs)."""
+    if mean != mean:  # NaN
+        return "–"
+    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}" if std == std else f"{mean * scale:.{digits}f}"
+
+
+def _summary_table(summary) -> Table:
+    spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread"
+    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}",
+                  caption="AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %")
+    for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "AUGRC", "ECE", "train s", "query s"):
+        table.add_column(col, justify="right")
+    m = summary.mean
+    nan = float("nan")
+    for i, n in enumerate(summary.n_labeled):
+        # one trial has no spread: a NaN std prints the value alone rather than a misleading ±0.00
+        s = {k: (v if summary.n_trials[i] > 1 else v * nan) for k, v in summary.std.items()}
+        table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
+                      _pm(m['accuracy'][i], s['accuracy'][i], 100, 2), _pm(m['aurc'][i], s['aurc'][i], 1e3, 1),
+                      _pm(m['eaurc'][i], s['eaurc'][i], 1e3, 1), _pm(m['augrc'][i], s['augrc'][i], 1e3, 1),
+                      _pm(m['ece'][i], float("nan"), 100, 2), f"{m['train_seconds'][i]:.1f}",
+                      f"{m['query_seconds'][i]:.2f}")
+    table.add_section()
+    table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
+                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "", "")
+    return table
+
+
+@app.command()
+def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`"),
+         output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="image file to write")):
+    """Plot accuracy and AURC against labeled-set size (mean ± std over trials) for each run."""
+    path = plot_curves([load_run(r) for r in runs], output)
+    console.print(f"wrote [bold]{path}[/]")
+
+
+@app.command()
+def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`")):
+    """Per-stage table (mean ± std over trials) and the area under each budget curve."""
+    loaded = [load_run(r) for r in runs]
+    for s in loaded:
+        _print_table(_summary_table(s))
+    if len(loaded) > 1:
+        table = Table(title="area under the budget curve (mean over the label range; ± std over trials, "
+                            "none for one trial)")
+        for col in ("run", "folder", "trials", "accuracy %", "AURC ×10³"):
+            table.add_column(col)
+        for s in loaded:
+            acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
+            nan = float("nan")
+            table.add_row(s.label, str(s.path), str(len(acc)),  # one trial: no spread, no ±
+                          _pm(acc.mean(), acc.std() if len(acc) > 1 else nan, 1, 2),
+                          _pm(aurc.mean(), aurc.std() if len(aurc) > 1 else nan, 1, 1))
+        _print_table(table)
+        console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "
+                      "(penalty matrix) run [bold]activecrl compare " + " ".join(str(r) for r in runs) + " -o DIR[/]")
+
+
+@app.command()
+@config_command(OODConfig)
+def ood(
+    overrides: dict,
+    out: Path = typer.Option(..., help="folder for ood.json and scores.npz"),
+    config: Optional[str] = typer.Option(None, help="TOML file of these options; flags override it"),
+    overwrite: bool = typer.Option(False, help="replace an existing result in --out"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
+):
+    """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
+    _setup_logging(verbose)
+    config = build_config(OODConfig, overrides, config, ood.config_options)
+    prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
+    with console.status("ood") as status:
+        result = run_ood(config, progress=lambda msg: status.update(msg))
+    save_ood(result, out, overwrite=True)
+    detector = config.detector
+    table = Table(title=f"{result.run_info['dataset']} vs {result.run_info['ood_set']} · {detector} · "
+                        f"{result.run_info['trainer']} ({result.run_info['method']})",
+                  caption=f"in %; {result.score_in.size} in / {result.score_out.size} out")
+    for name in OOD_METRIC_NAMES:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{result.metrics[m] * 100:.2f}" for m in OOD_METRIC_NAMES))
+    _print_table(table)
+    if result.params:
+        console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
+    tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
+        f"tuned on {result.protocol.get('ood_tuning')}"
+    if DETECTORS.get(detector).tuned:
+        console.print(tuned)
+    for what, key in (("OOD set", "ood_conversion"), ("OOD tuning set", "ood_val_conversion")):
+        if result.run_info.get(key):  # never convert silently: say what the model was shown
+            console.print(f"[yellow]{what} converted[/]: {escape(result.run_info[key])}", soft_wrap=True)
+    console.print(f"saved to [bold]{out}[/]")
+
+
+@app.command()
+def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` / `activecrl ood` runs"),
+           output: Path = typer.Option(Path("report.md"), "-o", "--output", help="Markdown file to write")):
+    """Paper-style tables (Table 1: train runs, Table 3: ood runs), mean ± std over seeds."""
+    result, path = write_report(runs, output)
+    for t in result.tables:
+        table = Table(title=t.title, caption=t.caption)
+        for i, col in enumerate(t.columns):
+            table.add_column(col, justify="right" if i >= t.numeric_from else "left")
+        for row in t.rows:
+            table.add_row(*row)
+        _print_table(table)
+    console.print(f"wrote [bold]{path}[/]")
+
+
+def accepted_names() -> dict[str, list[str]]:
+    """What each command's option accepts by name (besides paths), exactly what its validation passes."""
+    return {"train/run --dataset": DATASETS.names(), "train/run --model": MODELS.names(),
+            "train --method": METHODS.names(), "train --trainer": TRAINERS.names(),
+            "run --trainer": TRAINERS.names(), "run --strategy": STRATEGIES.names(),
+            "ood --detector": DETECTORS.names()}
+
+
+@app.command("list")
+def list_registered():
+    """Show the names each command accepts: datasets, models, methods, trainers, strategies, detectors."""
+    table = Table(title="activecrl registries (plugins add names through entry points)")
+    table.add_column("option")
+    table.add_column("names")
+    for option, names in accepted_names().items():
+        table.add_row(option, ", ".join(names))
+    _print_table(table)
+    from activecrl.training.trainers import TRAINERS, trainer_description
+
+    recipes = Table(title="trainers: what each is made of")
+    recipes.add_column("trainer")
+    recipes.add_column("loss + ingredients")
+    for name in TRAINERS.names():
+        recipes.add_row(name, escape(trainer_description(name)))
+    _print_table(recipes)
+
+
+@app.command()
+@config_command(PretrainConfig)
+def pretrain(
+    overrides: dict,
+    out: Path = typer.Option(..., help="folder for embeddings.npy, test_embeddings.npy, encoder.pt, config.json"),
+    config: Optional[str] = typer.Option(None, help="TOML file (or preset name) of these options; flags override it"),
+    overwrite: bool = typer.Option(False, help="replace the embeddings already in --out"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
+):
+    """Label-free embeddings of every training image (k-means patch features or SimCLR), for `activecrl run
+    --embeddings`."""
+    _setup_logging(verbose)
+    config = build_config(PretrainConfig, overrides, config, pretrain.config_options)
+    if config.method == "simclr":
+        with _epoch_progress(f"SimCLR {config.model}", config.epochs) as on_epoch:
+            result = run_pretrain(config, out, overwrite=overwrite, progress=on_epoch)
+    else:
+        with console.status(f"k-means patch features ({config.centroids} centroids)"):
+            result = run_pretrain(config, out, overwrite=overwrite)
+    n, d = result.embeddings.shape
+    console.print(f"{n} x {d} embeddings (L2-normalised) in [bold]{out / 'embeddings.npy'}[/] "
+                  f"({result.train_seconds:.0f}s)")
+    if result.knn_accuracy is not None:
+        console.print(f"{config.knn_k}-NN test accuracy on the embeddings: {result.knn_accuracy * 100:.2f}% "
+                      f"({result.knn_baseline}: {result.knn_accuracy_init * 100:.2f}%)")
+
+
+@app.command()
+def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` runs (with predictions.npz)"),
+            bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
+                                                               "many test-set resamples, e.g. 1000"),
+            seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
+    """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
+    for path, blob in zip(runs, blobs):
+        _print_table(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
+    console.print(f"updated metrics.json in {len(runs)} run folder(s)")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl run` runs, in the order of the rows"),
+            output: Path = typer.Option(..., "-o", "--output", help="folder for compare.json, penalty.png, curves.png")):
+    """AUBC per run with 95% intervals over trials, and the pairwise penalty matrix (paired t-tests per stage)."""
+    result = compare_runs(runs)
+    written = write_compare(result, output)
+    table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
+                  caption="accuracy in %, AURC ×10³; 'beaten' = penalty column mean (lower is better)")
+    for col in ("run", "dataset", "trials", "AUBC accuracy", "AUBC AURC", "beaten"):
+        table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
+    for j, run in enumerate(result.runs):
+        acc, aurc = result.aubc[run.label], result.aubc_aurc[run.label]
+        fmt = lambda a, k, d: f"{a.mean * k:.{d}f}" + (f" [{a.ci95[0] * k:.{d}f}, {a.ci95[1] * k:.{d}f}]"  # noqa: E731
+                                                       if a.ci95 else "")
+        beaten = result.column_means[j]
+        table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, 100, 2), fmt(aurc, 1000, 1),
+                      "–" if beaten is None else f"{beaten:.2f}")
+    _print_table(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
+
+
+@app.command()
+def sweep(
+    config: str = typer.Option(..., help="sweep TOML file (e.g. configs/sweeps/digits.toml): a run's options plus a [grid] "
+                                         "table of lists; every combination runs"),
+    out: Path = typer.Option(..., help="sweep folder: one run folder per grid point; rerun to continue"),
+    address: Optional[str] = typer.Option(None, help="HOST:PORT of a Ray cluster (`ray start --head`); "
+                                                     "default: a local Ray instance on this machine"),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial (its torch threads)"),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; 0.25 lets 4 trials share one GPU"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Run every combination of a grid of run options on Ray: one task per (grid point, trial)."""
+    _setup_logging(verbose)
+    spec = load_sweep(config)
+    try:
+        with _SweepView(out) as view:
+            statuses = run_sweep(spec, out, address=address, cpus_per_trial=cpus_per_trial,
+                                 gpus_per_trial=gpus_per_trial, callbacks=view)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: recorded stages are saved; rerun the same command to continue")
+        raise typer.Exit(130)
+    for status in statuses:
+        if status.error:
+            console.print(f"[bold red]{escape(status.name)} failed:[/] {escape(status.error)}")
+    finished = sum(s.state == "finished" for s in statuses)
+    console.print(f"{finished} of {len(statuses)} grid points finished; run folders in [bold]{out}[/] "
+                  f"(`activecrl summary {out}/*/`)")
+    raise typer.Exit(0 if finished == len(statuses) else 1)
+
+
+class _SweepView:
+    """A live table of the grid: state, stages done and elapsed time per point."""
+
+    STYLE = {"queued": "dim", "running": "cyan", "finished": "green", "failed": "bold red"}
+
+    def __init__(self, out: Path):
+        self.out, self.start = out, time.time()
+        self.live = Live(console=console, auto_refresh=False, vertical_overflow="visible")
+
+    def __enter__(self):
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.stop()
+
+    def update(self, statuses) -> None:
+        counts = {state: sum(s.state == state for s in statuses) for state in self.STYLE}
+        table = Table(title=f"sweep {self.out}: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
+                      f" · {time.time() - self.start:.0f} s")
+        for col in ("point", "state", "stages", "elapsed", "error"):
+            table.add_column(col, justify="right" if col in ("stages", "elapsed") else "left")
+        for s in statuses:
+            table.add_row(escape(s.name), f"[{self.STYLE[s.state]}]{s.state}[/]", f"{s.stages_done}/{s.stages_total}",
+                          "" if s.elapsed is None else f"{s.elapsed:.0f} s", escape(s.error or ""))
+        self.live.update(table, refresh=True)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one red line instead of a traceback."""
+    try:
+        app()
+    except ActiveCRLError as exc:
+        # a message may hold "[nan, ...]"; soft_wrap: a command or path in it is never broken across lines
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")  # run says more
+        raise SystemExit(130)

@@ -1,0 +1,126 @@
+"""Device selection, seeding and the CPU thread count."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from activecrl.core.errors import ConfigError
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cuda``/``cuda:1``/``cpu``/``mps`` as given."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {spec!r} instead") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device must name one of the {torch.cuda.device_count()} visible GPUs, got {spec!r} instead"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' was asked for, but it is not available; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
+    """Fast CUDA defaults (TF32, cuDNN autotuning for fixed shapes), or bit-reproducible ones.
+
+    Autotuning may pick a different (non-deterministic) convolution algorithm from run to run, so
+    ``deterministic=True`` turns it off and asks torch for deterministic kernels: the same seed
+    then gives the same weights and queries on the same GPU, at some cost in speed. CPU runs are
+    reproducible either way.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+# ---------------------------------------------------------------------------- CPU threads
+# torch's default intra-op thread count is the number of cores of the machine, whatever else runs
+# on them. On a CPU shared with other processes that oversubscribes it: every parallel region waits
+# for its slowest thread, and a thread that lost its core stalls the others (stage 1 of the demo:
+# 42.7 s with the default, 0.5 s with one thread, on a busy 2-core machine). Small models gain
+# nothing from more threads anyway, since their per-op work is too small to split. The default here
+# therefore depends only on what this process may use and on the model, never on the current load:
+# results on the CPU depend on the thread count (reduction order), so the same command must resolve
+# to the same count every time.
+
+PARAMETERS_PER_THREAD = 1_000_000  # about one more thread per million parameters
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(n_parameters: int, cpus: int | None = None) -> int:
+    """The automatic intra-op thread count: 1 per ``PARAMETERS_PER_THREAD`` parameters (at least 1),
+    at most the available CPUs and ``$OMP_NUM_THREADS`` when set. ``small_cnn`` (95k) gets 1 thread,
+    ResNet-18 (11M) every CPU up to 11."""
+    cpus = available_cpus() if cpus is None else cpus
+    limit = cpus
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:
+        limit = min(limit, int(omp))
+    return max(1, min(limit, -(-int(n_parameters) // PARAMETERS_PER_THREAD)))
+
+
+def resolve_threads(requested: int | None, model: torch.nn.Module | None = None) -> int:
+    """``requested`` as given, or the automatic count for ``model`` (None: its size is unknown: 1 thread)."""
+    check_threads_option(requested)
+    if requested is not None:
+        return requested
+    n_parameters = sum(p.numel() for p in model.parameters()) if model is not None else 0
+    return default_threads(n_parameters)
+
+
+class torch_threads:
+    """``with torch_threads(n):`` run with ``n`` intra-op threads and restore the previous count after,
+    so a library call from a notebook leaves torch as it found it."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self) -> int:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self.n
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.before)
+
+
+def check_threads_option(value) -> None:
+    """For the configs' ``__post_init__``: ``threads`` is None (automatic) or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"threads must be an integer >= 1 or None (automatic), got {value!r} instead")

@@ -1,0 +1,37 @@
+"""The one check for "an integer >= minimum": configs, models, trainers, metrics and strategies.
+
+Every such check raises the same ``ConfigError`` wording, "NAME must be an integer >= MIN, got
+VALUE instead" (plus a hint on how to fix it), and rejects ``bool`` (an ``int`` subclass that is
+never a count) and floats that happen to be whole.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from activecrl.core.errors import ConfigError
+
+__all__ = ["check_int", "SEED_LIMIT"]
+
+SEED_LIMIT = 2**63  # numpy SeedSequence / torch seeds: [0, 2**63)
+
+
+def check_int(name: str, value, minimum: int, hint: str = "", *, below: int | None = None,
+              none_ok: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is an integer >= ``minimum`` (and < ``below``), else ConfigError.
+
+    ``none_ok``: None passes through (an optional count such as ``max_samples``).
+    """
+    if value is None and none_ok:
+        return None
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum \
+        and (below is None or value < below)
+    if not ok:
+        expected = f"in [{minimum}, {_show(below)})" if below is not None else f">= {minimum}"
+        raise ConfigError(f"{name} must be an integer {expected}{' or None' if none_ok else ''}, "
+                          f"got {value!r} instead{hint}")
+    return int(value)
+
+
+def _show(bound: int) -> str:
+    return "2**63" if bound == SEED_LIMIT else str(bound)
