@@ -288,7 +288,7 @@ def graph_quality(args, n: int, ex: dict, ap: dict, pc: dict) -> None:
     import faiss
 
     from activecrl.strategies._cellgraph import cell_ball_graph, default_cells, train_cells
-    from activecrl.strategies._embedding import ball_graph, normalize_rows
+    from activecrl.strategies._geometry import ball_graph, normalize_rows
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

@@ -30,7 +30,7 @@ import logging
 
 import numpy as np
 
-from activecrl.strategies._embedding import _BLOCK_ELEMENTS, cap_nearest, edges_to_csr, seed_from, too_many_edges
+from activecrl.strategies._geometry import _BLOCK_ELEMENTS, cap_nearest, edges_to_csr, seed_from, too_many_edges
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprob
     """Out-neighbour CSR ``(ptr, idx)`` of ``x -> y`` for ``|x - y| < delta`` found by probing
     ``nprobe`` of ``n_cells`` (default ``default_cells(n)``) k-means cells (module docstring);
     at most ``max_degree`` nearest per row when given. The same float32 expression as
-    ``_embedding.ball_graph``. Raises ``GraphTooLarge`` past ``max_edges`` edges."""
+    ``_geometry.ball_graph``. Raises ``GraphTooLarge`` past ``max_edges`` edges."""
     n, d = x.shape
     g = min(n, n_cells or default_cells(n))
     centroids = train_cells(x, g, rng)

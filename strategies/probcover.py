@@ -19,7 +19,7 @@ the nearest point of another cluster, so delta is the ``(floor((1 - alpha) n) + 
 Up to ``exact_max`` rows (20,000 on the CPU; no limit on CUDA) everything is exact: all ``m(x)``
 come from one pass over all pairs in bounded blocks (torch, on the context's device), and the
 same pass keeps the pairs within an upper estimate of delta, so the graph needs no second pass
-(``purity_delta_and_graph``); with a given delta the graph is built by ``_embedding.ball_graph``
+(``purity_delta_and_graph``); with a given delta the graph is built by ``_geometry.ball_graph``
 (pruned by cells and a lower-bound sketch). That pass is O(n^2 d): 64 s of CPU at 50,000 x 512
 on one thread.
 
@@ -67,7 +67,7 @@ from activecrl.core.errors import ConfigError
 from activecrl.core.validate import check_int
 
 from activecrl.strategies._cellgraph import ball_check, cell_ball_graph, default_cells, graph_recall
-from activecrl.strategies._embedding import (GraphTooLarge, ball_graph, csr_rows, edges_to_csr, kmeans, normalize_rows,
+from activecrl.strategies._geometry import (GraphTooLarge, ball_graph, csr_rows, edges_to_csr, kmeans, normalize_rows,
                          other_label_pass, too_many_edges)
 from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 

@@ -27,7 +27,7 @@ import numpy as np
 from activecrl.core.errors import ConfigError
 from activecrl.core.validate import check_int
 
-from activecrl.strategies._embedding import kmeans, knn_mean_dist, normalize_rows
+from activecrl.strategies._geometry import kmeans, knn_mean_dist, normalize_rows
 from activecrl.strategies.base import QueryContext, Strategy, register_strategy
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import torch
 from activecrl.core.errors import ConfigError
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.strategies import QueryContext, get_strategy
-from activecrl.strategies._embedding import Cells, Sketch, ball_graph, kmeans, other_label_pass
+from activecrl.strategies._geometry import Cells, Sketch, ball_graph, kmeans, other_label_pass
 from activecrl.strategies.badge import badge_kmeans_pp, d2_sample, gradient_factors
 from activecrl.strategies.probcover import max_coverage_greedy, purity_delta, purity_delta_and_graph
 

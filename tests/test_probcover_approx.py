@@ -13,7 +13,7 @@ from activecrl.core.errors import ConfigError
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.strategies import QueryContext, get_strategy
 from activecrl.strategies._cellgraph import ball_check, cell_ball_graph, graph_recall
-from activecrl.strategies._embedding import GraphTooLarge, ball_graph, kmeans, other_label_pass
+from activecrl.strategies._geometry import GraphTooLarge, ball_graph, kmeans, other_label_pass
 from activecrl.strategies.probcover import purity_delta, purity_delta_and_graph, sampled_purity_delta
 
 
