@@ -13,7 +13,7 @@ and Mahalanobis strategies reuse the same features (``features``, ``feature_maps
 The built-ins follow the paper (Moon et al., 2020: VGG-16, PreAct-ResNet110, DenseNet-BC
 k=12 d=100) and the CIFAR ResNet-18 used in the active-learning experiments, plus ``small_cnn``
 for quick CPU runs, and ``small_cnn4``, the four-block network of the plain CPU reference script
-(about 2.5x less compute than small_cnn and more accurate on CIFAR-10 subsets; issue 10). All
+(about 2.5x less compute than small_cnn and more accurate on CIFAR-10 subsets). All
 adapt to the dataset's channels, image size and class count: they end in
 adaptive average pooling, so 8x8 digits and 32x32 CIFAR both work. Forward passes have no
 data-dependent Python control flow (ceil-mode pooling handles tiny maps instead of size branches),
@@ -123,7 +123,7 @@ class ConfidenceModel(nn.Module):
     # Conv weights: He et al.'s fan-out normal (torchvision's ResNets) or, with False, PyTorch's
     # default (kaiming-uniform, a=sqrt(5): ~1.7x smaller). With BatchNorm the scale of the weights
     # sets the effective learning rate until weight decay shrinks them, which matters for short
-    # CPU runs of a few hundred steps (issue 10: small_cnn4 keeps the plain script's default).
+    # CPU runs of a few hundred steps (small_cnn4 keeps the plain script's default).
     he_init = True
 
     def __init__(self, in_channels: int):
@@ -403,7 +403,7 @@ class SmallCNN(ConfidenceModel):
 
 class SmallCNN4(ConfidenceModel):
     """Four conv-BN-ReLU blocks (16-32-64-128), max-pool after the first three: the network of
-    the plain CPU reference script (``bench/plain_cpu_reference.py``, issue 10). About 4.0M
+    the plain CPU reference script (``bench/plain_cpu_reference.py``). About 4.0M
     multiply-adds per 32x32 image, 0.39x of ``small_cnn``'s 10.3M (its 64- and 128-channel convs
     run at 16x16 and 8x8, here at 8x8 and 4x4). Its convolutions keep PyTorch's default init, as
     the script does (``he_init``)."""

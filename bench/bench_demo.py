@@ -2,7 +2,7 @@
 thread and with torch's own default (one per core), on an idle CPU and under load.
 
 torch starts one intra-op thread per core whatever else runs there; on a CPU shared with other
-processes that oversubscribes it (issue 7: the demo took 9 minutes instead of seconds on a busy
+processes that oversubscribes it (the demo took 9 minutes instead of seconds on a busy
 2-core machine). `activecrl` now derives the count from the CPUs the process may use and the model
 size (small_cnn: 1 thread). Each variant runs the demo as a user would, in its own process; the
 load is N busy-looping processes that this script starts and stops itself. Ratios are against one

@@ -2,7 +2,7 @@
 
 Step times: each trainer's own ``train_step`` (the code ``fit`` runs) on one fixed device batch,
 interleaved in rounds (baseline, crl, sam, ...) so load drift hits all alike; ratio = median
-step / median baseline step. Targets (issue 10): ``sam`` <= 2.1x (two forward-backward passes),
+step / median baseline step. Targets: ``sam`` <= 2.1x (two forward-backward passes),
 ``crl`` <= 1.05x. ``sure`` adds RegMixup's second forward-backward of the mixed batch to SAM's
 two, so it does three clean-size passes plus two mixed-size ones (no target; reported).
 

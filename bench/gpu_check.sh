@@ -13,10 +13,10 @@ python -m pytest -q -rs -k "cuda or gpu" tests/ 2>&1 | tail -15 | tee "$out/cuda
 python bench/bench_crl_step.py --model resnet18 --device cuda --steps 100 --rounds 5 2>&1 | tee "$out/crl_step.txt"
 python bench/query_step.py --device cuda --json "$out/query_step.json" 2>&1 | tail -9
 python bench/gpu_throughput.py --json "$out/gpu_throughput.json" 2>&1 | tail -6
-# issue 10: step cost of each recipe vs baseline, the SWA BatchNorm pass, and one fit epoch of
+# training recipes: step cost of each recipe vs baseline, the SWA BatchNorm pass, and one fit epoch of
 # each recipe (baseline crl sam swa fmfp sure) on ResNet-18 over 10,240 images
 python bench/bench_recipes.py --model resnet18 --device cuda --steps 50 --rounds 5 --n-images 10240 --epoch 2>&1 | tee "$out/recipes.txt"
-# issue 11: badge on CUDA (20,000 x 512, 100 classes, budget 1,000), ours only (the CPU figures
+# low-budget strategies: badge on CUDA (20,000 x 512, 100 classes, budget 1,000), ours only (the CPU figures
 # and the explicit-embedding references are in bench/README.md)
 python bench/bench_al_strategies.py --device cuda --skip-ref --skip-embedding 2>&1 | tee "$out/al_strategies.txt"
 # activecrl sweep: 4 small trials sharing the GPU (--gpus-per-trial 0.25) vs one after another

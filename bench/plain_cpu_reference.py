@@ -1,6 +1,6 @@
 """A plain ~60-line CIFAR-10 training script: the reference the CPU recipe is measured against.
 
-What issue 10 describes as "a plain script with a CNN of the same size": four conv-BN-ReLU blocks
+A plain script with a CNN of the same size as ``small_cnn4``: four conv-BN-ReLU blocks
 (16-32-64-128 channels, max-pool after the first three), random crop (pad 4) + horizontal flip,
 SGD with Nesterov momentum 0.9, weight decay 5e-4, ``torch.optim.lr_scheduler.OneCycleLR``
 (max lr 0.1, its defaults otherwise, stepped per batch), batch 128. It shares nothing with the

@@ -34,7 +34,7 @@ al_report() {
   $ACTIVECRL compare "$@" -o $R/compare
 }
 
-train() {  # README: "Confidence estimates (issue #2)"; the step schedule, Nesterov off and wd 1e-4 pinned: the paper optimiser these runs used
+train() {  # README: "Confidence estimates"; the step schedule, Nesterov off and wd 1e-4 pinned: the paper optimiser these runs used
   for t in baseline crl; do
     fresh results/cifar10_train/$t
     $ACTIVECRL train --dataset "$CIFAR10" --model small_cnn --schedule step --no-nesterov --weight-decay 1e-4 --trainer $t --epochs 12 --seed 0 --device cpu --out results/cifar10_train/$t
@@ -54,8 +54,8 @@ train() {  # README: "Confidence estimates (issue #2)"; the step schedule, Neste
   $PYTHON results/cifar10_train/significance.py    # writes results/cifar10_train/significance.md
 }
 
-al() {  # README: "Active learning (issue #3)" (old preset) and "Active learning with the CPU recipe (issues #10, #11)"
-  R=results/al_cifar10      # issue #3: the preset's training before the CPU recipe (small_cnn, step schedule, wd 1e-4)
+al() {  # README: "Active learning" (old preset) and "Active learning with the CPU recipe"
+  R=results/al_cifar10      # the preset's training before the CPU recipe (small_cnn, step schedule, wd 1e-4)
   C="--config cifar10_shared_cpu --trials 3 --dataset $CIFAR10 --device cpu --threads 1"
   OLD="--model small_cnn --schedule step --no-nesterov --weight-decay 1e-4"
   for s in random entropy least_conf coreset mc_dropout; do
@@ -67,7 +67,7 @@ al() {  # README: "Active learning (issue #3)" (old preset) and "Active learning
   runs="$R/random-baseline $R/entropy-baseline $R/least_conf-baseline $R/least_conf-crl $R/coreset-baseline $R/mc_dropout-baseline"
   al_report $R $runs
 
-  R=results/al_cpu_recipe   # issues #10, #11: the preset as it is now (small_cnn4 + the CPU recipe)
+  R=results/al_cpu_recipe   # the preset as it is now (small_cnn4 + the CPU recipe)
   for s in random badge; do
     fresh $R/$s-baseline
     $ACTIVECRL run $C --strategy $s --trainer baseline --out $R/$s-baseline
@@ -95,7 +95,7 @@ ood() {  # results/ood/COMMANDS.md
   $ACTIVECRL report results/ood/*/ -o results/ood/report.md
 }
 
-recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plain script" (issue #10)
+recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plain script"
   R=results/recipes_cpu
   # classification: six recipes, 3 seeds, small_cnn4 with the CPU recipe on a 5,000-image subset, 20 epochs
   for s in 0 1 2; do for t in baseline crl sam swa fmfp sure; do
@@ -119,7 +119,7 @@ recipes() {  # README: "Beyond CRL: results" and "A CPU recipe not behind a plai
   else for s in 0 1 2; do $plain --seed $s; done > $R/plain_reference.jsonl; fi
 }
 
-cold_start() {  # README: "Low budgets and label-free embeddings (issue #11)"; ~1 min per trial on one core
+cold_start() {  # README: "Low budgets and label-free embeddings"; ~1 min per trial on one core
   R=results/cold_start
   fresh $R/patches
   $ACTIVECRL pretrain --dataset "$CIFAR10" --method patches --centroids 100 --device cpu --out $R/patches

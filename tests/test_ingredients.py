@@ -1,4 +1,4 @@
-"""Training ingredients (issue 10): SAM, SWA/EMA + BatchNorm recomputation, RegMixup, the cosine
+"""Training ingredients: SAM, SWA/EMA + BatchNorm recomputation, RegMixup, the cosine
 head, lr schedules, recipes, and the bad-input refusals. Each test checks what the ingredient
 computes against a hand computation or torch's own reference implementation."""
 

@@ -20,7 +20,7 @@ def test_budget_regimes(name, labels):
     config = ALConfig.from_dict(load_toml(name))
     assert config.initial == config.budget == labels and config.stages == 10
     assert config.model == "small_cnn4" and config.pool_subset is None
-    # the CPU recipe of issue 10 (README "A CPU recipe not behind a plain script")
+    # the CPU recipe (README "A CPU recipe not behind a plain script")
     assert (config.train.schedule, config.train.nesterov, config.train.weight_decay) == ("onecycle", True, 5e-4)
 
 

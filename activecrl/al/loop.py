@@ -57,7 +57,7 @@ INITIAL_STRATEGIES = ("random", "typiclust", "probcover")
 def _al_train_config() -> TrainConfig:
     # the paper's active-learning schedule is 200 epochs with lr/10 at 120 and 160; the library
     # default is the short offline demo (batch 32: 100 digits in batches of 128 would be one step
-    # per epoch) with the CPU recipe of issue 10 (one-cycle lr, Nesterov, weight decay 5e-4: ahead
+    # per epoch) with the CPU recipe (one-cycle lr, Nesterov, weight decay 5e-4: ahead
     # of the paper's step schedule in short runs); the presets in configs/ hold the paper's protocol.
     return TrainConfig(epochs=20, batch_size=32, milestones=(0.6, 0.8), **SHORT_RUN_RECIPE)
 

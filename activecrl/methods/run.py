@@ -39,7 +39,7 @@ def quick_train_config() -> TrainConfig:
     """``activecrl train``'s default schedule: a quick run (seconds on digits), like ``run``'s demo.
 
     The paper's 300 epochs stay ``TrainConfig``'s own defaults and the ``*_train_paper`` presets in
-    ``configs/``. A 20-epoch run uses the CPU recipe of issue 10 (one-cycle lr, Nesterov momentum,
+    ``configs/``. A 20-epoch run uses the CPU recipe (one-cycle lr, Nesterov momentum,
     weight decay 5e-4), which is ahead of the paper's step schedule in runs this short; the
     ``*_train_paper`` presets restore the paper's schedule."""
     return TrainConfig(epochs=20, **SHORT_RUN_RECIPE)

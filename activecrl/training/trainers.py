@@ -74,7 +74,7 @@ class TrainConfig:
         "help": "NHWC activations: faster convolutions with cuDNN and with oneDNN on CPUs"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the model (CUDA only; the first epoch pays the compile)"})
-    # -- ingredients (issue 10); recipes (`--trainer sam|swa|fmfp|sure`) set some of these ------
+    # -- ingredients; recipes (`--trainer sam|swa|fmfp|sure`) set some of these ------
     schedule: str = field(default="step", metadata={"help": "lr schedule: step (milestones, gamma) | cosine | "
                                                             "onecycle (see activecrl.training.schedules)"})
     warmup: float | None = field(default=None, metadata={"help": "fraction of the steps with a linear lr warm-up "
@@ -169,7 +169,7 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-#: The CPU recipe of issue 10 for short runs (README "A CPU recipe not behind a plain script"): what
+#: The CPU recipe for short runs (README "A CPU recipe not behind a plain script"): what
 #: ``activecrl train``'s and the demo's defaults and the CPU presets set on top of ``TrainConfig``'s
 #: paper defaults. In 15-20 epoch runs it is 2+ points ahead of the paper's step schedule.
 SHORT_RUN_RECIPE = {"schedule": "onecycle", "nesterov": True, "weight_decay": 5e-4}
