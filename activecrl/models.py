@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from activecrl.core.errors import ConfigError, DataError
 from activecrl.core.registry import Registry
 from activecrl.core.validate import check_int
+from activecrl.training.config import COS_TEMP, HEADS, check_head, check_variance_head
 
 __all__ = [
     "MODELS", "register_model", "build_model", "ConfidenceModel",
@@ -83,8 +84,6 @@ def dropout_only_in_head(model: nn.Module) -> bool:
     inside = {id(m) for m in classifier.modules()} if isinstance(classifier, nn.Module) else set()
     return all(id(m) in inside for m in active_dropouts(model))
 
-
-VARIANCE_HEADS = ("sample", "class")
 
 
 def add_variance_head(model: nn.Module, per_class: bool = False) -> nn.Module:
@@ -461,15 +460,13 @@ def small_cnn(*, num_classes, in_channels, image_size, dropout) -> ConfidenceMod
 # Heads
 
 
-HEADS = ("linear", "cosine")
-
 
 class CosineClassifier(nn.Module):
     """SURE's cosine classifier (Li et al., CVPR 2024, ``model/classifier.py``): logits
     ``temperature * cos(f, w_k)``, features and class weights L2-normalised, no bias; temperature
     fixed (SURE: 8). The weight is ``(num_classes, feature_dim)`` like ``nn.Linear``'s."""
 
-    def __init__(self, in_features: int, out_features: int, temperature: float = 8.0):
+    def __init__(self, in_features: int, out_features: int, temperature: float = COS_TEMP):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.temperature = float(temperature)
@@ -505,7 +502,7 @@ def small_cnn4(*, num_classes, in_channels, image_size, dropout) -> ConfidenceMo
 
 def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
                 dropout: float = 0.0, variance_head: str | None = None, head: str = "linear",
-                cos_temp: float = 8.0) -> ConfidenceModel:
+                cos_temp: float = COS_TEMP) -> ConfidenceModel:
     """Build the registered model ``name`` for a dataset's class count, channels and size.
 
     ``variance_head``: None, or ``"sample"`` / ``"class"`` to add a log-variance head
@@ -515,20 +512,14 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size
     name (listing the valid ones) and ConfigError for bad arguments. The returned model carries
     ``build_config`` (the arguments, for checkpoints).
     """
-    if head not in HEADS:
-        raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r} instead")
-    ok = isinstance(cos_temp, numbers.Real) and not isinstance(cos_temp, bool) and math.isfinite(cos_temp)
-    if not ok or cos_temp <= 0:
-        raise ConfigError(f"cos_temp must be a number > 0 (SURE: 8), got {cos_temp!r} instead")
+    check_head(head, cos_temp)
     factory = MODELS.get(name)
     num_classes = check_int("num_classes", num_classes, 2, "; a classifier needs at least 2 classes")
     in_channels = check_int("in_channels", in_channels, 1, " (1 for grayscale, 3 for RGB)")
     min_size = max(MIN_IMAGE_SIZE, int(getattr(factory, "min_image_size", MIN_IMAGE_SIZE)))
     image_size = check_int("image_size", image_size, min_size, f" for model {name!r}")
     dropout = _check_dropout(dropout)
-    if variance_head is not None and variance_head not in VARIANCE_HEADS:
-        raise ConfigError(f"variance_head must be None or one of {', '.join(VARIANCE_HEADS)}, got {variance_head!r} "
-                          "instead")
+    check_variance_head("variance_head", variance_head, none_ok=True)
     model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                     dropout=dropout)
     if not isinstance(model, ConfidenceModel):

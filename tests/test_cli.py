@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -194,3 +195,29 @@ def test_recipes_and_ingredient_flags(tmp_path):
         result = runner.invoke(app, ["train", "--dataset", "digits", "--device", "cpu", "--out", str(bad), *args])
         assert result.exit_code != 0 and message in str(result.exception), (args, result.exception)
         assert not bad.exists()
+
+
+def test_cli_imports_no_torch_until_a_command_runs():
+    """`activecrl --help` stays fast: the app and the config dataclasses its flags come from load no torch."""
+    code = ("import sys; from activecrl.cli.app import app; "
+            "from activecrl.al.config import ALConfig; from activecrl.methods.config import TrainRunConfig; "
+            "from activecrl.ood.config import OODConfig; from activecrl.embeddings.config import PretrainConfig; "
+            "ALConfig(); TrainRunConfig(); PretrainConfig(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_help_of_the_app_and_of_run():
+    for args, expected in ((["--help"], "compare"), (["run", "--help"], "--strategy")):
+        done = subprocess.run([sys.executable, "-m", "activecrl", *args], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 0, done.stderr
+        assert "Usage" in done.stdout and expected in done.stdout and "<bool>" not in done.stdout
+
+
+def test_run_help_names_the_mc_dropout_default():
+    from activecrl.al.config import MC_DROPOUT_HELP_RATE
+    from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT
+
+    assert MC_DROPOUT_HELP_RATE == DEFAULT_MC_DROPOUT

@@ -105,14 +105,15 @@ def test_train_defaults_are_quick_and_the_paper_schedule_is_a_preset():
     import tomllib
 
     from activecrl.core.config import find_config
-    from activecrl.methods.run import TrainRunConfig, config_from_dict
+    from activecrl.core.config import from_dict
+    from activecrl.methods.config import TrainRunConfig
     from activecrl.training.trainers import TrainConfig
 
     quick = TrainRunConfig()
     assert quick.dataset == "digits" and quick.train.epochs == 20
     # the short-run recipe on top of the paper's optimiser; the paper preset pins the paper's schedule
     assert quick.train == TrainConfig(epochs=20, schedule="onecycle", nesterov=True, weight_decay=5e-4)
-    paper = config_from_dict(tomllib.loads(find_config("cifar10_train_paper").read_text()))
+    paper = from_dict(TrainRunConfig, tomllib.loads(find_config("cifar10_train_paper").read_text()))
     assert paper.train == TrainConfig() and paper.train.milestone_epochs() == [150, 250]
     assert (paper.dataset, paper.model) == ("cifar10", "resnet18")
 

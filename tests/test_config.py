@@ -26,7 +26,7 @@ from activecrl.methods.run import TrainRunConfig
 from activecrl.al.loop import ALConfig
 from activecrl.ood.run import OODConfig
 from activecrl.embeddings.pretrain import PretrainConfig
-from activecrl.training.trainers import TrainConfig
+from activecrl.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -104,7 +104,7 @@ def test_generated_options_reach_the_config_as_typed_values():
     eager = typer.Typer()
 
     @eager.command()
-    @config_command("activecrl.training.trainers:TrainConfig")
+    @config_command(TrainConfig)
     def fit(overrides: dict):
         seen.update(overrides)
 

@@ -24,7 +24,6 @@ each stage; ``notes`` in the result say what was left out.
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,19 +33,20 @@ from scipy import stats
 
 from activecrl.core.errors import ConfigError
 from activecrl.core.io import _atomic, atomic_write_json
-from activecrl.al.loop import CONFIG_FILE
-from activecrl.al.records import StageRecord, read_records
+from activecrl.al.records import StageRecord
+from activecrl.al.runs import Curve, RunSummary, distinct_labels, draw_curves, load_run, normalised_area
 from activecrl.evaluation.report import dataset_label
 
-__all__ = ["CompareRun", "AreaStats", "CompareResult", "load_compare_run", "normalised_area", "trial_interval",
-           "paired_t_test", "penalty_matrix", "compare_runs", "write_compare", "ALPHA"]
+__all__ = ["CompareRun", "AreaStats", "CompareResult", "compare_run", "trial_interval", "paired_t_test",
+           "penalty_matrix", "compare_runs", "write_compare", "ALPHA"]
 
 ALPHA = 0.05
 
 
 @dataclass
 class CompareRun:
-    """One ``activecrl run`` folder: its per-(trial, stage) records."""
+    """One ``activecrl run`` folder (read by ``activecrl.al.runs.load_run``) keyed for pairing: its
+    records by (trial, stage), its base seed and planned size."""
 
     path: Path
     label: str
@@ -123,14 +123,6 @@ class CompareResult:
 # ----------------------------------------------------------------------------- statistics
 
 
-def normalised_area(n_labeled, values) -> float:
-    """Trapezoid area under ``values`` vs ``n_labeled`` divided by the label range (one point: the value)."""
-    x, y = np.asarray(n_labeled, dtype=float), np.asarray(values, dtype=float)
-    if x.size == 1:
-        return float(y[0])
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
-
-
 def trial_interval(values) -> tuple[float, list[float] | None]:
     """(mean, 95 % Student-t interval) over trials; the interval is None for a single trial."""
     v = np.asarray(values, dtype=float)
@@ -191,48 +183,24 @@ def penalty_matrix(runs: list[CompareRun], metric: str = "accuracy", alpha: floa
 # ----------------------------------------------------------------------------- loading
 
 
-def load_compare_run(path: Path | str) -> CompareRun:
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        raise ConfigError(f"{path} must be an `activecrl run` folder (with {CONFIG_FILE} and results.jsonl), but it "
-                          f"has no {CONFIG_FILE}; pass the --out folders of `activecrl run`")
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path / CONFIG_FILE} must be the JSON `activecrl run` wrote, got unreadable content "
-                          f"({exc})") from None
-    records = read_records(path)
-    if not records:
-        raise ConfigError(f"{path} has no completed stage yet (results.jsonl is empty); compare it once its first "
-                          "stage is recorded")
-    by_key = {}
-    for r in records:
-        if r.value("accuracy") is None:
-            raise ConfigError(f"{path}/results.jsonl records must hold 'accuracy', got a record of trial {r.trial} "
-                              f"stage {r.stage} without it")
-        by_key[(r.trial, r.stage)] = r
-    label = f"{config.get('strategy', '?')} ({config.get('trainer', '?')})"
-    return CompareRun(path, label, dataset_label(config.get("dataset")), int(config.get("seed", 0)),
-                      int(config.get("trials", 0)), int(config.get("stages", 0)), by_key)
+def compare_run(summary: RunSummary, label: str) -> CompareRun:
+    """The records of a loaded run keyed by (trial, stage), under ``label``."""
+    config = summary.config
+    return CompareRun(summary.path, label, dataset_label(config.get("dataset")), int(config.get("seed", 0)),
+                      int(config.get("trials", 0)), int(config.get("stages", 0)),
+                      {(r.trial, r.stage): r for r in summary.records})
 
 
-def _assign_labels(runs: list[CompareRun]) -> None:
-    """``strategy (trainer)``; runs that share it get their folder name too; still equal is an error."""
-    base = [r.label for r in runs]
-    for i, run in enumerate(runs):
-        if base.count(base[i]) > 1:
-            run.label = f"{base[i]} [{run.path.name}]"
-    seen: dict[str, CompareRun] = {}
-    for run in runs:
-        other = seen.get(run.label)
-        if other is not None:
-            if other.path.resolve() == run.path.resolve():
-                raise ConfigError(f"run folder {run.path} was given twice; pass each run once")
-            what = "runs of different datasets" if other.dataset != run.dataset else "two runs"
-            raise ConfigError(f"{what} ({other.dataset}: {other.path}, {run.dataset}: {run.path}) are both labelled "
-                              f"{run.label!r}; give their folders different names, or compare each dataset "
-                              "separately")
-        seen[run.label] = run
+def _load(paths: list[Path]) -> list[CompareRun]:
+    """The runs under :func:`activecrl.al.runs.distinct_labels`; a folder given twice is an error."""
+    summaries = [load_run(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for summary in summaries:
+        where = summary.path.resolve()
+        if where in seen:
+            raise ConfigError(f"run folder {summary.path} was given twice; pass each run once")
+        seen[where] = summary.path
+    return [compare_run(s, label) for s, label in zip(summaries, distinct_labels(summaries))]
 
 
 def _progress_notes(run: CompareRun) -> list[str]:
@@ -269,11 +237,7 @@ def compare_runs(paths, *, alpha: float = ALPHA) -> CompareResult:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ConfigError("compare needs run folders, got none; pass the --out folders of `activecrl run`")
-    for p in paths:
-        if not p.exists():
-            raise ConfigError(f"run folder {p} does not exist; pass the --out folders of `activecrl run`")
-    runs = [load_compare_run(p) for p in paths]
-    _assign_labels(runs)
+    runs = _load(paths)
     notes = [n for r in runs for n in _progress_notes(r)]
 
     # which stages every run of a dataset reached, at the same numbers of labels
@@ -367,33 +331,23 @@ def _penalty_png(result: CompareResult) -> bytes:
 
 
 def _curves_png(result: CompareResult) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, scale, name in ((axes[0], "accuracy", 100, "test accuracy % (higher is better)"),
-                                    (axes[1], "aurc", 1000, "test AURC ×10³ (lower is better)")):
-        for run in result.runs:
-            stages = sorted({s for _, s in run.records})
-            x, mean, low, high = [], [], [], []
+    """Accuracy and AURC per stage: the mean and 95 % t-interval over the trials that reached it."""
+    scales = {"accuracy": 100, "aurc": 1000}
+    curves = []
+    for run in result.runs:
+        stages = sorted({s for _, s in run.records})
+        mean, low, high = ({m: [] for m in scales} for _ in range(3))
+        for metric, scale in scales.items():
             for s in stages:
-                values = [run.value(t, s, metric) * scale for t in run.trials() if (t, s) in run.records]
-                m, ci = trial_interval(values)
-                x.append(run.n_labeled(s))
-                mean.append(m)
-                low.append(ci[0] if ci else m)
-                high.append(ci[1] if ci else m)
-            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=run.label)
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
-        ax.set_xlabel("labeled training samples")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+                m, ci = trial_interval([run.value(t, s, metric) * scale for t in run.trials() if (t, s) in run.records])
+                mean[metric].append(m)
+                low[metric].append(ci[0] if ci else m)
+                high[metric].append(ci[1] if ci else m)
+        curves.append(Curve(run.label, np.array([run.n_labeled(s) for s in stages]), mean, low, high))
     datasets = ", ".join(dict.fromkeys(r.dataset for r in result.runs))
-    fig.suptitle(f"{datasets}: mean and 95% t-interval over trials")
-    fig.tight_layout()
+    fig = draw_curves(curves, {"accuracy": "test accuracy % (higher is better)",
+                               "aurc": "test AURC ×10³ (lower is better)"},
+                      f"{datasets}: mean and 95% t-interval over trials")
     return _png(fig)
 
 

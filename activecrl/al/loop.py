@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,110 +30,25 @@ import torch
 from activecrl.strategies import QueryContext, get_strategy
 
 from activecrl import __version__
-from activecrl.core.config import from_dict, merge
+from activecrl.core.config import config_options, flatten, load_toml, merge
 from activecrl.data import device_splits, load_dataset
 from activecrl.embeddings.load import load_embeddings
 from activecrl.core.errors import ConfigError
 from activecrl.inference.predict import predict
-from activecrl.core.io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from activecrl.core.io import atomic_torch_save, atomic_write_json, prepare_out_dir
 from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT
 from activecrl.evaluation.metrics import classification_metrics
 from activecrl.models import MODELS, build_model
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
-from activecrl.core.runtime import (check_threads_option, configure_backends, resolve_device, resolve_threads, seed_everything,
-                      torch_threads)
-from activecrl.training.trainers import SHORT_RUN_RECIPE, EpochInfo, TrainConfig, build_trainer
-from activecrl.core.validate import SEED_LIMIT, check_int
+from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, seed_everything, torch_threads
+from activecrl.al.config import ALConfig
+from activecrl.training.trainers import EpochInfo, build_trainer
 
 logger = logging.getLogger(__name__)
 
 
 CONFIG_FILE = "config.json"
-#: seed-set choices: random, or a strategy that needs no model, run on the --embeddings
-INITIAL_STRATEGIES = ("random", "typiclust", "probcover")
-
-
-def _al_train_config() -> TrainConfig:
-    # the paper's active-learning schedule is 200 epochs with lr/10 at 120 and 160; the library
-    # default is the short offline demo (batch 32: 100 digits in batches of 128 would be one step
-    # per epoch) with the CPU recipe (one-cycle lr, Nesterov, weight decay 5e-4: ahead
-    # of the paper's step schedule in short runs); the presets in configs/ hold the paper's protocol.
-    return TrainConfig(epochs=20, batch_size=32, milestones=(0.6, 0.8), **SHORT_RUN_RECIPE)
-
-
-@dataclass
-class ALConfig:
-    """One active-learning experiment. Defaults: the offline demo on ``digits``."""
-
-    # Each field is a CLI flag of `activecrl run` (--pool-subset) and a TOML key; metadata["help"] is its help.
-    dataset: str = field(default="digits", metadata={
-        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
-    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
-    trainer: str = field(default="crl", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
-    strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
-    strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "keyword arguments of the strategy, e.g. weight=0.1 (repeat for more)"})
-    initial: int = field(default=100, metadata={"help": "size of the random seed set"})
-    budget: int = field(default=100, metadata={"help": "labels queried after each stage but the last"})
-    stages: int = field(default=5, metadata={"help": "models trained per trial (the paper: 10)"})
-    trials: int = field(default=3, metadata={"help": "independent trials (seeds seed, seed+1, ...)"})
-    seed: int = field(default=0, metadata={"help": "base seed"})
-    pool_subset: int | None = field(default=None, metadata={
-        "help": "score only this many random pool samples per stage (default: the whole pool)"})
-    warm_start: bool = field(default=False, metadata={
-        "help": "fine-tune the previous stage's weights instead of retraining from scratch"})
-    dropout: float | None = field(default=None, metadata={
-        "help": f"dropout before the classifier (default 0, or {DEFAULT_MC_DROPOUT} for strategies that sample it)"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    deterministic: bool = field(default=False, metadata={
-        "help": "CUDA: deterministic kernels, no autotuning, so the same seed gives the same queries (slower)"})
-    data_dir: str | None = field(default=None, metadata={
-        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
-    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation and scoring passes"})
-    embeddings: str | None = field(default=None, metadata={"help": (
-        "an `activecrl pretrain` folder or a .npy of shape (n_train, d): embeddings for the strategies "
-        "that select by typicality/coverage (typiclust, probcover) and for --initial-strategy")})
-    initial_strategy: str = field(default="random", metadata={"help": (
-        "how the seed set is chosen: random | typiclust | probcover (the last two need --embeddings)")})
-    threads: int | None = field(default=None, metadata={"help": (
-        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
-        "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
-    train: TrainConfig = field(default_factory=_al_train_config, metadata={
-        "help": "training of each stage (the [train] table)"})
-
-    def __post_init__(self):
-        if isinstance(self.train, dict):
-            self.train = from_dict(TrainConfig, self.train, base=_al_train_config())  # keys not given keep the run's
-        # initial >= 2: BatchNorm cannot train on a single sample
-        for name, minimum in (("initial", 2), ("budget", 0), ("stages", 1), ("trials", 1), ("eval_batch_size", 1)):
-            check_int(name, getattr(self, name), minimum)
-        check_int("seed", self.seed, 0, below=SEED_LIMIT)
-        check_int("pool_subset", self.pool_subset, 1, none_ok=True)
-        if self.pool_subset is not None and self.pool_subset < self.budget:
-            raise ConfigError(f"pool_subset must be at least the budget ({self.budget}) so a stage can query it "
-                              f"all, got {self.pool_subset} instead; raise --pool-subset or lower --budget")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
-        if self.initial_strategy not in INITIAL_STRATEGIES:
-            raise ConfigError(f"initial_strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got "
-                              f"{self.initial_strategy!r} instead")
-        if self.initial_strategy != "random" and self.embeddings is None:
-            # before the first stage there is no model whose features could stand in
-            raise ConfigError(f"--initial-strategy {self.initial_strategy} picks the seed set from embeddings, "
-                              f"got no --embeddings instead; run `activecrl pretrain --out DIR` and pass "
-                              f"--embeddings DIR, or use --initial-strategy random")
-        if self.embeddings is not None and not isinstance(self.embeddings, str):
-            self.embeddings = str(self.embeddings)
-        check_threads_option(self.threads)
-
-    def to_dict(self) -> dict:
-        return to_jsonable(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ALConfig":
-        return from_dict(cls, values)
 
 
 class LoopCallbacks:
@@ -506,22 +421,9 @@ def load_saved_config(out: Path | str) -> ALConfig:
     return ALConfig.from_dict(saved)
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and key != "strategy_params":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _option_name(key: str) -> str:
     """The flag of a (dotted) ALConfig key: train.epochs is --epochs; the TOML key where no flag exists."""
-    from activecrl.core.config import config_options
-
-    flags = {option.key: "--" + option.flag.replace("_", "-") for option in config_options(ALConfig)}
-    return flags.get(key, key)
+    return {option.key: option.dashed for option in config_options(ALConfig)}.get(key, key)
 
 
 def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
@@ -534,7 +436,7 @@ def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
     """
     saved = load_saved_config(out)
     merged = ALConfig.from_dict(merge(saved.to_dict(), given or {}))  # validates and normalises types
-    before, after = _flat(saved.to_dict()), _flat(merged.to_dict())
+    before, after = (flatten(c.to_dict(), leaves=("strategy_params",)) for c in (saved, merged))
     changed = [k for k in after if after[k] != before.get(k) and k.split(".")[-1] not in RESUME_MAY_CHANGE]
     if changed:
         listed = ", ".join(f"{_option_name(k)} {after[k]!r} (saved: {before.get(k)!r})" for k in changed)
@@ -543,6 +445,23 @@ def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
             f"{listed}; drop them or give the saved values (only --device, --data-dir and --threads may change), "
             f"or start a new run with another --out")
     return merged
+
+
+def experiment_config(options: dict | None = None, preset: str | Path | None = None, *,
+                      resume: Path | str | None = None) -> ALConfig:
+    """The experiment ``activecrl run`` runs: ``options`` (nested like ``ALConfig.to_dict()``) over the
+    ``preset`` (a TOML file or preset name) over the defaults; with ``resume``, the run saved in that
+    folder with them applied (:func:`resume_config`)."""
+    values = merge(load_toml(preset) if preset else {}, options or {})
+    return resume_config(resume, values) if resume is not None else ALConfig.from_dict(values)
+
+
+def default_out_dir(config: ALConfig, when: float | None = None) -> Path:
+    """Where a run goes without ``--out``: ``runs/<dataset>-<strategy>-<trainer>-<YYYYmmdd-HHMMSS>``
+    (local time of ``when``, default now), with ``/`` and ``:`` of a path or ``module:Class`` made ``_``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return Path("runs") / f"{config.dataset.replace('/', '_')}-{config.strategy.replace(':', '_')}-" \
+                          f"{config.trainer}-{stamp}"
 
 
 def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:

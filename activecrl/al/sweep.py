@@ -31,13 +31,14 @@ from typing import Any
 
 import torch
 
-from activecrl.core.config import load_toml, merge
+from activecrl.al.config import ALConfig
+from activecrl.core.config import flatten, load_toml, merge
 from activecrl.core.errors import ActiveCRLError, ConfigError
 from activecrl.core.io import atomic_write_json, to_jsonable
-from activecrl.al.loop import (CONFIG_FILE, ALConfig, LoopCallbacks, check_run, load_saved_config, run_active_learning,
+from activecrl.al.loop import (CONFIG_FILE, LoopCallbacks, check_run, load_saved_config, run_active_learning,
                    write_run_config)
 from activecrl.al.records import merge_records, read_records
-from activecrl.training.trainers import TrainConfig
+from activecrl.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def expand_grid(base: dict[str, Any], grid: Any, source: str = "the sweep") -> S
         raise ConfigError(f"{source} must have a [grid] table of run options with lists of values, e.g. "
                           f"strategy = [\"random\", \"least_conf\"], got {grid!r} instead; "
                           f"for a single configuration use `activecrl run --config`")
-    flat = _flatten(grid)
+    flat = flatten(grid, depth=1)  # [grid.train] or train.lr = [...]; deeper tables are values
     for key, values in flat.items():
         _check_grid_key(key)
         if not isinstance(values, list):
@@ -126,16 +127,6 @@ def expand_grid(base: dict[str, Any], grid: Any, source: str = "the sweep") -> S
         name = _folder_name(index, values, width)
         points.append(SweepPoint(index, values, name, config))
     return SweepSpec(base, flat, points)
-
-
-def _flatten(grid: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in grid.items():
-        if isinstance(value, dict) and not prefix:  # [grid.train] or train.lr = [...]
-            flat.update(_flatten(value, f"{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _nest(values: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The ``activecrl`` command: a thin typer/rich layer over the library.
 
 Each command parses options, builds a config dataclass, calls one library function and renders
-the result. Everything here can be done from a notebook with the same functions.
+the result. Everything here can be done from a notebook with the same functions. The library
+modules that load torch are imported inside the commands, so ``activecrl --help`` never loads it;
+the flags come from the config dataclasses, which import without torch.
 """
 
 from __future__ import annotations
@@ -19,33 +21,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from activecrl.strategies import STRATEGIES
-
 from activecrl import __version__
-from activecrl.evaluation.bootstrap import rescore_runs
-from activecrl.cli.options import build_config, config_command
-from activecrl.al.compare import compare_runs, write_compare
-from activecrl.core.config import load_toml, merge, preset_names
-from activecrl.data import DATASETS
+from activecrl.al.config import ALConfig
+from activecrl.cli.options import Command, Group, build_config, config_command
+from activecrl.core.config import preset_names
 from activecrl.core.errors import ActiveCRLError
-from activecrl.methods.run import TrainRunConfig, save_train_run, train_and_evaluate
-from activecrl.core.io import prepare_out_dir
-from activecrl.al.loop import CONFIG_FILE, ALConfig, completed_stages, resume_command, resume_config, run_active_learning
-from activecrl.methods import METHODS, validate_method_config
-from activecrl.evaluation.metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
-from activecrl.models import MODELS
-from activecrl.ood import DETECTORS, OODConfig, run_ood, save_ood
-from activecrl.embeddings.pretrain import PretrainConfig, pretrain as run_pretrain
-from activecrl.evaluation.report import TRAIN_HEADERS, write_report
-from activecrl.al.runs import load_run, plot_curves
-from activecrl.al.sweep import load_sweep, run_sweep
-from activecrl.training.trainers import TRAINERS
+from activecrl.embeddings.config import PretrainConfig
+from activecrl.methods.config import TrainRunConfig
+from activecrl.ood.config import OODConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
-
-PAPER_SCALE_NOTE = "AURC, E-AURC, AUGRC ×10³; NLL ×10; others in %"
 
 
 def _print_version(value: bool) -> None:
@@ -55,7 +42,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+def _app(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, metavar="",
                                       help="Print the version and exit."),
          threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                                help="CPU threads for torch (default: 1 per million model parameters, "
@@ -105,9 +92,10 @@ def _setup_logging(verbose: bool) -> None:
 def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = True,
                   ci95: dict | None = None) -> Table:
     """One column per metric (``–`` where a run lacks one); with ``ci95`` and one run, a metric per line."""
-    scale = PAPER_SCALE if paper_scale else {}
-    digits = 2 if paper_scale else 4
-    fmt = lambda v, m: "–" if v is None else f"{v * scale.get(m, 1):.{digits}f}"  # noqa: E731
+    from activecrl.evaluation.metrics import METRIC_NAMES, PAPER_SCALE_NOTE, format_metric
+    from activecrl.evaluation.report import TRAIN_HEADERS
+
+    fmt = lambda v, m: format_metric(v, m, paper_scale=paper_scale)  # noqa: E731
     table = Table(title=title, caption=PAPER_SCALE_NOTE if paper_scale else None)
     if ci95 and len(rows) == 1:  # nine values with intervals only fit a terminal one per line
         for col in ("metric", rows[0][0], "95% CI (bootstrap)"):
@@ -124,7 +112,7 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], paper_scale: bool = 
     return table
 
 
-@app.command()
+@app.command(cls=Command)
 @config_command(TrainRunConfig)
 def train(
     overrides: dict,
@@ -134,13 +122,15 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
+    from activecrl.core.io import prepare_out_dir
+    from activecrl.methods.run import planned_epochs, run_label, save_train_run, train_and_evaluate
+
     _setup_logging(verbose)
     config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
-    method, trainer, train_cfg = config.method, config.trainer, config.train
-    validate_method_config(config)  # fail before training, not after
+    train_cfg = config.train
+    total = planned_epochs(config)  # checks the method's options: fails before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
-    label = trainer if method == "plain" else f"{method} ({trainer})"
-    total = train_cfg.epochs * (config.members if method == "ensemble" else 1)
+    label = run_label(config)
     with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
         result = train_and_evaluate(config, progress=on_epoch)
     save_train_run(result, out, overwrite=True)
@@ -168,7 +158,7 @@ class _epoch_progress:
         self.progress.stop()
 
 
-@app.command()
+@app.command(cls=Command)
 @config_command(ALConfig, exclude={"train.seed"},  # each stage's training seed derives from (--seed, trial, stage)
                 aliases={"warm_start": "--warm-start/--retrain"})
 def run(
@@ -181,18 +171,20 @@ def run(
 ):
     """Run an active-learning experiment. With no options: a short offline demo on digits (under a minute on
     an idle CPU core)."""
+    from activecrl.al.loop import (CONFIG_FILE, completed_stages, default_out_dir, experiment_config, resume_command,
+                                   run_active_learning)
+    from activecrl.al.runs import load_run, plot_curves
+
     _setup_logging(verbose)
+    if resume and out is None:
+        raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
     overrides = _with_global_threads(overrides)
-    if resume:
-        if out is None:
-            raise ActiveCRLError("--resume needs --out: the folder of the run to continue")
-        # the same options again are fine (the natural retry); different ones are refused by name
-        al_config = resume_config(out, merge(load_toml(config) if config else {}, overrides))
+    if resume:  # the same options again are fine (the natural retry); different ones are refused by name
+        al_config = experiment_config(overrides, config, resume=out)
     else:
         al_config = build_config(ALConfig, overrides, config, run.config_options)
     if out is None:
-        out = Path("runs") / f"{al_config.dataset.replace('/', '_')}-{al_config.strategy.replace(':', '_')}-" \
-                             f"{al_config.trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = default_out_dir(al_config)
     try:
         with _RichLoop(al_config) as callbacks:
             run_active_learning(al_config, out, resume=resume, callbacks=callbacks)
@@ -244,17 +236,11 @@ class _RichLoop:
                                     f"AURC {record.metrics['aurc'] * 1e3:.2f}")
 
 
-def _pm(mean, std, scale: float, digits: int) -> str:
-    """``mean±std`` scaled; "–" for a metric the run did not record (e.g. AUGRC in older runs)."""
-    if mean != mean:  # NaN
-        return "–"
-    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}" if std == std else f"{mean * scale:.{digits}f}"
-
-
 def _summary_table(summary) -> Table:
+    from activecrl.evaluation.metrics import CURVE_UNITS_NOTE, format_mean_std as pm
+
     spread = "mean ± std over trials" if summary.n_trials.max() > 1 else "one trial, so no spread"
-    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}",
-                  caption="AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %")
+    table = Table(title=f"{summary.label} on {summary.config.get('dataset')}: {spread}", caption=CURVE_UNITS_NOTE)
     for col in ("stage", "labels", "trials", "accuracy", "AURC", "E-AURC", "AUGRC", "ECE", "train s", "query s"):
         table.add_column(col, justify="right")
     m = summary.mean
@@ -263,27 +249,31 @@ def _summary_table(summary) -> Table:
         # one trial has no spread: a NaN std prints the value alone rather than a misleading ±0.00
         s = {k: (v if summary.n_trials[i] > 1 else v * nan) for k, v in summary.std.items()}
         table.add_row(str(i + 1), str(n), str(summary.n_trials[i]),
-                      _pm(m['accuracy'][i], s['accuracy'][i], 100, 2), _pm(m['aurc'][i], s['aurc'][i], 1e3, 1),
-                      _pm(m['eaurc'][i], s['eaurc'][i], 1e3, 1), _pm(m['augrc'][i], s['augrc'][i], 1e3, 1),
-                      _pm(m['ece'][i], float("nan"), 100, 2), f"{m['train_seconds'][i]:.1f}",
+                      *(pm(m[k][i], s[k][i], k) for k in ("accuracy", "aurc", "eaurc", "augrc")),
+                      pm(m['ece'][i], nan, 'ece'), f"{m['train_seconds'][i]:.1f}",
                       f"{m['query_seconds'][i]:.2f}")
     table.add_section()
-    table.add_row("area", "", "", f"{summary.area_under_curve('accuracy') * 100:.2f}",
-                  f"{summary.area_under_curve('aurc') * 1e3:.1f}", "", "", "", "", "")
+    table.add_row("area", "", "", pm(summary.area_under_curve('accuracy'), nan, 'accuracy'),
+                  pm(summary.area_under_curve('aurc'), nan, 'aurc'), "", "", "", "", "")
     return table
 
 
-@app.command()
+@app.command(cls=Command)
 def plot(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`"),
          output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="image file to write")):
     """Plot accuracy and AURC against labeled-set size (mean ± std over trials) for each run."""
+    from activecrl.al.runs import load_run, plot_curves
+
     path = plot_curves([load_run(r) for r in runs], output)
     console.print(f"wrote [bold]{path}[/]")
 
 
-@app.command()
+@app.command(cls=Command)
 def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activecrl run`")):
     """Per-stage table (mean ± std over trials) and the area under each budget curve."""
+    from activecrl.al.runs import load_run
+    from activecrl.evaluation.metrics import format_mean_std as pm
+
     loaded = [load_run(r) for r in runs]
     for s in loaded:
         _print_table(_summary_table(s))
@@ -293,17 +283,17 @@ def summary(runs: list[Path] = typer.Argument(..., help="run folders of `activec
         for col in ("run", "folder", "trials", "accuracy %", "AURC ×10³"):
             table.add_column(col)
         for s in loaded:
-            acc, aurc = s.area_by_trial("accuracy") * 100, s.area_by_trial("aurc") * 1e3
+            acc, aurc = s.area_by_trial("accuracy"), s.area_by_trial("aurc")
             nan = float("nan")
             table.add_row(s.label, str(s.path), str(len(acc)),  # one trial: no spread, no ±
-                          _pm(acc.mean(), acc.std() if len(acc) > 1 else nan, 1, 2),
-                          _pm(aurc.mean(), aurc.std() if len(aurc) > 1 else nan, 1, 1))
+                          pm(acc.mean(), acc.std() if len(acc) > 1 else nan, "accuracy"),
+                          pm(aurc.mean(), aurc.std() if len(aurc) > 1 else nan, "aurc"))
         _print_table(table)
         console.print("± is the spread over trials, not a test: for 95% intervals and paired significance tests "
                       "(penalty matrix) run [bold]activecrl compare " + " ".join(str(r) for r in runs) + " -o DIR[/]")
 
 
-@app.command()
+@app.command(cls=Command)
 @config_command(OODConfig)
 def ood(
     overrides: dict,
@@ -313,6 +303,10 @@ def ood(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
 ):
     """Out-of-distribution detection with a trained model: writes ood.json and scores.npz."""
+    from activecrl.core.io import prepare_out_dir
+    from activecrl.evaluation.metrics import OOD_METRIC_NAMES
+    from activecrl.ood import DETECTORS, run_ood, save_ood
+
     _setup_logging(verbose)
     config = build_config(OODConfig, overrides, config, ood.config_options)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
@@ -339,10 +333,12 @@ def ood(
     console.print(f"saved to [bold]{out}[/]")
 
 
-@app.command()
+@app.command(cls=Command)
 def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` / `activecrl ood` runs"),
            output: Path = typer.Option(Path("report.md"), "-o", "--output", help="Markdown file to write")):
     """Paper-style tables (Table 1: train runs, Table 3: ood runs), mean ± std over seeds."""
+    from activecrl.evaluation.report import write_report
+
     result, path = write_report(runs, output)
     for t in result.tables:
         table = Table(title=t.title, caption=t.caption)
@@ -356,13 +352,20 @@ def report(runs: list[Path] = typer.Argument(..., help="folders of `activecrl tr
 
 def accepted_names() -> dict[str, list[str]]:
     """What each command's option accepts by name (besides paths), exactly what its validation passes."""
+    from activecrl.data import DATASETS
+    from activecrl.methods import METHODS
+    from activecrl.models import MODELS
+    from activecrl.ood import DETECTORS
+    from activecrl.strategies import STRATEGIES
+    from activecrl.training.trainers import TRAINERS
+
     return {"train/run --dataset": DATASETS.names(), "train/run --model": MODELS.names(),
             "train --method": METHODS.names(), "train --trainer": TRAINERS.names(),
             "run --trainer": TRAINERS.names(), "run --strategy": STRATEGIES.names(),
             "ood --detector": DETECTORS.names()}
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_registered():
     """Show the names each command accepts: datasets, models, methods, trainers, strategies, detectors."""
     table = Table(title="activecrl registries (plugins add names through entry points)")
@@ -381,7 +384,7 @@ def list_registered():
     _print_table(recipes)
 
 
-@app.command()
+@app.command(cls=Command)
 @config_command(PretrainConfig)
 def pretrain(
     overrides: dict,
@@ -392,13 +395,15 @@ def pretrain(
 ):
     """Label-free embeddings of every training image (k-means patch features or SimCLR), for `activecrl run
     --embeddings`."""
+    from activecrl.embeddings.pretrain import pretrain as run_pretrain
+
     _setup_logging(verbose)
     config = build_config(PretrainConfig, overrides, config, pretrain.config_options)
-    if config.method == "simclr":
-        with _epoch_progress(f"SimCLR {config.model}", config.epochs) as on_epoch:
+    if config.trained_epochs is not None:
+        with _epoch_progress(config.describe(), config.trained_epochs) as on_epoch:
             result = run_pretrain(config, out, overwrite=overwrite, progress=on_epoch)
     else:
-        with console.status(f"k-means patch features ({config.centroids} centroids)"):
+        with console.status(config.describe()):
             result = run_pretrain(config, out, overwrite=overwrite)
     n, d = result.embeddings.shape
     console.print(f"{n} x {d} embeddings (L2-normalised) in [bold]{out / 'embeddings.npy'}[/] "
@@ -408,22 +413,27 @@ def pretrain(
                       f"({result.knn_baseline}: {result.knn_accuracy_init * 100:.2f}%)")
 
 
-@app.command()
+@app.command(cls=Command)
 def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl train` runs (with predictions.npz)"),
             bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
                                                                "many test-set resamples, e.g. 1000"),
             seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
     """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    from activecrl.evaluation.bootstrap import rescore_runs
+
     blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
     for path, blob in zip(runs, blobs):
         _print_table(metrics_table(str(path), [(path.name, blob["metrics"])], ci95=blob.get("ci95")))
     console.print(f"updated metrics.json in {len(runs)} run folder(s)")
 
 
-@app.command()
+@app.command(cls=Command)
 def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl run` runs, in the order of the rows"),
             output: Path = typer.Option(..., "-o", "--output", help="folder for compare.json, penalty.png, curves.png")):
     """AUBC per run with 95% intervals over trials, and the pairwise penalty matrix (paired t-tests per stage)."""
+    from activecrl.al.compare import compare_runs, write_compare
+    from activecrl.evaluation.metrics import CURVE_UNITS
+
     result = compare_runs(runs)
     written = write_compare(result, output)
     table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
@@ -432,10 +442,13 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
         table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
     for j, run in enumerate(result.runs):
         acc, aurc = result.aubc[run.label], result.aubc_aurc[run.label]
-        fmt = lambda a, k, d: f"{a.mean * k:.{d}f}" + (f" [{a.ci95[0] * k:.{d}f}, {a.ci95[1] * k:.{d}f}]"  # noqa: E731
-                                                       if a.ci95 else "")
+        def fmt(area, metric):
+            k, d = CURVE_UNITS[metric]
+            return f"{area.mean * k:.{d}f}" + (f" [{area.ci95[0] * k:.{d}f}, {area.ci95[1] * k:.{d}f}]"
+                                               if area.ci95 else "")
+
         beaten = result.column_means[j]
-        table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, 100, 2), fmt(aurc, 1000, 1),
+        table.add_row(run.label, run.dataset, str(len(acc.trials)), fmt(acc, "accuracy"), fmt(aurc, "aurc"),
                       "–" if beaten is None else f"{beaten:.2f}")
     _print_table(table)
     for note in result.notes:
@@ -443,7 +456,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
     console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
 
 
-@app.command()
+@app.command(cls=Command)
 def sweep(
     config: str = typer.Option(..., help="sweep TOML file (e.g. configs/sweeps/digits.toml): a run's options plus a [grid] "
                                          "table of lists; every combination runs"),
@@ -452,9 +465,11 @@ def sweep(
                                                      "default: a local Ray instance on this machine"),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial (its torch threads)"),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; 0.25 lets 4 trials share one GPU"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar=""),
 ):
     """Run every combination of a grid of run options on Ray: one task per (grid point, trial)."""
+    from activecrl.al.sweep import load_sweep, run_sweep
+
     _setup_logging(verbose)
     spec = load_sweep(config)
     try:

@@ -12,7 +12,6 @@ TOML over the config's defaults (``activecrl.core.config``).
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import re
 import tomllib
@@ -29,26 +28,23 @@ from activecrl.core.config import ConfigOption, config_options, from_dict, load_
 from activecrl.core.errors import ConfigError
 
 
-def _hide_flag_types() -> None:
-    # typer's rich help prints "<bool>" after every flag (--help, --resume, --x/--no-x) as if it
-    # took a value; a flag takes none, so show no type for it.
-    option = getattr(typer.core, "TyperOption", None)
-    original = getattr(option, "display_type_rich", None)
-    if original is None or getattr(original, "_activecrl_patched", False):
-        return
+class _FlagsWithoutType:
+    """typer's help prints "<bool>" after a flag as if it took a value; a flag takes none, so its
+    ``metavar`` is empty (config flags get it in :func:`_parameter`; ``--help`` here)."""
 
-    def display_type_rich(self, ctx):
-        return None if getattr(self, "is_flag", False) or getattr(self, "count", False) else original(self, ctx)
-
-    display_type_rich._activecrl_patched = True
-    option.display_type_rich = display_type_rich
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
-_hide_flag_types()
+class Command(_FlagsWithoutType, typer.core.TyperCommand):
+    """The command class of the ``activecrl`` commands (``@app.command(cls=Command)``)."""
 
 
-def dashed(flag: str) -> str:
-    return "--" + flag.replace("_", "-")
+class Group(_FlagsWithoutType, typer.core.TyperGroup):
+    """The group class of the ``activecrl`` app (``typer.Typer(cls=Group)``)."""
 
 
 def _unwrap(tp) -> tuple[Any, bool]:
@@ -89,7 +85,7 @@ def _parse_literal(text: str) -> Any:
 
 def _convert(option: ConfigOption, value: Any) -> Any:
     kind, element = _kind(option)
-    flag = dashed(option.flag)
+    flag = option.dashed
     if kind == "sequence":
         items = [v for text in value for v in re.split(r"[,\s]+", text.strip()) if v]
         try:
@@ -118,12 +114,13 @@ def _parameter(option: ConfigOption, name: str, aliases: dict[str, str]) -> insp
     tp, _ = _unwrap(option.type)
     if typing.get_origin(tp) is Literal:
         help_text += f" ({' | '.join(map(str, typing.get_args(tp)))})"
-    decls = aliases.get(option.key, dashed(option.flag))
+    decls = aliases.get(option.key, option.dashed)
     extra: dict[str, Any] = {}
     if kind == "bool":
         if "/" not in decls:
             decls = f"{decls}/--no-{decls[2:]}"
         annotation = Optional[bool]
+        extra["metavar"] = ""  # a flag takes no value: show no type (typer's help would print "<bool>")
     elif kind == "scalar":
         annotation = Optional[element]
     else:
@@ -143,28 +140,15 @@ def build_config(cls, overrides: dict[str, Any], config: str | None, options: li
     values = merge(load_toml(config) if config else {}, overrides)
     for option in options:
         if option.required and _get_path(values, option.path) is None:
-            raise ConfigError(f"{dashed(option.flag)} is required: {option.help} "
+            raise ConfigError(f"{option.dashed} is required: {option.help} "
                               f"(or set {option.key} = ... in the --config file)")
     return from_dict(cls, values)
-
-
-def given_flags(overrides: dict[str, Any], options: list[ConfigOption]) -> list[str]:
-    """The flags behind a nested overrides dict, sorted (for messages)."""
-    return sorted(dashed(o.flag) for o in options if _get_path(overrides, o.path) is not None)
 
 
 def _get_path(values: dict, path: tuple[str, ...]) -> Any:
     for key in path:
         values = values.get(key) if isinstance(values, dict) else None
     return values
-
-
-def _resolve(cls):
-    """A class, or ``"package.module:Class"`` imported now."""
-    if isinstance(cls, str):
-        module, _, name = cls.partition(":")
-        return getattr(importlib.import_module(module), name)
-    return cls
 
 
 def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: dict[str, str] | None = None):
@@ -183,6 +167,9 @@ def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: di
     params = [_parameter(o, name, aliases) for name, o in names.items()]
     params += [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
                for p in own]
+    for p in params:  # the command's own flags (--overwrite, --verbose) show no type either
+        if p.annotation is bool and getattr(p.default, "metavar", "") is None:
+            p.default.metavar = ""
     params.append(inspect.Parameter("_typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
     @functools.wraps(func)
@@ -205,9 +192,9 @@ def with_config_options(cls, func: Callable, *, exclude=frozenset(), aliases: di
 
 def config_command(cls, *, exclude: set[str] = frozenset(), aliases: dict[str, str] | None = None):
     """Decorate ``f(overrides: dict, **cli_only)`` (under ``@app.command()``) with one typer option per
-    option of config ``cls`` (a class or ``"package.module:Class"``).
+    option of config dataclass ``cls``.
 
     ``exclude``: option keys (``"train.seed"``) the command derives itself; ``aliases``: option
     key -> typer declaration for names kept for compatibility (``"--warm-start/--retrain"``).
     """
-    return lambda func: with_config_options(_resolve(cls), func, exclude=exclude, aliases=aliases)
+    return lambda func: with_config_options(cls, func, exclude=exclude, aliases=aliases)

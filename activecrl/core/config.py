@@ -150,6 +150,19 @@ def from_dict(cls: type[C], values: dict[str, Any], base: C | None = None) -> C:
         raise ConfigError(f"bad {cls.__name__} options: {exc}") from None
 
 
+def flatten(values: dict[str, Any], *, leaves: tuple[str, ...] = (), depth: int | None = None) -> dict[str, Any]:
+    """``{"train": {"epochs": 5}}`` as ``{"train.epochs": 5}``. A dict under a key in ``leaves``
+    (``strategy_params``) stays one value, and so does any dict nested deeper than ``depth`` levels."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in leaves and (depth is None or depth > 0):
+            nested = flatten(value, leaves=leaves, depth=None if depth is None else depth - 1)
+            out.update({f"{key}.{k}": v for k, v in nested.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``base`` updated by the non-None values of ``overrides`` (nested dicts merged)."""
     out = dict(base)
@@ -186,8 +199,18 @@ class ConfigOption:
         return ".".join(self.path)
 
     @property
+    def dashed(self) -> str:
+        """The command-line flag: ``--batch-size``."""
+        return dashed(self.flag)
+
+    @property
     def required(self) -> bool:
         return self.default is dataclasses.MISSING
+
+
+def dashed(name: str) -> str:
+    """The command-line flag of an option or field name: ``batch_size`` is ``--batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
 def config_options(cls, exclude: frozenset[str] | set[str] = frozenset()) -> list[ConfigOption]:

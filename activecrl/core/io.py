@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from activecrl.core.errors import ConfigError
 
@@ -21,7 +21,8 @@ def to_jsonable(value: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, (torch.Tensor, np.ndarray)):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    if isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor)):
         return to_jsonable(value.tolist())
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -65,6 +66,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # only for writing checkpoints: reading configs and records stays torch-free
+
     _atomic(path, lambda h: torch.save(obj, h))
 
 

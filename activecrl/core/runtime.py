@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from activecrl.core.errors import ConfigError
+from activecrl.core.validate import check_threads_option
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -119,8 +120,3 @@ class torch_threads:
     def __exit__(self, *exc) -> None:
         torch.set_num_threads(self.before)
 
-
-def check_threads_option(value) -> None:
-    """For the configs' ``__post_init__``: ``threads`` is None (automatic) or a positive integer."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"threads must be an integer >= 1 or None (automatic), got {value!r} instead")

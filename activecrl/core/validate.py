@@ -11,7 +11,7 @@ import numbers
 
 from activecrl.core.errors import ConfigError
 
-__all__ = ["check_int", "SEED_LIMIT"]
+__all__ = ["check_int", "check_threads_option", "SEED_LIMIT"]
 
 SEED_LIMIT = 2**63  # numpy SeedSequence / torch seeds: [0, 2**63)
 
@@ -35,3 +35,9 @@ def check_int(name: str, value, minimum: int, hint: str = "", *, below: int | No
 
 def _show(bound: int) -> str:
     return "2**63" if bound == SEED_LIMIT else str(bound)
+
+
+def check_threads_option(value) -> None:
+    """For the configs' ``__post_init__``: ``threads`` is None (automatic) or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"threads must be an integer >= 1 or None (automatic), got {value!r} instead")

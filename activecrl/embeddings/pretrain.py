@@ -28,7 +28,6 @@ rerun rather than resumed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -42,8 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from activecrl import __version__
-from activecrl.core.errors import ConfigError, TrainingDiverged
-from activecrl.core.io import _atomic, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
+from activecrl.core.errors import TrainingDiverged
+from activecrl.core.io import _atomic, atomic_torch_save, atomic_write_json, prepare_out_dir
+from activecrl.embeddings.config import PretrainConfig
 from activecrl.embeddings.patches import PatchEncoder, fit_patch_encoder
 from activecrl.core.runtime import resolve_device, seed_everything
 from activecrl.training.trainers import EpochInfo
@@ -56,89 +56,9 @@ ENCODER_FILE = "encoder.pt"
 CONFIG_FILE = "config.json"
 
 
-METHODS = ("patches", "simclr")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-@dataclass
-class PretrainConfig:
-    """Label-free embeddings of a dataset's training images: ``patches`` (Coates et al. 2011) or
-    ``simclr`` (Chen et al. 2020). Options marked (simclr) or (patches) apply to that method only."""
-
-    dataset: str = field(default="digits", metadata={"help": "digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"})
-    method: str = field(default="patches", metadata={
-        "help": "patches: k-means on whitened image patches (Coates et al. 2011; minutes on a CPU core) | "
-                "simclr: contrastive training of --model (Chen et al. 2020; wants a GPU)"})
-    centroids: int = field(default=100, metadata={
-        "help": "(patches) k-means centroids K; 4K features per image (paper: 1600, for an SVM; 100 was best for kNN)"})
-    patch_size: int = field(default=6, metadata={"help": "(patches) side of the square windows, in pixels (paper: 6)"})
-    patch_stride: int = field(default=1, metadata={"help": "(patches) step between feature windows (paper: 1; 2 is ~4x cheaper)"})
-    kmeans_patches: int = field(default=100_000, metadata={"help": "(patches) random windows k-means learns from (paper: 400000)"})
-    kmeans_iters: int = field(default=10, metadata={"help": "(patches) k-means iterations (paper: 50)"})
-    pca_dim: int = field(default=256, metadata={"help": "(patches) PCA width of the embeddings (capped at the number of images and features)"})
-    model: str = field(default="small_cnn", metadata={"help": "(simclr) registered model whose body is the encoder"})
-    epochs: int = field(default=20, metadata={"help": "(simclr) passes over the training images"})
-    batch_size: int = field(default=512, metadata={"help": "(simclr) images per batch (2x views each); TypiClust: 512"})
-    lr: float = field(default=0.4, metadata={"help": "(simclr) SGD learning rate, cosine-decayed to 0 (TypiClust: 0.4 at batch 512)"})
-    momentum: float = field(default=0.9, metadata={"help": "(simclr) SGD momentum"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "(simclr) SGD weight decay"})
-    temperature: float = field(default=0.1, metadata={"help": "(simclr) NT-Xent temperature (TypiClust/SCAN: 0.1)"})
-    projection_dim: int = field(default=128, metadata={"help": "(simclr) output width of the projection head"})
-    crop_scale: tuple[float, float] = field(default=(0.2, 1.0), metadata={"help": "(simclr) area fraction range of the random resized crop"})
-    jitter: tuple[float, float, float, float] = field(
-        default=(0.4, 0.4, 0.4, 0.1), metadata={"help": "(simclr) colour jitter strength: brightness, contrast, saturation, hue"})
-    jitter_p: float = field(default=0.8, metadata={"help": "(simclr) probability of colour jitter per view"})
-    grayscale_p: float = field(default=0.2, metadata={"help": "(simclr) probability of grayscale per view"})
-    knn_k: int = field(default=20, metadata={"help": "neighbours of the kNN accuracy check (0: skip the check)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    data_dir: str | None = field(default=None, metadata={"help": "dataset folder (else $ACTIVECRL_DATA)"})
-    download: bool = field(default=True, metadata={"help": "let torchvision download named datasets"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the embedding pass (patches: at most)"})
-    channels_last: bool = field(default=True, metadata={"help": "(simclr) NHWC memory format (faster convolutions on CPUs and GPUs)"})
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r} instead")
-        for name, minimum in (("epochs", 1), ("batch_size", 2), ("projection_dim", 1), ("knn_k", 0),
-                              ("eval_batch_size", 1), ("centroids", 1), ("patch_size", 1), ("patch_stride", 1),
-                              ("kmeans_patches", 1), ("kmeans_iters", 1), ("pca_dim", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{_flag(name)} must be an integer >= {minimum}, got {value!r} instead")
-        if self.kmeans_patches < self.centroids:
-            raise ConfigError(f"--kmeans-patches must be at least --centroids ({self.centroids}): k-means needs a "
-                              f"window per centroid, got {self.kmeans_patches} instead")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"--seed must be an integer in [0, 2**63), got {self.seed!r} instead")
-        for name in ("lr", "temperature"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{_flag(name)} must be a positive number, got {value!r} instead")
-        for name in ("momentum", "weight_decay"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{_flag(name)} must be a non-negative number, got {value!r} instead")
-        for name in ("jitter_p", "grayscale_p"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"{_flag(name)} must be a probability in [0, 1], got {value!r} instead")
-        self.crop_scale = tuple(float(v) for v in self.crop_scale)
-        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ConfigError(f"--crop-scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r} instead")
-        self.jitter = tuple(float(v) for v in self.jitter)
-        if len(self.jitter) != 4 or min(self.jitter) < 0 or max(self.jitter[:3]) >= 1 or self.jitter[3] > 0.5:
-            raise ConfigError(f"--jitter must be (brightness, contrast, saturation, hue) in [0, 1)^3 x [0, 0.5], "
-                              f"got {self.jitter!r} instead")
-
-    def to_dict(self) -> dict:
-        return to_jsonable(dataclasses.asdict(self))
-
-
 # ------------------------------------------------------------------------------------- loss
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent (Chen et al. 2020, Eq. 1) averaged over the 2B views.
 

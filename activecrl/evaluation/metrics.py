@@ -25,6 +25,11 @@ __all__ = [
     "METRIC_NAMES",
     "OOD_METRIC_NAMES",
     "PAPER_SCALE",
+    "PAPER_SCALE_NOTE",
+    "CURVE_UNITS",
+    "CURVE_UNITS_NOTE",
+    "format_metric",
+    "format_mean_std",
     "LOWER_IS_BETTER",
     "accuracy",
     "risk_coverage_curve",
@@ -47,6 +52,14 @@ OOD_METRIC_NAMES = ("fpr95", "detection_error", "auroc", "aupr_in", "aupr_out")
 # NLL x 10, everything else in percent). AUGRC x 10^3 as Traub et al. (2024) report it.
 PAPER_SCALE = {name: 100.0 for name in METRIC_NAMES}
 PAPER_SCALE.update(aurc=1000.0, eaurc=1000.0, augrc=1000.0, nll=10.0)
+
+PAPER_SCALE_NOTE = "AURC, E-AURC, AUGRC ×10³; NLL ×10; others in %"
+
+# (multiplier, decimals) of the active-learning tables (per-stage summaries, AUBC): accuracy and
+# ECE in %, the AURCs x 10^3 with one decimal (their spread over trials dwarfs the second)
+CURVE_UNITS = {"accuracy": (100.0, 2), "ece": (100.0, 2), "aurc": (1000.0, 1), "eaurc": (1000.0, 1),
+               "augrc": (1000.0, 1)}
+CURVE_UNITS_NOTE = "AURC, E-AURC, AUGRC ×10³; accuracy, ECE in %"
 
 LOWER_IS_BETTER = frozenset({"aurc", "eaurc", "augrc", "fpr95", "ece", "nll", "brier"})
 
@@ -346,3 +359,20 @@ def ood_metrics(score_in, score_out) -> dict[str, float]:
         "aupr_in": float(average_precision_score(is_in, score)),
         "aupr_out": float(average_precision_score(~is_in, -score)),
     }
+
+
+def format_metric(value: float | None, metric: str, *, paper_scale: bool = True) -> str:
+    """A metric as the tables print it: in the paper's units (``PAPER_SCALE``) with 2 decimals, or
+    (``paper_scale=False``) the fraction with 4; "–" where a run lacks it."""
+    if value is None:
+        return "–"
+    return f"{value * PAPER_SCALE.get(metric, 1.0):.2f}" if paper_scale else f"{value:.4f}"
+
+
+def format_mean_std(mean: float, std: float, metric: str) -> str:
+    """``mean±std`` in the ``CURVE_UNITS`` of ``metric``; the mean alone for a NaN std (one trial has no
+    spread: not a misleading ±0), "–" for a NaN mean (a metric the run did not record)."""
+    scale, digits = CURVE_UNITS[metric]
+    if mean != mean:  # NaN
+        return "–"
+    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}" if std == std else f"{mean * scale:.{digits}f}"

@@ -24,7 +24,8 @@ from typing import Iterable
 import numpy as np
 
 from activecrl.core.errors import ConfigError
-from activecrl.methods.run import TrainRunConfig
+from activecrl.core.config import flatten
+from activecrl.methods.config import TrainRunConfig
 from activecrl.core.io import atomic_write_text
 from activecrl.evaluation.metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
 
@@ -115,21 +116,11 @@ def _read(path: Path) -> dict:
 # ----------------------------------------------------------------------------- labels and grouping
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _group_key(config: dict) -> dict:
     # options a run's config.json lacks (saved by an older version) take today's defaults, so a
     # run is grouped with its newer seeds instead of standing alone
-    defaults = _flatten(dataclasses.asdict(TrainRunConfig())) if "train" in config else {}
-    full = {**defaults, **_flatten(config)}
+    defaults = flatten(dataclasses.asdict(TrainRunConfig())) if "train" in config else {}
+    full = {**defaults, **flatten(config)}
     return {k: v for k, v in full.items() if k.split(".")[-1] not in _IGNORED}
 
 
@@ -334,7 +325,7 @@ def ood_table(run_dirs: list[Path]) -> ReportTable:
         shown.append((tuned,))
         labels.append([dataset_label(b.get("in_distribution")), str(run.get("model")), str(b.get("ood_set")), detector,
                        method_label(runs[0]["run_cfg"])])
-        keys.append(_flatten(key))
+        keys.append(flatten(key))
         params = sorted({_params_label(r["blob"].get("params") or {}) for r in runs})
         n_eval = sorted({f"{r['blob'].get('n_in')}/{r['blob'].get('n_out')}" for r in runs})
         rows.append([tuned, "; ".join(params), str(len(runs)), "; ".join(n_eval)] + [

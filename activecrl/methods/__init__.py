@@ -49,14 +49,16 @@ them. Every method writes the same ``metrics.json`` / ``predictions.npz`` as a p
 rest, and one temperature T is fitted by minimising the NLL of the held-out predictions
 (:func:`fit_temperature`); test probabilities become ``softmax(log p / T)`` (for a single model
 that is ``softmax(logits / T)``). T is recorded in ``metrics.json`` under ``method``.
+
+The names below load on first use (every method module at once, so each method is registered), so
+``activecrl.methods.config`` imports without torch.
 """
 
-from activecrl.models import add_variance_head
-from activecrl.training.trainers import AleatoricTrainer, sampled_softmax_loss
-from activecrl.methods.ensembles import AESMethod, EnsembleMethod, PlainMethod, SnapshotCollector, snapshot_epochs
-from activecrl.methods.base import METHODS, Method, build_method, negative_entropy, register_method, validate_method_config
-from activecrl.methods.mc_dropout import AleatoricMethod, MCDropoutMethod, mc_dropout_probs
-from activecrl.methods.temperature import apply_temperature, fit_temperature, holdout_split, temperature_scale
+import importlib
+
+# where the names of __all__ live; importing them all registers every built-in method
+_MODULES = ("activecrl.methods.base", "activecrl.methods.ensembles", "activecrl.methods.mc_dropout",
+            "activecrl.methods.temperature", "activecrl.models", "activecrl.training.trainers")
 
 __all__ = [
     "METHODS", "Method", "register_method", "build_method", "validate_method_config",
@@ -65,3 +67,15 @@ __all__ = [
     "snapshot_epochs", "SnapshotCollector", "fit_temperature", "apply_temperature", "holdout_split",
     "temperature_scale",
 ]
+
+
+def __getattr__(name: str):
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    modules = [importlib.import_module(m) for m in _MODULES]
+    globals().update({n: getattr(m, n) for m in modules for n in __all__ if n in vars(m)})
+    return globals()[name]
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

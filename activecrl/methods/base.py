@@ -18,9 +18,10 @@ from torch import nn
 
 from activecrl.core.errors import ConfigError
 from activecrl.inference.predict import predict
-from activecrl.models import VARIANCE_HEADS, build_model
+from activecrl.models import build_model
 from activecrl.core.registry import Registry
 from activecrl.core.runtime import seed_everything
+from activecrl.training.config import check_variance_head
 from activecrl.training.trainers import TRAINERS, EpochInfo, Trainer
 from activecrl.core.validate import check_int
 
@@ -116,8 +117,7 @@ def build_method(config) -> Method:
     check_int("aleatoric_samples", config.aleatoric_samples, 1)
     ensemble = config.method == "ensemble"
     check_int("members", config.members, 2 if ensemble else 1, "; an ensemble needs at least 2 members" if ensemble else "")
-    if config.variance not in VARIANCE_HEADS:
-        raise ConfigError(f"variance must be one of {', '.join(VARIANCE_HEADS)}, got {config.variance!r} instead")
+    check_variance_head("variance", config.variance)
     if not (isinstance(config.holdout_fraction, (int, float)) and 0 < config.holdout_fraction < 1):
         raise ConfigError(f"holdout_fraction must be in (0, 1), e.g. 0.1, got {config.holdout_fraction!r} instead")
     method = METHODS.get(config.method)(config)

@@ -7,7 +7,6 @@ Table 1). Results go to a run folder: ``metrics.json``, ``predictions.npz`` and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from torch import nn
 
 from activecrl import __version__
 from activecrl.evaluation.bootstrap import bootstrap_info, bootstrap_intervals
-from activecrl.core.config import from_dict
 from activecrl.data import device_splits, load_dataset
 from activecrl.core.errors import ConfigError, DataError
 from activecrl.core.io import atomic_savez, atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
@@ -28,67 +26,23 @@ from activecrl.methods import build_method, holdout_split, temperature_scale
 from activecrl.methods.temperature import log_probs
 from activecrl.evaluation.metrics import classification_metrics
 from activecrl.models import build_model
-from activecrl.core.runtime import check_threads_option, configure_backends, resolve_device, resolve_threads, torch_threads
-from activecrl.training.trainers import SHORT_RUN_RECIPE, EpochInfo, TrainConfig
-from activecrl.core.validate import check_int
+from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, torch_threads
+from activecrl.methods.config import TrainRunConfig
+from activecrl.training.config import COS_TEMP
+from activecrl.training.trainers import EpochInfo
 
 logger = logging.getLogger(__name__)
 
 
-def quick_train_config() -> TrainConfig:
-    """``activecrl train``'s default schedule: a quick run (seconds on digits), like ``run``'s demo.
-
-    The paper's 300 epochs stay ``TrainConfig``'s own defaults and the ``*_train_paper`` presets in
-    ``configs/``. A 20-epoch run uses the CPU recipe (one-cycle lr, Nesterov momentum,
-    weight decay 5e-4), which is ahead of the paper's step schedule in runs this short; the
-    ``*_train_paper`` presets restore the paper's schedule."""
-    return TrainConfig(epochs=20, **SHORT_RUN_RECIPE)
+def run_label(config: TrainRunConfig) -> str:
+    """How tables and progress name a run: the trainer, with the method in front unless it is ``plain``."""
+    return config.trainer if config.method == "plain" else f"{config.method} ({config.trainer})"
 
 
-@dataclass
-class TrainRunConfig:
-    # Each field is a CLI flag of `activecrl train` (--mc-samples) and a TOML key; metadata["help"] is its help.
-    dataset: str = field(default="digits", metadata={
-        "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
-    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
-    trainer: str = field(default="baseline", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
-    dropout: float = field(default=0.0, metadata={
-        "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
-    data_dir: str | None = field(default=None, metadata={
-        "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
-    download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation passes"})
-    train: TrainConfig = field(default_factory=quick_train_config, metadata={
-        "help": "optimisation (the [train] table); the paper's 300 epochs: --epochs 300 or a *_train_paper preset"})
-    threads: int | None = field(default=None, metadata={"help": (
-        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
-        "use); metrics.json records the count used")})
-    # comparison methods and temperature scaling: see activecrl.methods
-    method: str = field(default="plain", metadata={"help": "plain | mc_dropout | aleatoric | aes | ensemble"})
-    mc_samples: int = field(default=50, metadata={"help": "MC-dropout passes at test time (mc_dropout, aleatoric)"})
-    aleatoric_samples: int = field(default=50, metadata={
-        "help": "Gaussian logit samples per example in the aleatoric loss"})
-    variance: str = field(default="sample", metadata={
-        "help": "aleatoric log-variance head: sample (one per example) | class (one per class)"})
-    snapshots: int = field(default=10, metadata={"help": "AES snapshots k (the paper: 10 and 30)"})
-    snapshot_start: float = field(default=0.5, metadata={
-        "help": "AES takes its snapshots after this fraction of the epochs"})
-    members: int = field(default=5, metadata={"help": "ensemble members (seeds seed, seed+1, ...)"})
-    temperature_scaling: bool = field(default=False, metadata={
-        "help": "fit a temperature on a held-out part of the training split"})
-    holdout_fraction: float = field(default=0.1, metadata={
-        "help": "training fraction held out for --temperature-scaling"})
-    train_subset: int = field(default=0, metadata={"help": (
-        "train on this many training images drawn at random (seeded by --seed; the test split is "
-        "always whole); 0 = all")})
-    bootstrap: int = field(default=0, metadata={"help": "bootstrap resamples of the test set for 95% intervals "
-                                                        "of every metric (metrics.json ci95; e.g. 1000); 0 = none"})
-
-    def __post_init__(self):
-        check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
-        check_int("train_subset (--train-subset)", self.train_subset, 0, " (0 trains on every training image)")
-        check_threads_option(self.threads)
+def planned_epochs(config: TrainRunConfig) -> int:
+    """Training epochs ``train_and_evaluate`` runs in all (the epochs times the method's models, e.g. an
+    ensemble's members); checks the method's options, so a bad one fails before any work."""
+    return config.train.epochs * build_method(config).members
 
 
 @dataclass
@@ -127,7 +81,7 @@ class TrainRunResult:
 
 
 def model_info_for(dataset, model_name: str, dropout: float, variance_head: str | None = None,
-                   head: str = "linear", cos_temp: float = 8.0) -> dict:
+                   head: str = "linear", cos_temp: float = COS_TEMP) -> dict:
     """What ``load_trained`` needs to rebuild the model and its input pipeline."""
     info = {
         "model": model_name,
@@ -210,7 +164,7 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
 
         model = method.models_[0]
         model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
-                                    model.build_config.get("head", "linear"), model.build_config.get("cos_temp", 8.0))
+                                    model.build_config.get("head", "linear"), model.build_config.get("cos_temp", COS_TEMP))
         model_info["method"] = method.name
         if method.saved_model:
             model_info["model_pt_holds"] = method.saved_model
@@ -260,18 +214,7 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
                         image_size=info["image_size"], dropout=info.get("dropout", 0.0),
                         variance_head=info.get("variance_head"), head=info.get("head", "linear"),
-                        cos_temp=info.get("cos_temp", 8.0))
+                        cos_temp=info.get("cos_temp", COS_TEMP))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})
-
-
-def config_from_dict(values: dict) -> TrainRunConfig:
-    return from_dict(TrainRunConfig, values)
-
-
-def read_metrics(run_dir: Path | str) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} holds no metrics.json; pass the --out folder of a finished `activecrl train` run")
-    return json.loads(path.read_text())

@@ -10,19 +10,37 @@ data that is never the test OOD set unless ``tune_on_test_ood`` asks for the pap
   model's channels and size by ``load_ood_set``, which also says what it converted).
 - ``detectors.py``: the ``DETECTORS`` registry (entry-point group ``activecrl.detectors``): one
   ``Detector`` class per detector, tuning its grid (``select_best``) and scoring the evaluation data.
-- ``run.py``: ``OODConfig`` / ``OODResult``, the tuning protocol (the tuning / evaluation split),
+- ``config.py``: ``OODConfig`` (importable without torch).
+- ``run.py``: ``OODResult``, the tuning protocol (the tuning / evaluation split),
   ``run_ood`` (load, split, the detector's ``score``) and ``save_ood`` / ``read_ood``.
+
+The names below load their module on first use, so ``activecrl.ood.config`` imports without torch.
 """
 
-from activecrl.ood.data import (SYNTHETIC_SETS, convert_to_model_input, fgsm_images, load_ood_images, load_ood_set,
-                   synthetic_images)
-from activecrl.ood.detectors import DETECTORS, Detector, DetectorScores, register_detector, select_best
-from activecrl.ood.run import DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, OODConfig, OODResult, read_ood, run_ood, save_ood
-from activecrl.ood.scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,
-                     odin_score_grid)
+import importlib
+
+_WHERE = {
+    **dict.fromkeys(("SYNTHETIC_SETS", "convert_to_model_input", "fgsm_images", "load_ood_images", "load_ood_set",
+                     "synthetic_images"), "data"),
+    **dict.fromkeys(("DETECTORS", "Detector", "DetectorScores", "register_detector", "select_best"), "detectors"),
+    **dict.fromkeys(("DEFAULT_EPSILONS", "DEFAULT_TEMPERATURES", "OODConfig"), "config"),
+    **dict.fromkeys(("OODResult", "read_ood", "run_ood", "save_ood"), "run"),
+    **dict.fromkeys(("MahalanobisScorer", "_whitener", "class_gaussian", "energy_score", "mahalanobis_sq", "msp_score",
+                     "odin_score_grid"), "scores"),
+}
 
 __all__ = [
     "DETECTORS", "Detector", "DetectorScores", "register_detector", "SYNTHETIC_SETS", "OODConfig", "OODResult",
     "msp_score", "energy_score", "odin_score_grid", "class_gaussian", "mahalanobis_sq", "MahalanobisScorer",
     "synthetic_images", "fgsm_images", "select_best", "run_ood", "save_ood", "read_ood",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__():
+    return sorted({*globals(), *_WHERE})

@@ -17,8 +17,7 @@ import math
 import torch
 
 from activecrl.core.errors import ConfigError
-
-RANK_TARGETS = ("softmax", "entropy", "margin")
+from activecrl.training.config import RANK_TARGETS
 
 
 def confidence(logits: torch.Tensor, kind: str = "softmax") -> torch.Tensor:

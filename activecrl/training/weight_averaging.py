@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-AVERAGING = ("none", "swa", "ema")
 
 
 class WeightAverager:
