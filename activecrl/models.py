@@ -1,8 +1,9 @@
 """Named image classifiers for confidence-aware active learning.
 
 ``MODELS`` maps a name to a factory ``fn(*, num_classes, in_channels, image_size, dropout)``
-returning a :class:`ConfidenceModel`; add your own with ``@register_model("name")`` (timm style)
-or through the ``activecrl.models`` entry-point group. Use :func:`build_model` to construct one:
+returning a :class:`ConfidenceModel`; add your own with ``@register_model("name")`` (timm style),
+through the ``activecrl.models`` entry-point group, or give it as ``"package.module:factory"``
+wherever a model name is accepted. Use :func:`build_model` to construct one:
 it validates the arguments and raises :class:`~activecrl.core.errors.ConfigError` for bad ones.
 
 Every model splits into a *body* (``forward_features``: image -> pooled penultimate features)
@@ -529,8 +530,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size
     if variance_head is not None and variance_head not in VARIANCE_HEADS:
         raise ConfigError(f"variance_head must be None or one of {', '.join(VARIANCE_HEADS)}, got {variance_head!r} "
                           "instead")
-    model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                    dropout=dropout)
+    model = MODELS.create(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                          dropout=dropout)
     if not isinstance(model, ConfidenceModel):
         raise ConfigError(
             f"model factory {name!r} must return a ConfidenceModel, got {type(model).__name__} "

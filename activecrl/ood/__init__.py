@@ -8,21 +8,26 @@ data that is never the test OOD set unless ``tune_on_test_ood`` asks for the pap
   Gaussian, whitening and ``MahalanobisScorer``), and what each detector computes.
 - ``data.py``: OOD images (synthetic noise sets, FGSM validation images, an OOD set converted to the
   model's channels and size by ``load_ood_set``, which also says what it converted).
-- ``detectors.py``: the ``DETECTORS`` registry (entry-point group ``activecrl.detectors``): one
-  ``Detector`` class per detector, tuning its grid (``select_best``) and scoring the evaluation data.
+- ``base.py``: what a detector plugin needs: the ``DETECTORS`` registry (entry-point group
+  ``activecrl.detectors``), ``Detector``, the context it is given (``DetectorInputs``,
+  ``DetectorSplit``) and what it returns (``DetectorScores``).
+- ``detectors.py``: the built-in ``Detector`` classes, each tuning its grid (``select_best``) and
+  scoring the evaluation data.
 - ``run.py``: ``OODConfig`` / ``OODResult``, the tuning protocol (the tuning / evaluation split),
   ``run_ood`` (load, split, the detector's ``score``) and ``save_ood`` / ``read_ood``.
 """
 
 from activecrl.ood.data import (SYNTHETIC_SETS, convert_to_model_input, fgsm_images, load_ood_images, load_ood_set,
                    synthetic_images)
-from activecrl.ood.detectors import DETECTORS, Detector, DetectorScores, register_detector, select_best
+from activecrl.ood.base import DETECTORS, Detector, DetectorInputs, DetectorScores, DetectorSplit, register_detector
+from activecrl.ood.detectors import select_best
 from activecrl.ood.run import DEFAULT_EPSILONS, DEFAULT_TEMPERATURES, OODConfig, OODResult, read_ood, run_ood, save_ood
 from activecrl.ood.scores import (MahalanobisScorer, _whitener, class_gaussian, energy_score, mahalanobis_sq, msp_score,
                      odin_score_grid)
 
 __all__ = [
-    "DETECTORS", "Detector", "DetectorScores", "register_detector", "SYNTHETIC_SETS", "OODConfig", "OODResult",
+    "DETECTORS", "Detector", "DetectorInputs", "DetectorScores", "DetectorSplit", "register_detector",
+    "SYNTHETIC_SETS", "OODConfig", "OODResult",
     "msp_score", "energy_score", "odin_score_grid", "class_gaussian", "mahalanobis_sq", "MahalanobisScorer",
     "synthetic_images", "fgsm_images", "select_best", "run_ood", "save_ood", "read_ood",
 ]
