@@ -1,8 +1,9 @@
 """Named image classifiers for confidence-aware active learning.
 
 ``MODELS`` maps a name to a factory ``fn(*, num_classes, in_channels, image_size, dropout)``
-returning a :class:`ConfidenceModel`; add your own with ``@register_model("name")`` (timm style)
-or through the ``activecrl.models`` entry-point group. Use :func:`build_model` to construct one:
+returning a :class:`ConfidenceModel`; add your own with ``@register_model("name")`` (timm style),
+through the ``activecrl.models`` entry-point group, or give it as ``"package.module:factory"``
+wherever a model name is accepted. Use :func:`build_model` to construct one:
 it validates the arguments and raises :class:`~activecrl.core.errors.ConfigError` for bad ones.
 
 Every model splits into a *body* (``forward_features``: image -> pooled penultimate features)
@@ -520,8 +521,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size
     image_size = check_int("image_size", image_size, min_size, f" for model {name!r}")
     dropout = _check_dropout(dropout)
     check_variance_head("variance_head", variance_head, none_ok=True)
-    model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                    dropout=dropout)
+    model = MODELS.create(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                          dropout=dropout)
     if not isinstance(model, ConfidenceModel):
         raise ConfigError(
             f"model factory {name!r} must return a ConfidenceModel, got {type(model).__name__} "

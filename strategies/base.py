@@ -13,11 +13,8 @@ Strategies are found by name in ``STRATEGIES`` (filled by ``@register_strategy``
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +24,7 @@ from torch import nn
 
 from activecrl.core.errors import ActiveCRLError, ConfigError, RegistryError
 from activecrl.inference.outputs import PoolOutputs
-from activecrl.core.registry import Registry
+from activecrl.core.registry import Registry, check_params
 from activecrl.core.validate import check_int
 
 logger = logging.getLogger(__name__)
@@ -278,7 +275,7 @@ def select_top(scores, pool_indices, budget: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- registry
-STRATEGIES: Registry = Registry("strategy", "activecrl.strategies")
+STRATEGIES: Registry = Registry("strategy", "activecrl.strategies", base=Strategy)
 
 
 def register_strategy(name: str):
@@ -296,57 +293,6 @@ def register_strategy(name: str):
     return add
 
 
-def _import_from_path_or_cwd(module_name: str):
-    """Import ``module_name`` from the Python path, else from the current folder, as ``python -m``
-    would: the ``activecrl`` console script (unlike ``python``) does not put the working folder on
-    ``sys.path``, so ``--strategy my_strategies:MyStrategy`` would otherwise fail next to the file.
-    The folder is appended, never prepended: it cannot shadow an installed module."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        top = module_name.split(".")[0]
-        cwd = os.getcwd()
-        if exc.name != top or cwd in sys.path or "" in sys.path or "." in sys.path:
-            raise
-        sys.path.append(cwd)
-        try:
-            module = importlib.import_module(module_name)
-        except BaseException:
-            sys.path.remove(cwd)  # not found there either: leave the path as it was
-            raise
-        logger.info("imported strategy module %r from the current folder %s", module_name, cwd)
-        return module
-
-
-def _load_by_path(spec: str) -> type:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"strategy path must look like 'package.module:ClassName', got {spec!r} instead")
-    try:
-        module = _import_from_path_or_cwd(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigError(
-                f"strategy module {module_name!r} (from {spec!r}) could not be found in the current folder "
-                f"({os.getcwd()}) or on the Python path; run from the folder that holds "
-                f"{module_name.split('.')[0]}.py, or put that folder on PYTHONPATH"
-            ) from None
-        raise ConfigError(
-            f"strategy module {module_name!r} (from {spec!r}) failed to import: {exc}"
-        ) from exc
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            found = sorted(k for k, v in vars(module).items()
-                           if isinstance(v, type) and issubclass(v, Strategy) and v is not Strategy)
-            raise ConfigError(
-                f"module {module_name!r} has no attribute {attr!r} (from strategy {spec!r}); "
-                f"Strategy subclasses there: {', '.join(found) or 'none'}"
-            )
-        obj = getattr(obj, part)
-    return obj
-
-
 def get_strategy(spec: str, **params) -> Strategy:
     """Instantiate a strategy from a registered name or ``"package.module:ClassName"``."""
     if isinstance(spec, Strategy):
@@ -357,17 +303,8 @@ def get_strategy(spec: str, **params) -> Strategy:
         cls = spec
         label = f"{spec.__module__}.{spec.__qualname__}"
     elif isinstance(spec, str) and spec.strip():
-        spec = spec.strip()
-        label = spec
-        if ":" in spec:
-            cls = _load_by_path(spec)
-        else:
-            try:
-                cls = STRATEGIES.get(spec)
-            except RegistryError as exc:
-                raise RegistryError(
-                    f"{exc}; or give a user strategy as 'package.module:ClassName'"
-                ) from None
+        label = spec.strip()
+        cls = STRATEGIES.get(label)
     else:
         raise ConfigError(
             f"strategy must be a registered name or 'package.module:ClassName', got {spec!r} instead"
@@ -377,11 +314,5 @@ def get_strategy(spec: str, **params) -> Strategy:
             f"strategy {label!r} must be a subclass of strategies.Strategy, got {cls!r} instead; "
             f"subclass Strategy and implement select(context, budget, rng)"
         )
-    try:
-        inspect.signature(cls).bind(**params)
-    except TypeError:
-        accepted = cls._param_names()
-        raise ConfigError(
-            f"strategy {label!r} accepts parameters {accepted or 'none'}, got {sorted(params)} instead"
-        ) from None
+    check_params("strategy", label, cls, params)
     return cls(**params)

@@ -1,11 +1,13 @@
-"""One extension mechanism: methods and detectors are registry entries, `list` shows exactly what
-each command accepts, every listed name passes that command's validation, and the aleatoric
-trainer works wherever a trainer is accepted."""
+"""One extension mechanism: every kind (strategy, trainer, recipe, model, method, detector, dataset)
+is a registry entry added by a decorator, an entry point or a ``module:Name`` path, and runs through
+the public entry; `list` shows exactly what each command accepts, every listed name passes that
+command's validation, and the aleatoric trainer works wherever a trainer is accepted."""
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
 
 import numpy as np
 import pytest
@@ -20,15 +22,39 @@ from activecrl.methods.run import TrainRunConfig, load_trained, save_train_run, 
 from activecrl.al.loop import ALConfig, check_run_config, run_active_learning
 from activecrl.inference.mc_dropout import dropout_only_in_head, mc_dropout_stats
 from activecrl.methods import METHODS, PlainMethod, build_method, register_method
-from activecrl.models import build_model
-from activecrl.ood import DETECTORS, Detector, DetectorScores, OODConfig, register_detector, run_ood
-from activecrl.training.trainers import TrainConfig
+from activecrl.models import MODELS, build_model
+from activecrl.ood import (DETECTORS, Detector, DetectorInputs, DetectorScores, DetectorSplit, OODConfig,
+                           register_detector, run_ood)
+from activecrl.strategies import STRATEGIES, Strategy, register_strategy
+from activecrl.training.trainers import TRAINERS, TrainConfig, build_trainer, register_recipe
 from activecrl.core.validate import check_int
 from tests.conftest import make_blobs_dataset
 
 
 def _cfg(**kw):
     return TrainRunConfig(dataset="blobs", device="cpu", train=TrainConfig(epochs=2, batch_size=32, lr=0.05), **kw)
+
+
+def _al(**kw):
+    return ALConfig(**{**dict(dataset="blobs", trainer="baseline", strategy="entropy", initial=20, budget=10, stages=2,
+                              trials=1, device="cpu", train=TrainConfig(epochs=1, batch_size=16)), **kw})
+
+
+def _module(tmp_path, monkeypatch, name: str, code: str) -> None:
+    """A user's plugin module ``name.py``, importable as ``name``."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(code))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def _entry_point(tmp_path, monkeypatch, registry, name: str, value: str) -> None:
+    """An installed distribution (a dist-info folder on sys.path) exposing ``name = value`` in the
+    registry's entry-point group; the registry looks for entry points again, as a new process would."""
+    dist = tmp_path / "activecrl_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: activecrl-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.entry_point_group}]\n{name} = {value}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
 
 
 # ------------------------------------------------------------------------------ registries
@@ -111,7 +137,7 @@ def test_a_registered_detector_runs_through_run_ood(tmp_path):
     class MaxLogit(Detector):
         name = "max_logit"
 
-        def score(self, inputs, split, say):
+        def score(self, inputs: DetectorInputs, split: DetectorSplit, say) -> DetectorScores:
             def score(data, idx):
                 with torch.no_grad():
                     return torch.cat([inputs.model(x).max(1).values for x, _, _ in data.eval_batches(
@@ -124,6 +150,114 @@ def test_a_registered_detector_runs_through_run_ood(tmp_path):
         assert result.score_in.shape == (450 - 10,) and "no tuned hyper-parameters" in result.protocol["note"]
     finally:
         DETECTORS.unregister("max_logit")
+
+
+REGISTRIES = [STRATEGIES, TRAINERS, MODELS, METHODS, DETECTORS, DATASETS]
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.kind)
+def test_every_registry_works_the_same_way(registry, tmp_path, monkeypatch):
+    assert registry.entry_point_group == "activecrl." + {"strategy": "strategies"}.get(registry.kind, registry.kind + "s")
+    name = registry.names()[0]
+    with pytest.raises(RegistryError, match=rf"unknown {registry.kind} '{name}x' \(did you mean '{name}'\?\); "
+                                            rf"valid .* are: {name}, .*'package.module:Name'"):
+        registry.get(name + "x")
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.register(name, object())
+    _module(tmp_path, monkeypatch, "plugin_any_kind", """
+        def make(*, size):
+            return ["made", size]
+    """)
+    assert registry.get("plugin_any_kind:make") is registry.get(" plugin_any_kind:make")
+    assert registry.create("plugin_any_kind:make", size=3) == ["made", 3]
+    with pytest.raises(ConfigError, match=r"accepts parameters \['size'\], got \['width'\] instead"):
+        registry.create("plugin_any_kind:make", width=3)
+    with pytest.raises(ConfigError, match="has no attribute 'nope'.* there: (make|none)$"):
+        registry.get("plugin_any_kind:nope")
+
+
+def test_a_registered_strategy_runs_through_run_active_learning(tmp_path):
+    @register_strategy("lowest_index")
+    class LowestIndex(Strategy):
+        """Label the pool in index order."""
+
+        def select(self, context, budget, rng):
+            return np.sort(np.asarray(context.pool.indices))[:budget]
+
+    try:
+        records = run_active_learning(_al(strategy="lowest_index"), tmp_path / "run",
+                                      dataset=make_blobs_dataset(n_train=90, n_test=30))
+        initial = set(records[0].initial)
+        assert records[0].queried == [i for i in range(90) if i not in initial][:10]
+    finally:
+        STRATEGIES.unregister("lowest_index")
+
+
+def test_a_trainer_from_an_entry_point_runs_through_train_and_evaluate(blobs, tmp_path, monkeypatch):
+    _module(tmp_path, monkeypatch, "plugin_trainers", """
+        import torch.nn.functional as F
+        from activecrl.training.trainers import Trainer
+
+        class LabelSmoothing(Trainer):
+            steps = 0
+
+            def __init__(self, config=None, *, smoothing=0.1, **overrides):
+                super().__init__(config, **overrides)
+                self.smoothing = smoothing
+
+            def loss(self, logits, labels, indices):
+                type(self).steps += 1
+                return F.cross_entropy(logits, labels, label_smoothing=self.smoothing)
+    """)
+    _entry_point(tmp_path, monkeypatch, TRAINERS, "smooth", "plugin_trainers:LabelSmoothing")
+    try:
+        result = train_and_evaluate(_cfg(trainer="smooth"), dataset=blobs)
+        plugin = TRAINERS.get("smooth")
+        assert plugin.steps == 2 * 4 and result.config.trainer == "smooth"  # 2 epochs of 4 batches of 32
+        assert build_trainer("smooth", smoothing=0.2).smoothing == 0.2
+    finally:
+        TRAINERS.unregister("smooth")
+
+
+def test_a_registered_recipe_runs_through_train_and_evaluate(blobs):
+    recipe = register_recipe("crl_cosine_test", "crl", "CRL with a cosine head", head="cosine", cos_temp=4.0)
+    try:
+        assert "crl_cosine_test" in TRAINERS and recipe.describe() == "crl + head=cosine, cos_temp=4.0"
+        result = train_and_evaluate(_cfg(trainer="crl_cosine_test"), dataset=blobs)
+        assert (result.model_info["head"], result.model_info["cos_temp"]) == ("cosine", 4.0)
+        assert np.isfinite(result.metrics["accuracy"])
+    finally:
+        TRAINERS.unregister("crl_cosine_test")
+
+
+def test_a_model_by_path_trains_saves_and_reloads(blobs, tmp_path, monkeypatch):
+    _module(tmp_path, monkeypatch, "plugin_models", """
+        from activecrl.models import SmallCNN
+
+        def narrow_cnn(*, num_classes, in_channels, image_size, dropout):
+            return SmallCNN(num_classes=num_classes, in_channels=in_channels, dropout=dropout, widths=(4, 8, 16))
+    """)
+    result = train_and_evaluate(_cfg(model="plugin_models:narrow_cnn"), dataset=blobs)
+    assert result.model.stages[0][0].out_channels == 4
+    model, info, _ = load_trained(save_train_run(result, tmp_path / "run"))
+    assert info["model"] == "plugin_models:narrow_cnn"
+    for (k, a), b in zip(model.state_dict().items(), result.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_a_dataset_from_an_entry_point_runs_through_run_active_learning(tmp_path, monkeypatch):
+    _module(tmp_path, monkeypatch, "plugin_datasets", """
+        from tests.conftest import make_blobs_dataset
+
+        def tiny_blobs(*, data_dir, download):
+            return make_blobs_dataset(n_train=90, n_test=30)
+    """)
+    _entry_point(tmp_path, monkeypatch, DATASETS, "tiny_blobs", "plugin_datasets:tiny_blobs")
+    try:
+        records = run_active_learning(_al(dataset="tiny_blobs"), tmp_path / "run")  # loaded by name
+        assert [r.n_labeled for r in records] == [20, 30] and "tiny_blobs" in DATASETS.names()
+    finally:
+        DATASETS.unregister("tiny_blobs")
 
 
 # ------------------------------------------------------------------------------ `activecrl list`
@@ -157,11 +291,11 @@ def test_every_listed_name_passes_its_commands_validation():
     for detector in names["ood --detector"]:
         OODConfig(run="somewhere", ood="noise", detector=detector)
     # and a name that is not listed is refused, naming the valid ones
-    with pytest.raises(ConfigError, match="method must be one of aes, aleatoric"):
+    with pytest.raises(RegistryError, match="unknown method 'nope'.*valid methods are: aes, aleatoric"):
         build_method(TrainRunConfig(method="nope"))
     with pytest.raises(RegistryError, match="valid trainers are: aleatoric, baseline, crl"):
         check_run_config(ALConfig(trainer="nope"))
-    with pytest.raises(ConfigError, match="detector must be one of energy, mahalanobis"):
+    with pytest.raises(RegistryError, match="unknown detector 'nope'.*valid detectors are: energy, mahalanobis"):
         OODConfig(run="somewhere", ood="noise", detector="nope")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from activecrl.data import device_split
-from activecrl.core.errors import ConfigError
+from activecrl.core.errors import ConfigError, RegistryError
 from activecrl.methods.run import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
 from activecrl.methods import (AleatoricTrainer, SnapshotCollector, add_variance_head, apply_temperature,
                                fit_temperature, mc_dropout_probs, negative_entropy, sampled_softmax_loss,
@@ -277,7 +277,7 @@ def test_train_subset_larger_than_the_split_is_refused(blobs):
 
 
 def test_bad_method_is_a_config_error(blobs):
-    with pytest.raises(ConfigError, match="method must be one of"):
+    with pytest.raises(RegistryError, match="unknown method 'nope'"):
         train_and_evaluate(_cfg(method="nope"), dataset=blobs)
 
 

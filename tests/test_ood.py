@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import activecrl.ood as ood_mod
 from activecrl.cli.app import app
 from activecrl.data import device_split
-from activecrl.core.errors import ConfigError
+from activecrl.core.errors import ConfigError, RegistryError
 from activecrl.methods.run import TrainRunConfig, save_train_run, train_and_evaluate
 from activecrl.evaluation.metrics import ood_metrics
 from activecrl.models import build_model
@@ -170,7 +170,7 @@ def test_fgsm_validation_and_max_samples(digits_run, image_folder):
 
 
 def test_bad_config_messages(digits_run, tmp_path):
-    with pytest.raises(ConfigError, match="detector must be one of"):
+    with pytest.raises(RegistryError, match="unknown detector 'knn'"):
         OODConfig(run="x", ood="noise", detector="knn")
     with pytest.raises(ConfigError, match="temperatures must be positive"):
         OODConfig(run="x", ood="noise", temperatures=(0,))

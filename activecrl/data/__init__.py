@@ -28,7 +28,7 @@ Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dat
 ``device`` -> ``dataset``), so there are no cycles.
 """
 
-from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, svhn
+from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, register_dataset, svhn
 from activecrl.data.cache import default_data_dir
 from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
 from activecrl.data.device import DeviceData, device_split, device_splits
@@ -37,6 +37,7 @@ from activecrl.data.folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_imag
 __all__ = [
     "ImageDataset",
     "DATASETS",
+    "register_dataset",
     "DeviceData",
     "default_data_dir",
     "device_split",

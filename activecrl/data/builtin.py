@@ -4,8 +4,9 @@
 (``digits`` ships with scikit-learn, so it works offline; ``cifar10``, ``cifar100`` and ``svhn``
 come through torchvision), anything that looks like a path goes to the ImageFolder reader in
 ``folders.py``; either way the result passes through the cache in ``cache.py``. Third-party
-datasets register with ``@DATASETS.register("name")`` or the ``activecrl.datasets`` entry-point
-group; a loader is ``fn(data_dir, download) -> ImageDataset``.
+datasets register with ``@register_dataset("name")``, the ``activecrl.datasets`` entry-point
+group, or are given as ``"package.module:loader"``; a loader is called as
+``fn(data_dir=..., download=...) -> ImageDataset``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from activecrl.data.folders import ARCHIVE_SUFFIXES, _dataset_name_from_path, _l
 
 logger = logging.getLogger(__name__)
 
-DATASETS: Registry[Callable[[Path, bool], ImageDataset]] = Registry("dataset", "activecrl.datasets")
+DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset", "activecrl.datasets")
+register_dataset = DATASETS.register
 
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
@@ -49,14 +51,14 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
     if path is None:
         name = str(name_or_path)
         try:
-            loader = DATASETS.get(name)
+            DATASETS.get(name)  # an unknown name fails before the cache is looked at
         except RegistryError as exc:
             raise RegistryError(f"{exc}; or pass a path to an ImageFolder directory (with train/ and test/ "
                                 f"subfolders) or a .tar/.tar.gz/.tgz archive of one") from None
         cache_file = root / "cache" / f"{_safe(name)}-v{_CACHE_FORMAT}.pt"
 
         def decode() -> ImageDataset:
-            return loader(root, download)
+            return DATASETS.create(name, data_dir=root, download=download)
     else:
         key = _fingerprint(path)
         name = _dataset_name_from_path(path)
@@ -115,7 +117,7 @@ def _as_path_if_path(name_or_path) -> Path | None:
 # ---------------------------------------------------------------------------------------------
 # registered datasets
 # ---------------------------------------------------------------------------------------------
-@DATASETS.register("digits")
+@register_dataset("digits")
 def digits(data_dir: Path, download: bool) -> ImageDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images), offline.
 
@@ -189,19 +191,19 @@ def _cifar(name: str, cls_name: str, data_dir: Path, download: bool) -> ImageDat
     )
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10")
 def cifar10(data_dir: Path, download: bool) -> ImageDataset:
     """CIFAR-10 via torchvision (``data_dir/cifar10``); pad-4 crop + flip augmentation."""
     return _cifar("cifar10", "CIFAR10", data_dir, download)
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100")
 def cifar100(data_dir: Path, download: bool) -> ImageDataset:
     """CIFAR-100 via torchvision (``data_dir/cifar100``); pad-4 crop + flip augmentation."""
     return _cifar("cifar100", "CIFAR100", data_dir, download)
 
 
-@DATASETS.register("svhn")
+@register_dataset("svhn")
 def svhn(data_dir: Path, download: bool) -> ImageDataset:
     """SVHN (train 73,257 / test 26,032) via torchvision (``data_dir/svhn``; needs scipy).
 

@@ -25,7 +25,10 @@ import numpy as np
 
 from activecrl.core.errors import ConfigError
 from activecrl.core.config import flatten
+from activecrl.methods import METHODS, Method
 from activecrl.methods.config import TrainRunConfig
+from activecrl.ood.detectors import DETECTORS, Detector
+from activecrl.training.trainers import TRAINERS
 from activecrl.core.io import atomic_write_text
 from activecrl.evaluation.metrics import METRIC_NAMES, OOD_METRIC_NAMES, PAPER_SCALE
 
@@ -41,7 +44,7 @@ OOD_HEADERS = {"fpr95": "FPR-95%-TPR", "detection_error": "Detection err", "auro
 # config keys that say where or how fast a run went, not what it computed
 _IGNORED = {"seed", "data_dir", "device", "download", "eval_batch_size", "compile", "amp", "channels_last",
             "batch_size_eval", "bootstrap", "threads"}
-_METHOD_ORDER = {"plain": 0, "aes": 1, "mc_dropout": 2, "aleatoric": 3, "ensemble": 4}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainRunConfig)}  # of the fields read here
 
 
 @dataclass
@@ -133,32 +136,25 @@ def dataset_label(spec) -> str:
     return name
 
 
+def _registered(registry, name, default):
+    """The entry ``name`` of ``registry``, or ``default`` when this installation lacks it (a
+    plugin's run); ``module:Name`` paths are not imported just to label a table."""
+    return registry.get(name) if isinstance(name, str) and name in registry else default
+
+
+def _method_order(config: dict) -> int:
+    return getattr(_registered(METHODS, config.get("method", _DEFAULTS["method"]), Method), "report_order", 9)
+
+
 def method_label(config: dict) -> str:
-    """``Baseline``, ``CRL-softmax``, ``AES(k=10)``, ``MCdropout``, ``Aleatoric+MC``, ``Ensemble×5 CRL-softmax (λ=0.5)``…"""
-    train = config.get("train") or {}
-    trainer = config.get("trainer", "baseline")
-    if trainer == "crl":
-        base = f"CRL-{train.get('rank_target', 'softmax')}"
-        weight = train.get("crl_weight", 1.0)
-        if weight is not None and float(weight) != 1.0:
-            base += f" (λ={float(weight):g})"
-    elif trainer == "baseline":
-        base = "Baseline"
-    else:
-        base = str(trainer)
-    method = config.get("method", "plain")
-    if method == "plain":
-        label = base
-    elif method == "aes":
-        label = f"AES(k={config.get('snapshots')})" + ("" if trainer == "baseline" else f" {base}")
-    elif method == "mc_dropout":
-        label = "MCdropout" + ("" if trainer == "baseline" else f" {base}")
-    elif method == "aleatoric":
-        label = "Aleatoric+MC"
-    elif method == "ensemble":
-        label = f"Ensemble×{config.get('members')} {base}"
-    else:
-        label = f"{method} {base}"
+    """``Baseline``, ``CRL-softmax``, ``AES(k=10)``, ``MCdropout``, ``Aleatoric+MC``, ``Ensemble×5 CRL-softmax (λ=0.5)``…
+
+    The trainer's and the method's ``report_label`` say how each shows."""
+    trainer = config.get("trainer", _DEFAULTS["trainer"])
+    trainer_label = getattr(_registered(TRAINERS, trainer, None), "report_label", lambda name, train: str(name))
+    base = trainer_label(trainer, config.get("train") or {})
+    method = _registered(METHODS, config.get("method", _DEFAULTS["method"]), Method)
+    label = getattr(method, "report_label", Method.report_label)(config, base, trainer == _DEFAULTS["trainer"])
     if config.get("temperature_scaling"):
         label += " +TS"
     return label
@@ -220,7 +216,7 @@ def train_table(run_dirs: list[Path]) -> ReportTable:
         items.append((_group_key(config), {"config": config, "metrics": blob["metrics"], "dir": d}))
     groups = _groups(items)
     groups.sort(key=lambda g: (dataset_label(g[1][0]["config"].get("dataset")), str(g[1][0]["config"].get("model")),
-                               _METHOD_ORDER.get(g[1][0]["config"].get("method", "plain"), 9),
+                               _method_order(g[1][0]["config"]),
                                method_label(g[1][0]["config"])))
     labels, keys, rows = [], [], []
     for key, runs in groups:
@@ -269,12 +265,9 @@ def interval_table(run_dirs: list[Path]) -> ReportTable | None:
     )
 
 
-def _params_label(params: dict) -> str:
+def _params_label(params: dict, detector) -> str:
     parts = []
-    for k, v in params.items():
-        if k in ("combiner_weights", "layers", "n_layers"):  # the detector column says "feature ensemble"
-            continue
-        short = {"temperature": "T", "epsilon": "ε"}.get(k, k)
+    for short, v in getattr(detector, "report_params", dict)(params).items():
         parts.append(f"{short}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{short}={v}")
     return ", ".join(parts) or "-"
 
@@ -295,15 +288,13 @@ def ood_table(run_dirs: list[Path]) -> ReportTable:
         items.append((key, {"blob": blob, "run_cfg": run_cfg, "dir": d}))
     groups = _groups(items)
 
-    order = ("msp", "energy", "odin", "mahalanobis")
-
     def sort_key(g):
         b = g[1][0]["blob"]
         protocol = b.get("protocol") or {}
         return (str(b.get("in_distribution")), str(b.get("ood_set")),
-                order.index(b["detector"]) if b["detector"] in order else 9,
+                getattr(_registered(DETECTORS, b["detector"], Detector), "report_order", 9),
                 bool((b.get("config") or {}).get("feature_ensemble")), bool(protocol.get("tuned_on_test_ood")),
-                str(protocol.get("name")), _METHOD_ORDER.get(g[1][0]["run_cfg"].get("method", "plain"), 9),
+                str(protocol.get("name")), _method_order(g[1][0]["run_cfg"]),
                 method_label(g[1][0]["run_cfg"]))
 
     groups.sort(key=sort_key)
@@ -311,12 +302,11 @@ def ood_table(run_dirs: list[Path]) -> ReportTable:
     for key, runs in groups:
         b = runs[0]["blob"]
         run = b.get("run") or {}
-        detector = {"msp": "MSP", "odin": "ODIN", "mahalanobis": "Mahalanobis", "energy": "Energy"}.get(
-            b["detector"], b["detector"])
-        if (b.get("config") or {}).get("feature_ensemble") and b["detector"] == "mahalanobis":
-            detector += " (feature ensemble)"
+        # a detector this installation lacks is shown by name, as one with tuned hyper-parameters
+        entry = _registered(DETECTORS, b["detector"], None)
+        detector = getattr(entry, "report_label", Detector.report_label)(b["detector"], b.get("config") or {})
         protocol = b.get("protocol") or {}
-        if b["detector"] in ("msp", "energy"):
+        if not getattr(entry, "tuned", True):
             tuned = "-"
         elif protocol.get("tuned_on_test_ood"):
             tuned = "test OOD (paper protocol)"
@@ -326,7 +316,7 @@ def ood_table(run_dirs: list[Path]) -> ReportTable:
         labels.append([dataset_label(b.get("in_distribution")), str(run.get("model")), str(b.get("ood_set")), detector,
                        method_label(runs[0]["run_cfg"])])
         keys.append(flatten(key))
-        params = sorted({_params_label(r["blob"].get("params") or {}) for r in runs})
+        params = sorted({_params_label(r["blob"].get("params") or {}, entry) for r in runs})
         n_eval = sorted({f"{r['blob'].get('n_in')}/{r['blob'].get('n_out')}" for r in runs})
         rows.append([tuned, "; ".join(params), str(len(runs)), "; ".join(n_eval)] + [
             _mean_std([r["blob"]["metrics"][m] for r in runs], 100.0) for m in OOD_METRIC_NAMES])

@@ -22,7 +22,7 @@ from activecrl.models import build_model
 from activecrl.core.registry import Registry
 from activecrl.core.runtime import seed_everything
 from activecrl.training.config import check_variance_head
-from activecrl.training.trainers import TRAINERS, EpochInfo, Trainer
+from activecrl.training.trainers import TRAINERS, EpochInfo, Trainer, build_trainer
 from activecrl.core.validate import check_int
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,23 @@ class Method:
     ``models_``; ``predictive`` gives the probabilities (and logits, when they exist) of any rows
     of a split; ``confidence`` the score the ranking metrics use; ``describe`` what was done
     (``metrics.json`` ``method``). Subclasses override the hooks below and register with
-    ``@register_method("name")`` (or the ``activecrl.methods`` entry-point group).
+    ``@register_method("name")`` (or the ``activecrl.methods`` entry-point group, or are given as
+    ``module:Class``); ``build_method`` constructs one as ``cls(config=run_config)``.
     """
 
     name = "method"
     confidence_label = "max probability"
+    report_order = 9  # where ``activecrl report`` sorts this method's rows (the built-ins: the paper's order)
 
     def __init__(self, config):
         self.config = self.resolve(config)
+
+    @classmethod
+    def report_label(cls, config: dict, trainer: str, default_trainer: bool) -> str:
+        """This method in ``activecrl report``'s tables. ``config``: the run's saved config (a dict:
+        the run may predate options added since); ``trainer``: its trainer's label;
+        ``default_trainer``: whether that is the default trainer (labels may leave it out)."""
+        return f"{config.get('method')} {trainer}"
 
     # -- hooks --------------------------------------------------------------------------------
     def resolve(self, config):
@@ -59,7 +68,7 @@ class Method:
         return 1
 
     def make_trainer(self, train_config) -> Trainer:
-        return TRAINERS.get(self.config.trainer)(train_config)
+        return build_trainer(self.config.trainer, train_config)
 
     def watch(self, model: nn.Module, train_config, progress):
         """The per-epoch callback for training ``model`` (AES takes its snapshots here)."""
@@ -105,24 +114,30 @@ class Method:
 def build_method(config) -> Method:
     """The method of a ``TrainRunConfig``, with the fields every method shares checked first.
 
-    A plain run with the ``aleatoric`` trainer is the ``aleatoric`` method (its model has a
-    variance head that only that method's evaluation uses).
+    A run with the default method (``plain``) takes its trainer's ``train_method`` when the
+    trainer names one (the ``aleatoric`` trainer: its variance head is read only by the
+    ``aleatoric`` method's evaluation).
     """
-    if config.trainer == "aleatoric" and config.method == "plain":
-        config = dataclasses.replace(config, method="aleatoric")
-    if config.method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS.names())}, got {config.method!r} instead")
+    if config.method == _default(config, "method"):
+        implied = getattr(TRAINERS.get(config.trainer), "train_method", None)
+        if implied:
+            config = dataclasses.replace(config, method=implied)
+    METHODS.get(config.method)  # an unknown method fails first
     check_int("mc_samples", config.mc_samples, 1)
     check_int("snapshots", config.snapshots, 1)
     check_int("aleatoric_samples", config.aleatoric_samples, 1)
-    ensemble = config.method == "ensemble"
-    check_int("members", config.members, 2 if ensemble else 1, "; an ensemble needs at least 2 members" if ensemble else "")
+    check_int("members", config.members, 1)
     check_variance_head("variance", config.variance)
     if not (isinstance(config.holdout_fraction, (int, float)) and 0 < config.holdout_fraction < 1):
         raise ConfigError(f"holdout_fraction must be in (0, 1), e.g. 0.1, got {config.holdout_fraction!r} instead")
-    method = METHODS.get(config.method)(config)
+    method = METHODS.create(config.method, config=config)
     TRAINERS.get(method.config.trainer)  # an unknown trainer fails before any work
     return method
+
+
+def _default(config, name: str):
+    """The default of dataclass field ``name`` of ``config``."""
+    return next(f.default for f in dataclasses.fields(config) if f.name == name)
 
 
 def validate_method_config(config) -> None:

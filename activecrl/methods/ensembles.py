@@ -28,6 +28,11 @@ class PlainMethod(Method):
     """One model trained with ``--trainer``; confidence = max probability."""
 
     name = "plain"
+    report_order = 0
+
+    @classmethod
+    def report_label(cls, config, trainer, default_trainer):
+        return trainer
 
     def predictive(self, data, indices=None):
         logits = predict(self.models_[0], data, indices, batch_size=self.config.eval_batch_size,
@@ -86,6 +91,11 @@ class AESMethod(Method):
     name = "aes"
     confidence_label = "max probability of the average"
     saved_model = "the final weights (the last AES snapshot)"
+    report_order = 1
+
+    @classmethod
+    def report_label(cls, config, trainer, default_trainer):
+        return f"AES(k={config.get('snapshots')})" + ("" if default_trainer else f" {trainer}")
 
     def resolve(self, config):
         snapshot_epochs(config.train.epochs, config.snapshots, config.snapshot_start)
@@ -114,6 +124,15 @@ class EnsembleMethod(Method):
     name = "ensemble"
     confidence_label = "max probability of the average"
     saved_model = "ensemble member 0 (all members in members.pt)"
+    report_order = 4
+
+    @classmethod
+    def report_label(cls, config, trainer, default_trainer):
+        return f"Ensemble×{config.get('members')} {trainer}"
+
+    def resolve(self, config):
+        check_int("members", config.members, 2, "; an ensemble needs at least 2 members")
+        return config
 
     @property
     def members(self) -> int:

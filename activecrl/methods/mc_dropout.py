@@ -17,7 +17,7 @@ from torch import nn
 
 from activecrl.core.errors import ConfigError
 from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT, mc_dropout_stats
-from activecrl.training.trainers import TRAINERS
+from activecrl.training.trainers import build_trainer
 from activecrl.core.validate import check_int
 from activecrl.methods.base import Method, negative_entropy, register_method
 
@@ -45,6 +45,11 @@ class MCDropoutMethod(Method):
     name = "mc_dropout"
     confidence_label = "negative entropy of the mean probabilities"
     logit_noise = False
+    report_order = 2
+
+    @classmethod
+    def report_label(cls, config, trainer, default_trainer):
+        return "MCdropout" + ("" if default_trainer else f" {trainer}")
 
     def resolve(self, config):
         if config.dropout == 0:
@@ -73,6 +78,11 @@ class AleatoricMethod(MCDropoutMethod):
 
     name = "aleatoric"
     logit_noise = True
+    report_order = 3
+
+    @classmethod
+    def report_label(cls, config, trainer, default_trainer):
+        return "Aleatoric+MC"
 
     def resolve(self, config):
         if config.trainer not in ("baseline", "aleatoric"):
@@ -81,8 +91,8 @@ class AleatoricMethod(MCDropoutMethod):
         return super().resolve(dataclasses.replace(config, trainer="aleatoric"))
 
     def make_trainer(self, train_config):
-        return TRAINERS.get("aleatoric")(train_config, n_samples=self.config.aleatoric_samples,
-                                         variance=self.config.variance)
+        return build_trainer("aleatoric", train_config, n_samples=self.config.aleatoric_samples,
+                             variance=self.config.variance)
 
     def describe(self) -> dict:
         return {**super().describe(), "aleatoric_samples": self.config.aleatoric_samples,

@@ -8,8 +8,11 @@ data that is never the test OOD set unless ``tune_on_test_ood`` asks for the pap
   Gaussian, whitening and ``MahalanobisScorer``), and what each detector computes.
 - ``data.py``: OOD images (synthetic noise sets, FGSM validation images, an OOD set converted to the
   model's channels and size by ``load_ood_set``, which also says what it converted).
-- ``detectors.py``: the ``DETECTORS`` registry (entry-point group ``activecrl.detectors``): one
-  ``Detector`` class per detector, tuning its grid (``select_best``) and scoring the evaluation data.
+- ``base.py``: what a detector plugin needs: the ``DETECTORS`` registry (entry-point group
+  ``activecrl.detectors``), ``Detector``, the context it is given (``DetectorInputs``,
+  ``DetectorSplit``) and what it returns (``DetectorScores``).
+- ``detectors.py``: the built-in ``Detector`` classes, each tuning its grid (``select_best``) and
+  scoring the evaluation data.
 - ``config.py``: ``OODConfig`` (importable without torch).
 - ``run.py``: ``OODResult``, the tuning protocol (the tuning / evaluation split),
   ``run_ood`` (load, split, the detector's ``score``) and ``save_ood`` / ``read_ood``.
@@ -22,7 +25,9 @@ import importlib
 _WHERE = {
     **dict.fromkeys(("SYNTHETIC_SETS", "convert_to_model_input", "fgsm_images", "load_ood_images", "load_ood_set",
                      "synthetic_images"), "data"),
-    **dict.fromkeys(("DETECTORS", "Detector", "DetectorScores", "register_detector", "select_best"), "detectors"),
+    **dict.fromkeys(("DETECTORS", "Detector", "DetectorInputs", "DetectorScores", "DetectorSplit", "register_detector"),
+                    "base"),
+    "select_best": "detectors",
     **dict.fromkeys(("DEFAULT_EPSILONS", "DEFAULT_TEMPERATURES", "OODConfig"), "config"),
     **dict.fromkeys(("OODResult", "read_ood", "run_ood", "save_ood"), "run"),
     **dict.fromkeys(("MahalanobisScorer", "_whitener", "class_gaussian", "energy_score", "mahalanobis_sq", "msp_score",
@@ -30,7 +35,8 @@ _WHERE = {
 }
 
 __all__ = [
-    "DETECTORS", "Detector", "DetectorScores", "register_detector", "SYNTHETIC_SETS", "OODConfig", "OODResult",
+    "DETECTORS", "Detector", "DetectorInputs", "DetectorScores", "DetectorSplit", "register_detector",
+    "SYNTHETIC_SETS", "OODConfig", "OODResult",
     "msp_score", "energy_score", "odin_score_grid", "class_gaussian", "mahalanobis_sq", "MahalanobisScorer",
     "synthetic_images", "fgsm_images", "select_best", "run_ood", "save_ood", "read_ood",
 ]

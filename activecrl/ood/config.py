@@ -22,7 +22,8 @@ class OODConfig:
     run: str = field(metadata={"help": "folder of an `activecrl train` run (its model.pt)"})
     ood: str = field(metadata={
         "help": "test OOD set: image folder/archive, registered dataset name, or noise"})
-    detector: str = field(default="msp", metadata={"help": "msp | odin | mahalanobis | energy"})
+    detector: str = field(default="msp", metadata={
+        "help": "msp | odin | mahalanobis | energy | a registered detector or package.module:Class"})
     data_dir: str | None = field(default=None, metadata={
         "help": "dataset folder (default: the run's, else $ACTIVECRL_DATA)"})
     ood_val: str = field(default="noise", metadata={
@@ -50,9 +51,7 @@ class OODConfig:
         self.epsilons = tuple(float(e) for e in self.epsilons)
         from activecrl.ood.detectors import DETECTORS  # the registry loads torch: only once a config is built
 
-        if self.detector not in DETECTORS:
-            raise ConfigError(f"detector must be one of {', '.join(DETECTORS.names())}, got {self.detector!r} "
-                              "instead")
+        DETECTORS.get(self.detector)  # an unknown name raises, listing the valid ones
         if not self.temperatures or any(not math.isfinite(t) or t <= 0 for t in self.temperatures):
             raise ConfigError(f"temperatures must be positive numbers, e.g. 1 10 100 1000, got {self.temperatures} "
                               "instead")

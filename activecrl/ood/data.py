@@ -114,7 +114,7 @@ def load_ood_set(spec: str, *, channels: int, size: int, data_dir=None, n_synthe
     if spec in SYNTHETIC_SETS:
         return synthetic_images(spec, n_synthetic, channels, size, seed), None  # made in the model's shape
     path = Path(spec).expanduser()
-    if not path.exists() and "/" not in spec and spec in DATASETS:
+    if not path.exists() and "/" not in spec and (spec in DATASETS or ":" in spec):  # a name or module:loader
         return convert_to_model_input(load_dataset(spec, data_dir=data_dir).test_images, channels, size)
     if not path.exists():
         raise DataError(f"OOD set must be an image folder or archive, a dataset name ({', '.join(DATASETS.names())}) "

@@ -1,16 +1,15 @@
-"""OOD detectors as registry entries: ``msp``, ``energy``, ``odin``, ``mahalanobis``.
+"""The built-in OOD detectors: ``msp``, ``energy``, ``odin``, ``mahalanobis``.
 
-A detector is a :class:`Detector` subclass in ``DETECTORS`` (entry-point group
-``activecrl.detectors``). ``run_ood`` (``run.py``) loads the model and data and draws the tuning
-and evaluation split; the detector's ``score(inputs, split, say)`` tunes its hyper-parameters on
-the split's tuning samples (when it has any: ``tuned = True``) and scores the evaluation samples.
-The scores themselves are in ``scores.py``.
+Each is a :class:`~activecrl.ood.base.Detector` in ``DETECTORS`` (the interface is in ``base.py``).
+``run_ood`` (``run.py``) loads the model and data and draws the tuning and evaluation split; the
+detector's ``score(inputs, split, say)`` tunes its hyper-parameters on the split's tuning samples
+(when it has any: ``tuned = True``) and scores the evaluation samples. The scores themselves are
+in ``scores.py``.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,38 +19,8 @@ from sklearn.preprocessing import StandardScaler
 
 from activecrl.core.errors import ConfigError
 from activecrl.evaluation.metrics import ood_metrics
-from activecrl.core.registry import Registry
+from activecrl.ood.base import DETECTORS, Detector, DetectorScores, register_detector
 from activecrl.ood.scores import MahalanobisScorer, _logits, energy_score, msp_score, odin_score_grid
-
-DETECTORS: Registry[type["Detector"]] = Registry("detector", "activecrl.detectors")
-register_detector = DETECTORS.register
-
-
-@dataclass
-class DetectorScores:
-    score_in: np.ndarray  # evaluation in-distribution samples, higher = more in-distribution
-    score_out: np.ndarray  # evaluation OOD samples
-    params: dict  # the (tuned) hyper-parameters, for ood.json
-    tuning: list[dict] = field(default_factory=list)  # tuning metrics of every candidate setting
-
-
-class Detector:
-    """Scores the in-distribution and OOD evaluation samples of a ``run_ood`` split.
-
-    ``config`` is the ``OODConfig`` (stored in ``__init__``). ``score(inputs, split, say)``:
-    ``inputs`` holds the frozen model and the in-distribution test / training data and the OOD
-    set on the device (``run._Inputs``), ``split`` the tuning and evaluation indices (``run._Split``;
-    a detector may add its grid to ``split.protocol``), ``say`` a progress callback.
-    """
-
-    name = "detector"
-    tuned = False  # True: hyper-parameters are chosen on the split's tuning samples
-
-    def __init__(self, config):
-        self.config = config
-
-    def score(self, inputs, split, say) -> DetectorScores:
-        raise NotImplementedError
 
 
 def _criterion(metrics: dict) -> tuple:
@@ -89,6 +58,11 @@ class MSPDetector(_LogitDetector):
     """Maximum softmax probability (Hendrycks & Gimpel 2017)."""
 
     name, label = "msp", "MSP"
+    report_order = 0
+
+    @classmethod
+    def report_label(cls, name, config):
+        return "MSP"
 
     def score_logits(self, logits):
         return msp_score(logits)
@@ -99,6 +73,15 @@ class EnergyDetector(_LogitDetector):
     """Negative free energy ``T * logsumexp(logits / T)`` (Liu et al. 2020), T = ``energy_temperature``."""
 
     name, label = "energy", "energy"
+    report_order = 1
+
+    @classmethod
+    def report_label(cls, name, config):
+        return "Energy"
+
+    @classmethod
+    def report_params(cls, params):
+        return {"T" if k == "temperature" else k: v for k, v in params.items()}
 
     def score_logits(self, logits):
         return energy_score(logits, self.config.energy_temperature)
@@ -112,6 +95,15 @@ class ODINDetector(Detector):
     """ODIN (Liang et al. 2018): (temperature, epsilon) tuned on the tuning data, then the best scores."""
 
     name, tuned = "odin", True
+    report_order = 2
+
+    @classmethod
+    def report_label(cls, name, config):
+        return "ODIN"
+
+    @classmethod
+    def report_params(cls, params):
+        return {{"temperature": "T", "epsilon": "ε"}.get(k, k): v for k, v in params.items()}
 
     def score(self, inputs, split, say) -> DetectorScores:
         config, bs = self.config, self.config.batch_size
@@ -143,6 +135,17 @@ class MahalanobisDetector(Detector):
     ``feature_ensemble``, a logistic-regression combiner) tuned on the tuning data."""
 
     name, tuned = "mahalanobis", True
+    report_order = 3
+
+    @classmethod
+    def report_label(cls, name, config):
+        return "Mahalanobis" + (" (feature ensemble)" if config.get("feature_ensemble") else "")
+
+    @classmethod
+    def report_params(cls, params):
+        # the label says "feature ensemble"; the combiner's weights and the layer count stay in ood.json
+        return {"ε" if k == "epsilon" else k: v for k, v in params.items()
+                if k not in ("combiner_weights", "layers", "n_layers")}
 
     def _tune(self, g_in: dict, g_out: dict, combine: bool) -> list[dict]:
         """Tuning metrics per epsilon of the per-layer tuning scores ``g_in`` / ``g_out`` ({eps: (n, L)}).

@@ -26,7 +26,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from activecrl import __version__
 from activecrl.data import DeviceData, load_dataset
@@ -36,6 +35,7 @@ from activecrl.core.io import atomic_savez, atomic_write_json, prepare_out_dir, 
 from activecrl.evaluation.metrics import ood_metrics
 from activecrl.core.runtime import configure_backends, resolve_device
 from activecrl.ood.data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_set
+from activecrl.ood.base import Detector, DetectorInputs, DetectorSplit
 from activecrl.ood.config import OODConfig
 from activecrl.ood.detectors import DETECTORS
 
@@ -89,34 +89,7 @@ def _subset(rng: np.random.Generator, n: int, k: int | None) -> np.ndarray:
 # ============================================================================ the run
 
 
-@dataclass
-class _Inputs:
-    """What every detector needs: the frozen model, the in-distribution test split and the OOD set on
-    the device, plus what ``_split`` needs to load validation images the same way."""
-    model: nn.Module
-    info: dict  # the model's saved metadata (classes, channels, size, mean / std, dataset)
-    run_cfg: dict  # the run's saved config
-    ds_spec: str
-    data_dir: str | None
-    dataset: object  # the loaded in-distribution dataset (train split for Mahalanobis' Gaussians)
-    device_data: Callable  # uint8 images (+ labels) -> normalised DeviceData, no augmentation
-    test: object  # DeviceData of the in-distribution test split
-    ood: object  # DeviceData of the test OOD set
-    conversions: dict  # what was converted to the model's input: {"ood": note or None, "ood_val": ...}
-
-
-@dataclass
-class _Split:
-    """Tuning and evaluation indices, and the protocol text that describes them in ood.json."""
-    tune_in: np.ndarray  # into the in-distribution test split
-    tune_out: np.ndarray  # into val_out
-    val_out: object  # DeviceData the OOD tuning samples come from (the test OOD set or validation images)
-    eval_in: np.ndarray
-    eval_out: np.ndarray
-    protocol: dict
-
-
-def _load(config: OODConfig, say: Callable[[str], None]) -> _Inputs:
+def _load(config: OODConfig, say: Callable[[str], None]) -> DetectorInputs:
     """Load the trained model and check that the in-distribution dataset matches it; load the OOD set."""
     device = resolve_device(config.device)
     configure_backends(device)
@@ -144,11 +117,11 @@ def _load(config: OODConfig, say: Callable[[str], None]) -> _Inputs:
                                           n_synthetic=dataset.n_test, seed=config.seed + 1)
     if conversion:
         logger.info("OOD set %s: %s", config.ood, conversion)  # the CLI prints it; ood.json records it
-    return _Inputs(model, info, run_cfg, ds_spec, data_dir, dataset, device_data, test, device_data(ood_images),
+    return DetectorInputs(model, info, run_cfg, ds_spec, data_dir, dataset, device_data, test, device_data(ood_images),
                    {"ood": conversion})
 
 
-def _validation_ood(config: OODConfig, inp: _Inputs, rest_in: np.ndarray) -> tuple[torch.Tensor, str, np.ndarray]:
+def _validation_ood(config: OODConfig, inp: DetectorInputs, rest_in: np.ndarray) -> tuple[torch.Tensor, str, np.ndarray]:
     """OOD tuning images from ``config.ood_val`` (never the test OOD set), their protocol text, and the
     in-distribution evaluation indices (FGSM spends some of ``rest_in`` on its source images)."""
     c, size = int(inp.info["in_channels"]), int(inp.info["image_size"])
@@ -179,7 +152,7 @@ def _validation_ood(config: OODConfig, inp: _Inputs, rest_in: np.ndarray) -> tup
     return val_images, ood_tuning, eval_in
 
 
-def _split(config: OODConfig, inp: _Inputs) -> _Split:
+def _split(config: OODConfig, inp: DetectorInputs, detector: Detector) -> DetectorSplit:
     """Draw the tuning samples (excluded from the evaluation) and the evaluation samples.
 
     One generator seeded with ``config.seed`` draws everything, in a fixed order, so the split depends
@@ -212,17 +185,17 @@ def _split(config: OODConfig, inp: _Inputs) -> _Split:
         tune_out = _subset(rng, val_out.n, config.n_tune)
         protocol.update(name=f"validation ({_ood_name(config.ood_val)})", tuned_on_test_ood=False,
                         ood_tuning=ood_tuning)
-    if not DETECTORS.get(config.detector).tuned:
+    if not getattr(detector, "tuned", True):
         protocol["note"] = f"{config.detector} has no tuned hyper-parameters; the same evaluation split is used"
     eval_in = eval_in[_subset(rng, eval_in.size, config.max_samples)]
     eval_out = eval_out[_subset(rng, eval_out.size, config.max_samples)]
     protocol["criterion"] = "lowest FPR at 95% TPR on the tuning data (ties: detection error, AUROC, grid order)"
     if config.max_samples is not None:
         protocol["max_samples"] = f"evaluation on at most {config.max_samples} random samples per side"
-    return _Split(tune_in, tune_out, val_out, eval_in, eval_out, protocol)
+    return DetectorSplit(tune_in, tune_out, val_out, eval_in, eval_out, protocol)
 
 
-def _run_info(config: OODConfig, inp: _Inputs) -> dict:
+def _run_info(config: OODConfig, inp: DetectorInputs) -> dict:
     """The run that was scored (for report.py's tables), plus the OOD set's name."""
     run_cfg = inp.run_cfg
     train = run_cfg.get("train", {}) if isinstance(run_cfg.get("train"), dict) else {}
@@ -250,9 +223,10 @@ def run_ood(config: OODConfig, *, progress: Callable[[str], None] | None = None)
     """Score the run's in-distribution test split and the OOD set with ``config.detector``."""
     say = progress or (lambda msg: None)
     start = time.perf_counter()
+    detector = DETECTORS.create(config.detector, config=config)
     inp = _load(config, say)
-    split = _split(config, inp)
-    scored = DETECTORS.get(config.detector)(config).score(inp, split, say)
+    split = _split(config, inp, detector)
+    scored = detector.score(inp, split, say)
     score_in, score_out, params, tuning = scored.score_in, scored.score_out, scored.params, scored.tuning
     metrics = ood_metrics(score_in, score_out)
     run_info = _run_info(config, inp)

@@ -69,10 +69,19 @@ class Trainer:
     """
 
     name = "trainer"
+    #: the ``train --method`` a run with the default method (``plain``) becomes with this trainer
+    #: (the aleatoric trainer's variance head is read only by the aleatoric method)
+    train_method: str | None = None
 
     def __init__(self, config: TrainConfig | None = None, **overrides):
         base = config if config is not None else TrainConfig()
         self.config = base.updated(**overrides) if overrides else base
+
+    @classmethod
+    def report_label(cls, name: str, train: dict) -> str:
+        """This trainer in ``activecrl report``'s tables, for a run saved with the ``[train]`` options
+        ``train`` (a dict: the run may predate options added since); ``name``: the one it ran under."""
+        return name
 
     # -- hooks for subclasses -------------------------------------------------------------
     def model_options(self) -> dict:
@@ -225,6 +234,10 @@ class BaselineTrainer(Trainer):
 
     name = "baseline"
 
+    @classmethod
+    def report_label(cls, name, train):
+        return "Baseline" if name == BaselineTrainer.name else super().report_label(name, train)
+
     def loss(self, logits, labels, indices):
         return F.cross_entropy(logits, labels)
 
@@ -239,6 +252,14 @@ class CRLTrainer(Trainer):
     """
 
     name = "crl"
+
+    @classmethod
+    def report_label(cls, name, train):
+        if name != CRLTrainer.name:
+            return super().report_label(name, train)
+        label = f"CRL-{train.get('rank_target', 'softmax')}"
+        weight = train.get("crl_weight", 1.0)
+        return label if weight is None or float(weight) == 1.0 else f"{label} (λ={float(weight):g})"
 
     def setup(self, model, data, device):
         self.history_ = CorrectnessHistory(data.n, device=device)
@@ -387,6 +408,7 @@ class AleatoricTrainer(Trainer):
     """
 
     name = "aleatoric"
+    train_method = "aleatoric"
 
     def __init__(self, config: TrainConfig | None = None, *, n_samples: int = 50, variance: str = "sample",
                  **overrides):
@@ -412,5 +434,5 @@ class AleatoricTrainer(Trainer):
 
 
 def build_trainer(name: str, config: TrainConfig | None = None, **overrides) -> Trainer:
-    """A trainer by registered name (``baseline``, ``crl``, a recipe, or a plugin's)."""
-    return TRAINERS.get(name)(config, **overrides)
+    """A trainer by registered name (``baseline``, ``crl``, a recipe, a plugin's) or ``module:Name`` path."""
+    return TRAINERS.create(name, config=config, **overrides)
