@@ -1,0 +1,75 @@
+"""Export the labels: every human label, and with ``auto_label`` the unlabeled images whose model
+confidence clears a threshold certified by SGR (``activecrl.evaluation.selective``; Geifman &
+El-Yaniv 2017) on the audit labels: the auto-labels' error rate is at most ``risk`` with
+probability at least ``1 - delta``.
+
+The guarantee is for the population the audit images were drawn from (uniformly, from the
+unlabeled pool when their batch was issued) and for the model whose predictions were recorded;
+record new predictions after retraining, and draw audit images from the pool being auto-labeled.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from activecrl.core.errors import ConfigError
+from activecrl.evaluation.selective import SGRResult, audit_size_needed, search_steps, sgr
+from activecrl.label.db import AUDIT_IMAGE_IDS
+from activecrl.label.formats import EXPORT_COLUMNS, write_csv
+
+__all__ = ["ExportResult", "export_labels"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    n_human: int
+    n_auto: int
+    n_unlabeled: int  # before auto-labeling
+    sgr: SGRResult | None
+
+    @property
+    def pool_coverage(self) -> float:
+        """Fraction of the unlabeled images that got an auto-label."""
+        return self.n_auto / self.n_unlabeled if self.n_unlabeled else 0.0
+
+
+def _certify(con: sqlite3.Connection, risk: float, delta: float) -> SGRResult:
+    rows = con.execute(
+        f"SELECT p.confidence, p.class_id != l.class_id FROM labels l JOIN predictions p ON p.image_id = l.image_id "
+        f"WHERE l.image_id IN ({AUDIT_IMAGE_IDS})").fetchall()
+    needed = audit_size_needed(risk, delta)
+    if len(rows) < needed:
+        raise ConfigError(
+            f"--auto-label with --risk {risk} --delta {delta} needs at least {needed} audit labels with model "
+            f"predictions (even with no errors, fewer cannot certify the risk at delta/{search_steps(needed)} per "
+            f"threshold), got {len(rows)} instead; issue batches with --audit K, import their labels and record the "
+            "model's predictions, or raise --risk/--delta")
+    conf, err = np.array(rows, dtype=np.float64).T if rows else (np.zeros(0), np.zeros(0))
+    return sgr(conf, err.astype(bool), risk, delta)
+
+
+def export_labels(con: sqlite3.Connection, out: Path, *, auto_label: bool = False, risk: float | None = None,
+                  delta: float | None = None) -> ExportResult:
+    """Write ``image,label,source,confidence`` to ``out``; see the module docstring."""
+    human = con.execute("SELECT i.path, c.name FROM labels l JOIN images i ON i.id = l.image_id "
+                        "JOIN classes c ON c.id = l.class_id ORDER BY i.path").fetchall()
+    rows = [(p, c, "human", "") for p, c in human]
+    n_unlabeled = con.execute("SELECT COUNT(*) FROM images WHERE id NOT IN (SELECT image_id FROM labels)").fetchone()[0]
+    result = None
+    if auto_label:
+        if risk is None or delta is None:
+            raise ConfigError("--auto-label needs --risk R and --delta D (e.g. --risk 0.05 --delta 0.05)")
+        if con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0:
+            raise ConfigError("--auto-label needs the model's predictions on the pool; none are recorded yet")
+        result = _certify(con, risk, delta)
+        auto = con.execute("SELECT i.path, c.name, p.confidence FROM predictions p JOIN images i ON i.id = p.image_id "
+                           "JOIN classes c ON c.id = p.class_id WHERE p.image_id NOT IN (SELECT image_id FROM labels) "
+                           "AND p.confidence >= ? ORDER BY i.path", (result.threshold,)).fetchall()
+        rows += [(p, c, "auto", f"{conf:.6g}") for p, c, conf in auto]
+    write_csv(out, EXPORT_COLUMNS, rows)
+    return ExportResult(Path(out), len(human), len(rows) - len(human), n_unlabeled, result)
