@@ -7,21 +7,22 @@ telemetry, an admin user and a legacy API token, then through the REST API:
 1. creates two annotators, a project with an image classification config (one Choices control),
    and a Local Files storage on the images folder (a subfolder of the document root);
 2. imports generated images as tasks (``data.image`` = ``/data/local-files/?d=<relative path>``,
-   ``data.activecrl_image`` = our key, a ``predictions`` entry each but one) and checks that each
-   task shows its prediction;
-3. annotates them (see ``SCENARIOS``: a correction, an accepted prediction, a skip that still holds
-   the pre-filled choice, agreeing and disagreeing annotators, a ground truth, a task left alone,
-   a skip plus a label, a task without prediction), each with a ``lead_time``;
-4. exports JSON, JSON_MIN and CSV through ``/api/projects/{id}/export`` (all tasks) and JSON through
-   the export snapshot API, checks them against the scenarios, and writes them to ``--out``;
+   ``data.activecrl_image`` = our key, most with a ``predictions`` entry), checks that each task
+   shows its prediction and that each image is served;
+3. annotates them (see ``SCENARIOS``: a correction, an accepted prediction, skips that still hold
+   the pre-filled choice or nothing, agreeing and disagreeing annotators, a ground truth, a task
+   left alone, several choices, a path with spaces), each with a ``lead_time``;
+4. exports JSON, JSON_MIN and CSV through ``/api/projects/{id}/export`` (all tasks) and through the
+   export snapshot API (also JSON with annotators and predictions in full), checks each against
+   the scenarios, and writes them to ``--out``;
 5. imports the JSON export into an activecrl labeling project (``import_into_activecrl``), when
    ``activecrl.label`` is installed; without it the script says so and stops after the export.
 
 The server is stopped at the end, also on error. Every request goes to 127.0.0.1, with a time limit
 each and a bounded count. Not part of the test suite (installing Label Studio takes minutes).
 
-    python bench/labelstudio_roundtrip.py --out /tmp/ls-roundtrip
-    python bench/labelstudio_roundtrip.py --ls-venv /work/ls-venv --out DIR --keep-workdir
+    PYTHONPATH=. python bench/labelstudio_roundtrip.py --out /tmp/ls-roundtrip
+    PYTHONPATH=. python bench/labelstudio_roundtrip.py --ls-venv VENV --out DIR --keep-workdir
     # flags: --ls-venv --ls-spec --out --port --startup-timeout --keep-workdir --skip-activecrl
 """
 
