@@ -38,6 +38,7 @@ from activecrl.inference.predict import predict
 from activecrl.core.io import atomic_torch_save, atomic_write_json, prepare_out_dir, to_jsonable
 from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT
 from activecrl.evaluation.metrics import classification_metrics
+from activecrl.backbones import backbone_options, check_backbone_options
 from activecrl.models import MODELS, build_model
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
@@ -70,6 +71,15 @@ class ALConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
     model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    pretrained: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: start from timm's pretrained weights (downloaded once into timm's cache)")})
+    weights: str | None = field(default=None, metadata={"help": (
+        "timm:NAME models: start from this local state dict (.safetensors or .pth/.pt), e.g. a timm checkpoint")})
+    freeze_backbone: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: train the classifier head only (linear probing of a frozen backbone)")})
+    input_size: int | None = field(default=None, metadata={"help": (
+        "timm:NAME models: image side the backbone sees (images are resized on the device; default: its "
+        "pretrained config's, e.g. 224)")})
     trainer: str = field(default="crl", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
     strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
@@ -127,6 +137,7 @@ class ALConfig:
         if self.embeddings is not None and not isinstance(self.embeddings, str):
             self.embeddings = str(self.embeddings)
         check_threads_option(self.threads)
+        check_backbone_options(self.model, backbone_options(self))
 
     def to_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self))

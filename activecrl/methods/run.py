@@ -27,6 +27,7 @@ from activecrl.core.io import atomic_savez, atomic_torch_save, atomic_write_json
 from activecrl.methods import build_method, holdout_split, temperature_scale
 from activecrl.methods.temperature import log_probs
 from activecrl.evaluation.metrics import classification_metrics
+from activecrl.backbones import backbone_options, check_backbone_options, rebuild_options, with_backbone_stats
 from activecrl.models import build_model
 from activecrl.core.runtime import check_threads_option, configure_backends, resolve_device, resolve_threads, torch_threads
 from activecrl.training.trainers import SHORT_RUN_RECIPE, EpochInfo, TrainConfig
@@ -51,6 +52,15 @@ class TrainRunConfig:
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
     model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    pretrained: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: start from timm's pretrained weights (downloaded once into timm's cache)")})
+    weights: str | None = field(default=None, metadata={"help": (
+        "timm:NAME models: start from this local state dict (.safetensors or .pth/.pt), e.g. a timm checkpoint")})
+    freeze_backbone: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: train the classifier head only (linear probing of a frozen backbone)")})
+    input_size: int | None = field(default=None, metadata={"help": (
+        "timm:NAME models: image side the backbone sees (images are resized on the device; default: its "
+        "pretrained config's, e.g. 224)")})
     trainer: str = field(default="baseline", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     dropout: float = field(default=0.0, metadata={
         "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
@@ -89,6 +99,7 @@ class TrainRunConfig:
         check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
         check_int("train_subset (--train-subset)", self.train_subset, 0, " (0 trains on every training image)")
         check_threads_option(self.threads)
+        check_backbone_options(self.model, backbone_options(self))
 
 
 @dataclass
@@ -177,7 +188,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     probe = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                        image_size=dataset.image_size)  # its size sets the automatic thread count
+                        image_size=dataset.image_size, **backbone_options(config))  # its size sets the thread count
+    dataset = with_backbone_stats(dataset, probe)  # a timm backbone's pretrained normalisation
     threads = resolve_threads(config.threads, probe)
     with torch_threads(threads):  # restored afterwards: a notebook keeps its own setting
         train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
@@ -211,6 +223,7 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
         model = method.models_[0]
         model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
                                     model.build_config.get("head", "linear"), model.build_config.get("cos_temp", 8.0))
+        model_info.update(rebuild_options(model.build_config))
         model_info["method"] = method.name
         if method.saved_model:
             model_info["model_pt_holds"] = method.saved_model
@@ -260,7 +273,7 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
                         image_size=info["image_size"], dropout=info.get("dropout", 0.0),
                         variance_head=info.get("variance_head"), head=info.get("head", "linear"),
-                        cos_temp=info.get("cos_temp", 8.0))
+                        cos_temp=info.get("cos_temp", 8.0), **rebuild_options(info))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})
