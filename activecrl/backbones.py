@@ -197,10 +197,11 @@ class TimmBackbone(ConfidenceModel):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_classes))
         nn.init.zeros_(self.classifier[1].bias)
         self.body.train(not self.freeze_backbone)
-        logger.info("timm model %s: %s weights, input %dx%d (data %dx%d, %s resize), mean %s, std %s%s", arch,
+        resize = "no resize" if size == self.image_size else f"{self.interpolation} resize from {image_size}x{image_size}"
+        logger.info("timm model %s: %s weights, input %dx%d (%s, %s), mean %s, std %s%s", arch,
                     "pretrained" if pretrained else (f"from {weights}" if weights else "random"), size, size,
-                    image_size, image_size, self.interpolation, _fmt(self.input_mean), _fmt(self.input_std),
-                    ", backbone frozen" if self.freeze_backbone else "")
+                    resize, "input size given" if input_size is not None else "pretrained config",
+                    _fmt(self.input_mean), _fmt(self.input_std), ", backbone frozen" if self.freeze_backbone else "")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -175,3 +175,35 @@ def test_feature_data_checks_its_input():
     model = build_model("linear", num_classes=2, in_channels=4)
     with pytest.raises(Exception, match=r"\(batch, 4\)"):
         model(torch.zeros(2, 5))
+
+
+# ---------------------------------------------------------------------------- config fields
+
+
+def test_backbone_fields_are_checked_where_the_model_is_chosen(tmp_path):
+    from activecrl.al.loop import ALConfig
+    from activecrl.methods.run import TrainRunConfig
+
+    for cls in (ALConfig, TrainRunConfig):
+        with pytest.raises(ConfigError, match="--freeze-backbone apply to timm:NAME models only"):
+            cls(model="small_cnn", freeze_backbone=True)
+        with pytest.raises(ConfigError, match="--weights must be an existing"):
+            cls(model="timm:resnet18", weights=str(tmp_path / "missing.pt"))
+        assert cls(model="timm:resnet18", input_size=32, freeze_backbone=True).input_size == 32
+
+
+def test_train_run_uses_the_backbone_options_and_reloads(tmp_path):
+    from activecrl.methods.run import TrainRunConfig, load_trained, save_train_run, train_and_evaluate
+
+    ds = make_blobs_dataset(n_train=16, n_test=8, size=32, channels=3)
+    config = TrainRunConfig(model="timm:resnet18", input_size=32, freeze_backbone=True,
+                            train=TrainConfig(epochs=1, batch_size=8, lr=0.01), device="cpu")
+    result = train_and_evaluate(config, dataset=ds)
+    info = result.model_info
+    assert info["input_size"] == 32 and info["freeze_backbone"]
+    assert info["mean"] == pytest.approx([0.485, 0.456, 0.406])  # the backbone's normalisation, not the data's
+    save_train_run(result, tmp_path / "run")
+    model, _, _ = load_trained(tmp_path / "run")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), result.model.eval()(x))
