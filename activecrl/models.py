@@ -23,6 +23,7 @@ so they run under ``torch.compile``, ``channels_last`` and bfloat16 autocast.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Callable
@@ -34,10 +35,11 @@ import torch.nn.functional as F
 from activecrl.core.errors import ConfigError, DataError
 from activecrl.core.registry import Registry
 from activecrl.core.validate import check_int
+from activecrl.model_options import check_backbone_options, is_timm_name
 from activecrl.training.config import COS_TEMP, HEADS, check_head, check_variance_head
 
 __all__ = [
-    "MODELS", "register_model", "build_model", "ConfidenceModel",
+    "MODELS", "register_model", "build_model", "model_factory", "ConfidenceModel",
     "ResNet18", "PreActResNet", "VGG", "DenseNetBC", "SmallCNN", "SmallCNN4", "CosineClassifier", "HEADS",
 ]
 
@@ -501,28 +503,45 @@ def small_cnn4(*, num_classes, in_channels, image_size, dropout) -> ConfidenceMo
     return SmallCNN4(num_classes=num_classes, in_channels=in_channels, dropout=dropout, image_size=image_size)
 
 
+def model_factory(name: str) -> ModelFactory:
+    """The factory behind a model name: a registered one, or timm's for ``timm:NAME``
+    (:mod:`activecrl.backbones`). Raises RegistryError for an unknown registered name and
+    ConfigError for an unknown timm architecture; check names with this, not ``MODELS.get``."""
+    if isinstance(name, str) and name.startswith("timm:"):
+        from activecrl.backbones import build_timm, timm_arch  # timm is optional: imported on use
+
+        timm_arch(name)
+        return functools.partial(build_timm, name)
+    return MODELS.get(name)
+
+
 def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32,
                 dropout: float = 0.0, variance_head: str | None = None, head: str = "linear",
-                cos_temp: float = COS_TEMP) -> ConfidenceModel:
+                cos_temp: float = COS_TEMP, **backbone) -> ConfidenceModel:
     """Build the registered model ``name`` for a dataset's class count, channels and size.
 
     ``variance_head``: None, or ``"sample"`` / ``"class"`` to add a log-variance head
     (:func:`add_variance_head`) for the ``aleatoric`` trainer. ``head="cosine"`` swaps the final
     linear classifier for SURE's cosine classifier with temperature ``cos_temp`` (refused for a
-    model whose classifier does not end in a Linear). Raises RegistryError for an unknown
+    model whose classifier does not end in a Linear). ``backbone``: the options of a ``timm:NAME``
+    model (``pretrained``, ``weights``, ``freeze_backbone``, ``input_size``; see
+    :mod:`activecrl.backbones`), refused for other models. Raises RegistryError for an unknown
     name (listing the valid ones) and ConfigError for bad arguments. The returned model carries
     ``build_config`` (the arguments, for checkpoints).
     """
     check_head(head, cos_temp)
-    factory = MODELS.get(name)
+    factory = model_factory(name)
+    if backbone:
+        check_backbone_options(name, backbone)
     num_classes = check_int("num_classes", num_classes, 2, "; a classifier needs at least 2 classes")
     in_channels = check_int("in_channels", in_channels, 1, " (1 for grayscale, 3 for RGB)")
     min_size = max(MIN_IMAGE_SIZE, int(getattr(factory, "min_image_size", MIN_IMAGE_SIZE)))
     image_size = check_int("image_size", image_size, min_size, f" for model {name!r}")
     dropout = _check_dropout(dropout)
     check_variance_head("variance_head", variance_head, none_ok=True)
-    model = MODELS.create(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                          dropout=dropout)
+    size = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, dropout=dropout)
+    # a registered name goes through the registry's parameter check; timm's factory takes the backbone options
+    model = factory(**size, **backbone) if is_timm_name(name) else MODELS.create(name, **size)
     if not isinstance(model, ConfidenceModel):
         raise ConfigError(
             f"model factory {name!r} must return a ConfidenceModel, got {type(model).__name__} "
@@ -536,6 +555,60 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3, image_size
                               image_size=image_size, dropout=dropout)
     if variance_head is not None:
         model.build_config["variance_head"] = variance_head
+    model.build_config.update({k: str(v) if k == "weights" else v for k, v in backbone.items()})
     if head != "linear":
         model.build_config.update(head=head, cos_temp=float(cos_temp))
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Feature mode: models on precomputed embeddings (N, d), e.g. frozen foundation-model features
+# with a linear head, the strongest low-budget setting in Gupte et al. (2024, "Revisiting active
+# learning in the era of vision foundation models"). Their input is a FeatureData batch (B, d);
+# ``in_channels`` is the embedding width d and ``image_size`` is unused.
+
+
+class FeatureModel(ConfidenceModel):
+    """A ConfidenceModel on embeddings: ``body`` (identity or a small MLP) then the usual head."""
+
+    feature_input = True  # the loop feeds it FeatureData, not images
+
+    def __init__(self, *, num_classes: int, in_channels: int, dropout: float = 0.0, hidden: int | None = None):
+        super().__init__(in_channels)
+        if hidden is None:
+            self.body = nn.Identity()
+            width = in_channels
+        else:  # BatchNorm evens out the scales of the embedding's directions for SGD
+            self.body = nn.Sequential(nn.Linear(in_channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+            width = hidden
+        self._init_head(width, num_classes, dropout)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise DataError(f"input must be a (batch, {self.in_channels}) tensor of embeddings for this model, got "
+                            f"shape {tuple(x.shape)} instead; build it with in_channels = the embedding width")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.body(x)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise ConfigError("a feature-mode model (linear, mlp) has no spatial feature maps; use an image model "
+                          "for detectors that need them")
+
+
+#: Hidden width of the ``mlp`` feature model.
+MLP_HIDDEN = 512
+
+
+@register_model("linear")
+def linear(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return FeatureModel(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+
+
+@register_model("mlp")
+def mlp(*, num_classes, in_channels, image_size, dropout) -> ConfidenceModel:
+    return FeatureModel(num_classes=num_classes, in_channels=in_channels, dropout=dropout, hidden=MLP_HIDDEN)
+
+
+linear.feature_input = mlp.feature_input = True

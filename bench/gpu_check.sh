@@ -3,7 +3,7 @@
 # the CUDA tests that CPU CI skips, training throughput, CRL step overhead, the query step
 # over a 50,000-image pool, and 4 small sweep trials sharing one GPU. Results go to
 # ${OUT:-gpu_results}/. Run from the repository root in an environment where
-# `pip install -e ".[test,gpu]"` has been done (gpu: faiss-gpu for core-set; test includes Ray).
+# `pip install -e ".[test,gpu]"` has been done (gpu: faiss-gpu for core-set; test includes Ray and timm).
 set -uo pipefail
 out=${OUT:-gpu_results}
 mkdir -p "$out"
@@ -21,3 +21,6 @@ python bench/bench_recipes.py --model resnet18 --device cuda --steps 50 --rounds
 python bench/bench_al_strategies.py --device cuda --skip-ref --skip-embedding 2>&1 | tee "$out/al_strategies.txt"
 # activecrl sweep: 4 small trials sharing the GPU (--gpus-per-trial 0.25) vs one after another
 python bench/bench_sweep.py --device cuda --gpus-per-trial 0.25 --json "$out/sweep_gpu.json" 2>&1 | tail -4 | tee "$out/sweep_gpu.txt"
+# streamed embeddings: DINOv2 ViT-S/14 (random weights, img_size 224) over 50,000 CIFAR-sized random images
+# upscaled on the GPU, bf16 autocast (target: >= 5,000 images/s on an H100); about 20 s
+python bench/bench_embed.py --gpu --device cuda --gpu-n 50000 --json "$out/embed_gpu.json" 2>&1 | tail -2 | tee "$out/embed_gpu.txt"

@@ -10,6 +10,7 @@ from typing import Any
 from activecrl.core.config import from_dict
 from activecrl.core.errors import ConfigError
 from activecrl.core.io import to_jsonable
+from activecrl.model_options import backbone_options, check_backbone_options
 from activecrl.core.validate import SEED_LIMIT, check_int, check_threads_option
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
 
@@ -36,7 +37,17 @@ class ALConfig:
     # Each field is a CLI flag of `activecrl run` (--pool-subset) and a TOML key; metadata["help"] is its help.
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
-    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    model: str = field(default="small_cnn", metadata={"help": (
+        "registered model name (see `activecrl list`) or timm:NAME (any timm model; pip install -e '.[timm]')")})
+    pretrained: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: start from timm's pretrained weights (downloaded once into timm's cache)")})
+    weights: str | None = field(default=None, metadata={"help": (
+        "timm:NAME models: start from this local state dict (.safetensors or .pth/.pt), e.g. a timm checkpoint")})
+    freeze_backbone: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: train the classifier head only (linear probing of a frozen backbone)")})
+    input_size: int | None = field(default=None, metadata={"help": (
+        "timm:NAME models: image side the backbone sees (images are resized on the device; default: its "
+        "pretrained config's, e.g. 224)")})
     trainer: str = field(default="crl", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     strategy: str = field(default="least_conf", metadata={"help": "strategy name or package.module:Class"})
     strategy_params: dict[str, Any] = field(default_factory=dict, metadata={
@@ -94,6 +105,7 @@ class ALConfig:
         if self.embeddings is not None and not isinstance(self.embeddings, str):
             self.embeddings = str(self.embeddings)
         check_threads_option(self.threads)
+        check_backbone_options(self.model, backbone_options(self))
 
     def to_dict(self) -> dict:
         return to_jsonable(dataclasses.asdict(self))

@@ -38,6 +38,7 @@ from activecrl.inference.predict import predict
 from activecrl.core.io import atomic_torch_save, atomic_write_json, prepare_out_dir
 from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT
 from activecrl.evaluation.metrics import classification_metrics
+from activecrl.backbones import backbone_options, check_backbone_options
 from activecrl.models import MODELS, build_model
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)

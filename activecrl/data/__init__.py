@@ -23,15 +23,18 @@ Where things live (import from ``activecrl.data``; the submodules are an impleme
   decoding, ``load_image_folder``.
 - ``builtin.py``  the ``DATASETS`` registry, the digits/CIFAR/SVHN loaders, ``load_dataset``.
 - ``device.py``   ``DeviceData``, ``device_split`` and ``device_splits``.
+- ``features.py`` ``FeatureData``: embeddings (N, d) batched like ``DeviceData``.
+- ``stream.py``   image sources decoded and resized batch by batch (``TensorSource``, ``FileSource``).
 
 Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dataset``;
-``device`` -> ``dataset``), so there are no cycles.
+``device`` -> ``dataset``; ``features`` -> ``device``; ``stream`` -> ``folders``), so there are no cycles.
 """
 
 from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, register_dataset, svhn
 from activecrl.data.cache import default_data_dir
 from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
 from activecrl.data.device import DeviceData, device_split, device_splits
+from activecrl.data.features import FeatureData, feature_stats
 from activecrl.data.folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_image_folder
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "DATASETS",
     "register_dataset",
     "DeviceData",
+    "FeatureData",
+    "feature_stats",
     "default_data_dir",
     "device_split",
     "device_splits",

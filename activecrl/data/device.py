@@ -182,40 +182,50 @@ class DeviceData:
         return out
 
     def _check_indices(self, indices) -> torch.Tensor:
-        if isinstance(indices, torch.Tensor):
-            t = indices
-        else:
-            arr = np.asarray(indices)
-            if arr.size == 0:
-                arr = arr.astype(np.int64)
-            if arr.dtype.kind not in "iu":
-                raise ConfigError(f"indices must be integers (training-split indices), got an array of "
-                                  f"dtype {arr.dtype} instead" + (" (a boolean mask? pass mask.nonzero()[0])"
-                                                                   if arr.dtype.kind == "b" else ""))
-            t = torch.from_numpy(arr.astype(np.int64, copy=False))
-        if t.dtype == torch.bool:
-            raise ConfigError("indices must be integers, got a boolean mask instead; pass mask.nonzero().flatten()")
-        if t.is_floating_point() or t.is_complex():
-            raise ConfigError(f"indices must be integers, got dtype {t.dtype} instead")
-        if t.ndim != 1:
-            raise ConfigError(f"indices must be 1-D, got shape {tuple(t.shape)} instead")
-        t = t.to(device=self.device, dtype=torch.int64)
-        if t.numel():
-            lo, hi = (int(v) for v in torch.aminmax(t))
-            if lo < 0 or hi >= self.n:
-                raise ConfigError(f"indices must lie in [0, {self.n}) for this split of {self.n} images, got "
-                                  f"values in [{lo}, {hi}] instead")
-        return t
+        return check_indices(indices, self.n, self.device)
 
     def _check_generator(self, generator) -> None:
-        if generator is None:
-            return
-        if not isinstance(generator, torch.Generator):
-            raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__} instead")
-        g, d = generator.device, self.device
-        if g.type != d.type or (d.type != "cpu" and (g.index or 0) != (d.index or 0)):
-            raise ConfigError(f"generator lives on {g} but the data is on {d}; create it with "
-                              f"torch.Generator(device=data.device).manual_seed(seed)")
+        check_generator(generator, self.device)
+
+
+def check_indices(indices, n: int, device: torch.device) -> torch.Tensor:
+    """``indices`` into a split of ``n`` rows as an int64 tensor on ``device``; ConfigError if not."""
+    if isinstance(indices, torch.Tensor):
+        t = indices
+    else:
+        arr = np.asarray(indices)
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "iu":
+            raise ConfigError(f"indices must be integers (training-split indices), got an array of "
+                              f"dtype {arr.dtype} instead" + (" (a boolean mask? pass mask.nonzero()[0])"
+                                                               if arr.dtype.kind == "b" else ""))
+        t = torch.from_numpy(arr.astype(np.int64, copy=False))
+    if t.dtype == torch.bool:
+        raise ConfigError("indices must be integers, got a boolean mask instead; pass mask.nonzero().flatten()")
+    if t.is_floating_point() or t.is_complex():
+        raise ConfigError(f"indices must be integers, got dtype {t.dtype} instead")
+    if t.ndim != 1:
+        raise ConfigError(f"indices must be 1-D, got shape {tuple(t.shape)} instead")
+    t = t.to(device=device, dtype=torch.int64)
+    if t.numel():
+        lo, hi = (int(v) for v in torch.aminmax(t))
+        if lo < 0 or hi >= n:
+            raise ConfigError(f"indices must lie in [0, {n}) for this split of {n} images, got "
+                              f"values in [{lo}, {hi}] instead")
+    return t
+
+
+def check_generator(generator, device: torch.device) -> None:
+    """ConfigError unless ``generator`` is None or a torch.Generator on ``device``."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__} instead")
+    g, d = generator.device, device
+    if g.type != d.type or (d.type != "cpu" and (g.index or 0) != (d.index or 0)):
+        raise ConfigError(f"generator lives on {g} but the data is on {d}; create it with "
+                          f"torch.Generator(device=data.device).manual_seed(seed)")
 
 
 def device_split(dataset: ImageDataset, split: str, device: str | torch.device,

@@ -19,6 +19,7 @@ from torch import nn
 from activecrl.core.errors import ConfigError
 from activecrl.inference.predict import predict
 from activecrl.models import build_model
+from activecrl.backbones import backbone_options
 from activecrl.core.registry import Registry
 from activecrl.core.runtime import seed_everything
 from activecrl.training.config import check_variance_head
@@ -100,7 +101,8 @@ class Method:
             trainer = self.make_trainer(train_cfg)
             seed_everything(seed)
             model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                                image_size=dataset.image_size, dropout=config.dropout, **trainer.model_options())
+                                image_size=dataset.image_size, dropout=config.dropout, **trainer.model_options(),
+                                **backbone_options(config))
             callback = self.watch(model, train_cfg, _offset_progress(progress, m, self.members))
             logger.info("training %s with %s on %s (%s, member %d/%d, seed %d, device %s)", config.model,
                         config.trainer, dataset.name, self.name, m + 1, self.members, seed, data.device)

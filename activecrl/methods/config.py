@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from activecrl.model_options import backbone_options, check_backbone_options
 from activecrl.core.validate import check_int, check_threads_option
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
 
@@ -24,7 +25,17 @@ class TrainRunConfig:
     # Each field is a CLI flag of `activecrl train` (--mc-samples) and a TOML key; metadata["help"] is its help.
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
-    model: str = field(default="small_cnn", metadata={"help": "registered model name (see `activecrl list`)"})
+    model: str = field(default="small_cnn", metadata={"help": (
+        "registered model name (see `activecrl list`) or timm:NAME (any timm model; pip install -e '.[timm]')")})
+    pretrained: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: start from timm's pretrained weights (downloaded once into timm's cache)")})
+    weights: str | None = field(default=None, metadata={"help": (
+        "timm:NAME models: start from this local state dict (.safetensors or .pth/.pt), e.g. a timm checkpoint")})
+    freeze_backbone: bool = field(default=False, metadata={"help": (
+        "timm:NAME models: train the classifier head only (linear probing of a frozen backbone)")})
+    input_size: int | None = field(default=None, metadata={"help": (
+        "timm:NAME models: image side the backbone sees (images are resized on the device; default: its "
+        "pretrained config's, e.g. 224)")})
     trainer: str = field(default="baseline", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     dropout: float = field(default=0.0, metadata={
         "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
@@ -63,3 +74,4 @@ class TrainRunConfig:
         check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
         check_int("train_subset (--train-subset)", self.train_subset, 0, " (0 trains on every training image)")
         check_threads_option(self.threads)
+        check_backbone_options(self.model, backbone_options(self))

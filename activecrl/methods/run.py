@@ -25,6 +25,7 @@ from activecrl.core.io import atomic_savez, atomic_torch_save, atomic_write_json
 from activecrl.methods import build_method, holdout_split, temperature_scale
 from activecrl.methods.temperature import log_probs
 from activecrl.evaluation.metrics import classification_metrics
+from activecrl.backbones import backbone_options, check_backbone_options, rebuild_options, with_backbone_stats
 from activecrl.models import build_model
 from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, torch_threads
 from activecrl.methods.config import TrainRunConfig
@@ -131,7 +132,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     probe = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                        image_size=dataset.image_size)  # its size sets the automatic thread count
+                        image_size=dataset.image_size, **backbone_options(config))  # its size sets the thread count
+    dataset = with_backbone_stats(dataset, probe)  # a timm backbone's pretrained normalisation
     threads = resolve_threads(config.threads, probe)
     with torch_threads(threads):  # restored afterwards: a notebook keeps its own setting
         train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
@@ -165,6 +167,7 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
         model = method.models_[0]
         model_info = model_info_for(dataset, config.model, config.dropout, model.build_config.get("variance_head"),
                                     model.build_config.get("head", "linear"), model.build_config.get("cos_temp", COS_TEMP))
+        model_info.update(rebuild_options(model.build_config))
         model_info["method"] = method.name
         if method.saved_model:
             model_info["model_pt_holds"] = method.saved_model
@@ -214,7 +217,7 @@ def load_trained(run_dir: Path | str, device: str | torch.device = "cpu"):
     model = build_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
                         image_size=info["image_size"], dropout=info.get("dropout", 0.0),
                         variance_head=info.get("variance_head"), head=info.get("head", "linear"),
-                        cos_temp=info.get("cos_temp", COS_TEMP))
+                        cos_temp=info.get("cos_temp", COS_TEMP), **rebuild_options(info))
     model.load_state_dict(blob["state_dict"])
     model.to(resolve_device(device)).eval()
     return model, info, blob.get("config", {})
