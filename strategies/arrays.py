@@ -57,8 +57,11 @@ def query(strategy: str | type | Strategy, budget: int, *, logits=None, probs=No
     if "probs" in arrays:
         _check_probs(arrays["probs"])
     labeled = _row_indices("labeled", [] if labeled is None else labeled, n)
-    pool = np.setdiff1d(np.arange(n), labeled) if pool is None else _row_indices("pool", pool, n)
-    _check_disjoint(pool, labeled)
+    if pool is None:
+        pool = _complement(labeled, n)
+    else:
+        pool = _row_indices("pool", pool, n)
+        _check_disjoint(pool, labeled)
     if budget > len(pool):
         raise ConfigError(f"budget must be at most the {len(pool)} rows of the pool, got {budget} instead; "
                           f"lower the budget")
@@ -80,8 +83,8 @@ def _matrix(name: str, x) -> np.ndarray:
         raise ConfigError(f"{name} must be a 2-D {_SHAPES[name]} array with at least one column, "
                           f"got shape {x.shape} instead")
     x = x.astype(np.float64 if x.dtype == np.float64 else np.float32, copy=False)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
+    if not np.isfinite(x).all():
+        bad = ~np.isfinite(x).all(axis=1)
         raise ConfigError(f"{name} must be finite, got {int(bad.sum())} row(s) with NaN or inf instead "
                           f"(e.g. row {int(np.flatnonzero(bad)[0])})")
     return x
@@ -130,15 +133,22 @@ def _row_indices(name: str, x, n: int) -> np.ndarray:
     if outside.any():
         raise ConfigError(f"{name} must hold row numbers in [0, {n}), got {int(outside.sum())} outside "
                           f"instead (e.g. {x[outside][:5].tolist()})")
-    uniq, counts = np.unique(x, return_counts=True)
-    if uniq.size != x.size:
-        raise ConfigError(f"{name} must not repeat a row, got {x.size - uniq.size} repeat(s) instead "
-                          f"(e.g. {uniq[counts > 1][:5].tolist()})")
+    s = np.sort(x)
+    repeated = s[1:][s[1:] == s[:-1]]
+    if repeated.size:
+        raise ConfigError(f"{name} must not repeat a row, got {repeated.size} repeat(s) instead "
+                          f"(e.g. {np.unique(repeated)[:5].tolist()})")
     return x
 
 
+def _complement(labeled: np.ndarray, n: int) -> np.ndarray:
+    keep = np.ones(n, dtype=bool)
+    keep[labeled] = False
+    return np.flatnonzero(keep)
+
+
 def _check_disjoint(pool: np.ndarray, labeled: np.ndarray) -> None:
-    both = np.intersect1d(pool, labeled)
+    both = pool[np.isin(pool, labeled)] if len(labeled) else pool[:0]
     if both.size:
         raise ConfigError(f"pool and labeled must not share rows, got {both.size} in both instead "
                           f"(e.g. {both[:5].tolist()}); leave the labeled rows out of pool, or omit pool "
@@ -176,8 +186,13 @@ def _class_count(arrays: dict[str, np.ndarray], n_classes) -> int | None:
 def _outputs(arrays: dict[str, np.ndarray], rows: np.ndarray) -> PoolOutputs:
     """The ``PoolOutputs`` of ``rows``: their row numbers as indices; probabilities become float64
     log-probabilities, no class scores become zero columns (as the loop passes them)."""
-    features = np.take(arrays["features"], rows, axis=0) if "features" in arrays else None
+    every = len(rows) == len(next(iter(arrays.values()), rows)) and np.array_equal(rows, np.arange(len(rows)))
+
+    def take(name):  # every row in order (no labeled set): the caller's array itself, no copy
+        return arrays[name] if every else np.take(arrays[name], rows, axis=0)
+
+    features = take("features") if "features" in arrays else None
     if "probs" in arrays:
-        return PoolOutputs.from_probs(np.take(arrays["probs"], rows, axis=0), indices=rows, features=features)
-    logits = np.take(arrays["logits"], rows, axis=0) if "logits" in arrays else np.empty((len(rows), 0), np.float32)
+        return PoolOutputs.from_probs(take("probs"), indices=rows, features=features)
+    logits = take("logits") if "logits" in arrays else np.empty((len(rows), 0), np.float32)
     return PoolOutputs(indices=rows, logits=logits, features=features)

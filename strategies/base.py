@@ -81,7 +81,8 @@ class QueryContext:
                 f"labeled must be a PoolOutputs or None, got {type(self.labeled).__name__} instead"
             )
         if self.labeled is not None and len(self.labeled) and len(self.pool):
-            both = np.intersect1d(self.pool.indices.numpy(), self.labeled.indices.numpy())
+            lab = self.labeled.indices.numpy()
+            both = lab[np.isin(lab, self.pool.indices.numpy())]
             if both.size:
                 raise ConfigError(
                     f"pool and labeled must not share indices, got {both.size} index(es) in both instead "
