@@ -6,7 +6,7 @@ that float32 rounding would merge into ties keep their order. Higher score = mor
 
 Computing every score in float64 is what made these strategies slow (a float64 copy of the
 logits, float64 ``exp``/``log``), so ``select`` ranks in two steps: a float32 pass over the
-whole pool in numpy (one thread, in cache-sized blocks of rows) with a bound on its error,
+whole pool (one thread, in cache-sized blocks of rows) with a bound on its error,
 then the float64 scores of only the rows that can still reach the top ``budget`` (float32 score
 within twice that bound of the ``budget``-th largest). The float64 ranking of those rows is
 the float64 ranking of the pool, so the picks and their order are those of the float64 scores
@@ -24,7 +24,7 @@ import torch
 from activecrl.strategies.base import QueryContext, Strategy, register_strategy, select_top
 
 _U32 = 2.0 ** -24  # float32 unit roundoff
-_BLOCK = 1 << 16  # elements per block of rows: the block's temporaries stay in cache
+_BLOCK = 1 << 18  # elements per block of rows: the block's temporaries stay in cache
 _SMALL = 32  # up to this many classes a block is transposed: reductions then run along rows of the pool
 
 
@@ -52,51 +52,48 @@ def _margin_scores(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- float32 scores (the filter)
-# Each takes a block ``z`` of logits with the classes along ``axis`` and returns the block's
-# scores on the float64 scores' scale. ``y = z - max`` is <= 0, ``S = sum exp(y)`` is in [1, C].
-def _shifted(z: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    y = z - z.max(axis=axis, keepdims=True)
-    return y, np.exp(y)
+# Each takes a float32 block ``z`` of logits with the classes along ``dim`` and returns the
+# block's scores on the float64 scores' scale. ``y = z - max`` is <= 0, ``S = sum exp(y)`` is in [1, C].
+def _shifted(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    y = z - z.amax(dim=dim, keepdim=True)
+    return y, y.exp()
 
 
-def _entropy32(z: np.ndarray, axis: int) -> np.ndarray:
-    y, e = _shifted(z, axis)
-    s = e.sum(axis=axis)
-    e *= y
-    return np.log(s) - e.sum(axis=axis) / s  # log S - sum p*y
+def _entropy32(z: torch.Tensor, dim: int) -> torch.Tensor:
+    y, e = _shifted(z, dim)
+    s = e.sum(dim=dim)
+    return s.log() - e.mul_(y).sum(dim=dim) / s  # log S - sum p*y
 
 
-def _least_conf32(z: np.ndarray, axis: int) -> np.ndarray:
-    return -1.0 / _shifted(z, axis)[1].sum(axis=axis)  # -max p
+def _least_conf32(z: torch.Tensor, dim: int) -> torch.Tensor:
+    y = z - z.amax(dim=dim, keepdim=True)
+    return -1.0 / y.exp_().sum(dim=dim)  # -max p
 
 
-def _runner_up(z: np.ndarray, axis: int) -> np.ndarray:
-    """Second largest value along ``axis`` (the maximum again when it is tied)."""
-    if axis == 0:  # few class rows: a running top-2 costs three vector operations per class
-        first, second = z[0].copy(), np.full(z.shape[1], -np.inf, dtype=z.dtype)
-        tmp = np.empty_like(first)
-        for row in z[1:]:
-            np.maximum(second, np.minimum(first, row, out=tmp), out=second)
-            np.maximum(first, row, out=first)
-        return second
-    y = z.copy()
-    np.put_along_axis(y, np.expand_dims(z.argmax(axis=axis), axis), -np.inf, axis=axis)  # one maximum out
-    return y.max(axis=axis)
+def _margin32(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """``-(p1 - p2) = (exp(y2) - 1) / S``, ``y2`` the runner-up of ``y`` (0 when the maximum is tied)."""
+    if dim == 0:  # few class rows: a running top-2 costs three vector operations per class
+        y, e = _shifted(z, 0)
+        first, second = y[0].clone(), torch.full_like(y[0], -math.inf)
+        for row in y[1:]:
+            torch.maximum(second, torch.minimum(first, row), out=second)
+            torch.maximum(first, row, out=first)
+        return second.exp_().sub_(1.0).div_(e.sum(dim=0))
+    top, where = z.max(dim=1, keepdim=True)
+    y = z - top
+    s = y.exp().sum(dim=1)
+    return y.scatter_(1, where, -math.inf).amax(dim=1).exp_().sub_(1.0).div_(s)  # one maximum out
 
 
-def _margin32(z: np.ndarray, axis: int) -> np.ndarray:
-    y, e = _shifted(z, axis)
-    return (np.exp(_runner_up(y, axis)) - 1.0) / e.sum(axis=axis)  # -(p1 - p2)
-
-
-def _float32_scores(kernel, z: np.ndarray) -> np.ndarray:
+def _float32_scores(kernel, z: torch.Tensor) -> torch.Tensor:
+    """``kernel`` on cache-sized blocks of rows of the float32 logits ``z``."""
     n, c = z.shape
-    out = np.empty(n, dtype=np.float32)
+    out = torch.empty(n, dtype=torch.float32)
     rows = max(1, _BLOCK // c)
     for start in range(0, n, rows):
         block = z[start:start + rows]
         if c <= _SMALL:  # a few classes: reduce across class rows of contiguous pool columns
-            out[start:start + rows] = kernel(np.ascontiguousarray(block.T), 0)
+            out[start:start + rows] = kernel(block.t().contiguous(), 0)
         else:
             out[start:start + rows] = kernel(block, 1)
     return out
@@ -134,8 +131,8 @@ def _candidates(approx: np.ndarray, k: int, bound: float) -> np.ndarray:
 
 @contextlib.contextmanager
 def _one_torch_thread():
-    """Run torch on one thread: the float64 re-check is a few thousand rows, and waking the
-    intra-op thread pool for it costs more than the work, most of all on a busy CPU."""
+    """Run torch on one thread: a pass over the pool is a few milliseconds, and waking the
+    intra-op thread pool for each operation costs more than it saves, most of all on a busy CPU."""
     n = torch.get_num_threads()
     if n > 1:
         torch.set_num_threads(1)
@@ -160,15 +157,13 @@ class _ScoreStrategy(Strategy):
         k = min(budget, n)
         if c < 2 or k == 0:
             return select_top(self.scores(context), context.pool.indices, budget)
-        z = logits.numpy()
-        with np.errstate(all="ignore"):  # inf/NaN logits give non-finite scores, handled below
-            approx = _float32_scores(self._float32, z.astype(np.float32, copy=False))
-        bound = _error_bound(z, rounded=z.dtype != np.float32)
-        if not (np.isfinite(bound) and np.isfinite(approx).all()):  # inf/NaN logits: NaN rules of select_top
-            return select_top(self.scores(context), context.pool.indices, budget)
-        cand = _candidates(approx, k, bound)
-        with _one_torch_thread():  # row by row the same float64 arithmetic as on the whole pool
-            exact = self._exact(torch.from_numpy(np.take(z, cand, axis=0)))
+        with _one_torch_thread():
+            approx = _float32_scores(self._float32, logits.to(torch.float32)).numpy()
+            bound = _error_bound(logits.numpy(), rounded=logits.dtype != torch.float32)
+            if not (np.isfinite(bound) and np.isfinite(approx).all()):  # inf/NaN logits: select_top's NaN rule
+                return select_top(self.scores(context), context.pool.indices, budget)
+            cand = _candidates(approx, k, bound)
+            exact = self._exact(logits[torch.from_numpy(cand)])  # row by row the arithmetic of the whole pool
         return select_top(exact, context.pool.indices.numpy()[cand], k)
 
 
