@@ -55,6 +55,10 @@ class QueryContext:
     ``embeddings``: optional (n_train, d) matrix, one row per training-split image (a
     self-supervised encoder's or a user's features); strategies that work in an embedding space
     (typiclust, probcover) read it through ``Strategy.embedding`` instead of ``features``.
+    ``n_classes``: the number of classes when the caller knows it (ProbCover's default number
+    of k-means clusters); None: the width of ``pool.logits``. The pool and the labeled set must
+    not share an index (checked here, before any work).
+    From plain arrays, ``activecrl.strategies.query`` builds this context for you.
     """
 
     pool: PoolOutputs
@@ -64,6 +68,7 @@ class QueryContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 1024
     embeddings: np.ndarray | torch.Tensor | None = None
+    n_classes: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.pool, PoolOutputs):
@@ -72,8 +77,17 @@ class QueryContext:
             raise ConfigError(
                 f"labeled must be a PoolOutputs or None, got {type(self.labeled).__name__} instead"
             )
+        if self.labeled is not None and len(self.labeled) and len(self.pool):
+            lab = self.labeled.indices.numpy()
+            both = lab[np.isin(lab, self.pool.indices.numpy())]
+            if both.size:
+                raise ConfigError(
+                    f"pool and labeled must not share indices, got {both.size} index(es) in both instead "
+                    f"(e.g. {both[:5].tolist()}); leave the labeled indices out of the pool"
+                )
         self.device = torch.device(self.device)
         self.batch_size = check_int("batch_size", self.batch_size, 1)
+        self.n_classes = check_int("n_classes", self.n_classes, 1, none_ok=True)
         if self.embeddings is not None:
             shape = tuple(self.embeddings.shape) if hasattr(self.embeddings, "shape") else None
             if shape is None or len(shape) != 2 or shape[1] < 1:
@@ -90,13 +104,15 @@ class Strategy:
     the model with dropout before its classifier), ``needs_features`` (the pool and labeled
     ``PoolOutputs`` must carry penultimate features), ``needs_model_outputs`` (False: the
     strategy reads only ``pool.indices``, so the loop skips the forward pass over the pool and
-    passes logits with zero columns).
+    passes logits with zero columns), ``needs_logits`` (False: the strategy never reads the
+    class scores, so ``strategies.query`` accepts a call without logits or probabilities).
     """
 
     name: str = "strategy"
     requires_dropout: bool = False
     needs_features: bool = False
     needs_model_outputs: bool = True
+    needs_logits: bool = True
     uses_embeddings: bool = False  # reads Strategy.embedding: context.embeddings when given
 
     def embedding(self, context: QueryContext) -> tuple[np.ndarray, np.ndarray]:

@@ -407,6 +407,7 @@ class CoresetStrategy(Strategy):
     """k-center greedy on penultimate features, starting from the labeled set as centers."""
 
     needs_features = True
+    needs_logits = False
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         n = len(context.pool)

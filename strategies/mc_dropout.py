@@ -33,6 +33,7 @@ class MCDropoutStrategy(Strategy):
     """Highest entropy of the mean softmax over ``n_samples`` MC dropout samples."""
 
     requires_dropout = True
+    needs_logits = False  # it samples the model instead
     _min_samples = 1
 
     def __init__(self, n_samples: int = 50):

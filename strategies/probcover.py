@@ -196,8 +196,8 @@ class ProbCoverStrategy(Strategy):
 
     Parameters: ``delta`` (ball radius in the normalised embedding; None: the largest radius
     with k-means ball purity >= ``alpha``), ``alpha`` (0.95, the paper's), ``n_clusters`` (the
-    k-means clusters of the purity; None: the number of classes, the width of the pool
-    logits), ``normalize`` (L2-normalise the rows first, as the authors' code does),
+    k-means clusters of the purity; None: the number of classes, ``context.n_classes`` or else
+    the width of the pool logits), ``normalize`` (L2-normalise the rows first, as the authors' code does),
     ``kmeans_iter``, ``max_edges`` (memory guard of the graph) and ``max_degree`` (keep each
     point's nearest ``max_degree`` neighbours within delta; None: all, unless the graph would
     pass ``max_edges``, see the module docstring).
@@ -211,6 +211,7 @@ class ProbCoverStrategy(Strategy):
     """
 
     needs_features = True
+    needs_logits = False  # class count: n_clusters, else context.n_classes, else the width of the logits
     uses_embeddings = True
 
     def __init__(self, delta: float | None = None, alpha: float = 0.95, n_clusters: int | None = None,
@@ -250,11 +251,18 @@ class ProbCoverStrategy(Strategy):
     def _clusters(self, x: np.ndarray, context: QueryContext, rng: np.random.Generator) -> np.ndarray:
         """k-means pseudo-labels of all rows for the purity radius."""
         who = self._label()
-        k = self.n_clusters if self.n_clusters is not None else context.pool.logits.shape[1]
+        width = context.pool.logits.shape[1]
+        k = next((c for c in (self.n_clusters, context.n_classes) if c is not None), width)
+        if k == 0:
+            raise ConfigError(
+                f"{who} needs the number of classes for its purity radius: n_clusters must be an integer "
+                f">= 2, got None and no class count (no logits, no n_classes) instead; pass "
+                f"n_clusters=<classes> or n_classes=<classes> (strategies.query), or delta=<radius>"
+            )
         if k < 2:
             raise ConfigError(
                 f"{who} needs the number of classes (>= 2) for its purity radius, got {k} (pool logits "
-                f"of width {context.pool.logits.shape[1]}) instead; pass n_clusters=<classes> or delta=<radius>"
+                f"of width {width}) instead; pass n_clusters=<classes> or delta=<radius>"
             )
         if k > len(x):
             raise ConfigError(f"{who}: n_clusters must be at most the {len(x)} points, got {k} instead")

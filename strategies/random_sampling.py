@@ -12,6 +12,7 @@ class RandomStrategy(Strategy):
     """Label ``budget`` pool samples drawn uniformly without replacement from ``rng``."""
 
     needs_model_outputs = False  # no forward pass over the pool
+    needs_logits = False
 
     def select(self, context: QueryContext, budget: int, rng: np.random.Generator) -> np.ndarray:
         n = len(context.pool)

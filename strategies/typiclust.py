@@ -54,6 +54,7 @@ class TypiClustStrategy(Strategy):
     """
 
     needs_features = True
+    needs_logits = False
     uses_embeddings = True
 
     def __init__(self, k_nn: int = 20, max_clusters: int = 500, min_cluster_size: int = 5,

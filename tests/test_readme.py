@@ -88,3 +88,12 @@ def test_readme_strategy_command_works_through_the_console_script(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["strategy"] == "my_strategies:LowMarginFarFeatures"
     assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_readme_arrays_example_runs():
+    namespace = {}
+    exec(compile(_block("from activecrl.strategies import query"), "README.md", "exec"), namespace)
+    labeled = set(namespace["labeled"].tolist())
+    for name in ("picks", "far", "typical", "covered"):
+        picks = namespace[name]
+        assert len(set(picks.tolist())) == 100 and not labeled & set(picks.tolist())
