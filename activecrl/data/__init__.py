@@ -33,7 +33,7 @@ Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dat
 from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, register_dataset, svhn
 from activecrl.data.cache import default_data_dir
 from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
-from activecrl.data.device import DeviceData, device_split, device_splits
+from activecrl.data.device import DeviceData, device_split, device_splits, train_steps
 from activecrl.data.features import FeatureData, feature_stats
 from activecrl.data.folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_image_folder
 
@@ -47,6 +47,7 @@ __all__ = [
     "default_data_dir",
     "device_split",
     "device_splits",
+    "train_steps",
     "load_dataset",
     "load_image_folder",
     "IMAGE_EXTENSIONS",
