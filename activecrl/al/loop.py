@@ -123,6 +123,11 @@ def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
     strategy, trainer, dropout = names or check_run_config(config)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    if dataset.num_classes < 2:
+        raise ConfigError(f"--dataset must have at least 2 classes to train a classifier, got {dataset.num_classes} "
+                          f"({', '.join(dataset.classes)}) in {config.dataset}; an image folder needs train/ and test/ "
+                          f"with a subfolder per class (a flat folder of unlabeled images suits `activecrl pretrain` "
+                          f"and `activecrl label init`)")
     if config.initial > dataset.n_train:
         raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
                           f"got {config.initial} instead")

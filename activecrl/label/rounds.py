@@ -190,7 +190,15 @@ def _cold_start(project: Project, settings: RoundSettings, paths, hashes, pool: 
                              settings.model.startswith("timm:") else "patches", image_size=settings.image_size,
                              pretrained=settings.pretrained, weights=settings.weights, device=device)
     strategy = _with_class_count(get_strategy(name), name, {}, len(project.classes))
-    return initial_query(strategy, pool, budget, rng, inputs.array), name, inputs.source
+    try:
+        return initial_query(strategy, pool, budget, rng, inputs.array), name, inputs.source
+    except ConfigError as exc:
+        if settings.strategy == name:  # asked for by name: its error is the answer
+            raise
+        # a pool too small for the default's clusters (TypiClust wants clusters of more than 5 images)
+        logger.warning("cold start: %s cannot pick %d of %d images (%s); drawing them uniformly at random",
+                       name, budget, len(pool), exc)
+        return initial_query(None, pool, budget, stage_rng(seed, 0, -1)), "random", "no model (uniform draw)"
 
 
 def _model_round(project: Project, settings: RoundSettings, paths, hashes, sets, pool: np.ndarray,
