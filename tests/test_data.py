@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -112,13 +111,10 @@ def test_cache_hit_skips_decoding(tmp_path, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="activecrl.data"):
             first = load_dataset("digits_counted", data_dir=tmp_path)
-            start = time.perf_counter()
             second = load_dataset("digits_counted", data_dir=tmp_path)
-            elapsed = time.perf_counter() - start
     finally:
         DATASETS.unregister("digits_counted")
-    assert len(calls) == 1
-    assert elapsed < 1.0
+    assert len(calls) == 1  # the second load decoded nothing
     assert list((tmp_path / "cache").glob("digits_counted-*.pt"))
     assert not list((tmp_path / "cache").glob(".*tmp"))  # atomic write left no temp file
     assert "from cache" in caplog.text and "decoding" in caplog.text
@@ -481,17 +477,15 @@ def test_bad_arguments():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "cifar10.tar.gz").exists(), reason="shared CIFAR-10 archive not present")
-def test_shared_cifar10_archive(tmp_path):
-    start = time.perf_counter()
+def test_shared_cifar10_archive(tmp_path, caplog):
     ds = load_dataset(SHARED / "cifar10.tar.gz", data_dir=tmp_path)
-    decode_s = time.perf_counter() - start
     assert (ds.n_train, ds.n_test, ds.image_shape, ds.augment) == (50000, 10000, (3, 32, 32), True)
     assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert torch.bincount(ds.train_labels).tolist() == [5000] * 10
     assert ds.mean == pytest.approx((0.491, 0.482, 0.447), abs=0.01)
-    start = time.perf_counter()
-    again = load_dataset(SHARED / "cifar10.tar.gz", data_dir=tmp_path)
-    assert time.perf_counter() - start < 1.0 and torch.equal(again.train_images, ds.train_images)
-    assert decode_s < 60
+    with caplog.at_level(logging.INFO, logger="activecrl.data"):
+        again = load_dataset(SHARED / "cifar10.tar.gz", data_dir=tmp_path)
+    assert "from cache" in caplog.text and "decoding" not in caplog.text  # the second load decoded nothing
+    assert torch.equal(again.train_images, ds.train_images)
     ood = load_image_folder(SHARED / "tinyimagenet-resize.tar.gz", data_dir=tmp_path)
     assert ood.shape == (10000, 3, 32, 32)

@@ -151,11 +151,22 @@ def _build_model(config: ALConfig, checked: CheckedRun):
     return model
 
 
-def write_run_config(out: Path, config: ALConfig, *, dropout: float, n_train: int, extra: dict | None = None) -> None:
-    """The run folder's ``config.json``: the options plus what the run derived (``extra``: e.g. a
-    sweep's grid point; ``load_saved_config`` ignores it)."""
-    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                                "n_train": n_train, **config.to_dict(), **(extra or {})})
+def run_threads(config: ALConfig, checked: CheckedRun, cpus: int | None = None) -> int:
+    """The run's torch thread count: ``--threads``, or the automatic count for its model (on ``cpus``
+    CPUs: a sweep task's share; default: the available ones)."""
+    return resolve_threads(config.threads, _build_model(config, checked), cpus=cpus)
+
+
+def write_run_config(out: Path, config: ALConfig, checked: CheckedRun, threads: int, extra: dict | None = None) -> None:
+    """The run folder's ``config.json``: the options plus what the run derived: dropout, split size,
+    thread count and the embeddings' fingerprint (``extra``: e.g. a sweep's grid point;
+    ``load_saved_config`` ignores all of these)."""
+    derived = {"threads_used": threads}
+    if checked.embeddings_info:
+        derived["embeddings_fingerprint"] = checked.embeddings_info
+    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": checked.dropout,
+                                                "n_train": checked.dataset.n_train, **config.to_dict(), **derived,
+                                                **(extra or {})})
 
 
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
@@ -203,8 +214,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     def new_model():
         return _build_model(config, checked)
 
-    # the model's size sets the automatic thread count
-    threads = resolve_threads(config.threads, new_model())
+    threads = run_threads(config, checked)
     if saved_threads is not None and threads != saved_threads and device.type == "cpu":
         raise ConfigError(
             f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
@@ -212,10 +222,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
             f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
-        extra = {"threads_used": threads}
-        if checked.embeddings_info:
-            extra["embeddings_fingerprint"] = checked.embeddings_info
-        write_run_config(out, config, dropout=dropout, n_train=n_train, extra=extra)
+        write_run_config(out, config, checked, threads)
     with torch_threads(threads):
         _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device,
                     trial_ids, seed_set, embeddings)

@@ -281,7 +281,7 @@ def ood_table(run_dirs: list[Path]) -> ReportTable:
         run = blob.get("run") or {}
         run_cfg = run.get("config") or {}
         cfg = dict(blob.get("config") or {})
-        for k in ("run", "seed", "device", "data_dir", "batch_size"):
+        for k in ("run", "seed", "device", "data_dir", "batch_size", "threads"):
             cfg.pop(k, None)
         key = {"run": _group_key(run_cfg), "ood": cfg, "ood_set": blob.get("ood_set"),
                "protocol": (blob.get("protocol") or {}).get("name")}
