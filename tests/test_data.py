@@ -18,6 +18,7 @@ from activecrl.data import (
     ImageDataset,
     channel_stats,
     default_data_dir,
+    train_steps,
     device_split,
     load_dataset,
     load_image_folder,
@@ -441,6 +442,8 @@ def test_single_sample_last_batch_dropped():
     assert sizes == [4, 4]
     sizes = [b[0].shape[0] for b in data.train_batches(torch.arange(10), 4, _gen(0))]
     assert sizes == [4, 4, 2]
+    for n in range(2, 12):  # the trainer's step count (its lr schedule) is the iterator's batch count
+        assert train_steps(n, 4) == len(list(data.train_batches(torch.arange(n), 4, _gen(0))))
 
 
 @pytest.mark.parametrize("bad, match", [
