@@ -182,7 +182,7 @@ def _time_phases() -> dict:
         setattr(mod, name, wrapper)
 
     for mod, name in ((pc, "kmeans"), (pc, "sampled_purity_delta"), (pc, "purity_delta_and_graph"), (pc, "ball_check"),
-                      (pc, "cell_ball_graph"), (pc, "max_coverage_greedy"), (cg, "train_cells"), (cg, "_nearest_cells"),
+                      (pc, "cell_ball_graph"), (pc, "max_coverage_greedy"), (cg, "train_cells"), (cg, "nearest_centroids"),
                       (cg, "cap_nearest")):
         timed(mod, name)
     return spent

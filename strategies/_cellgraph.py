@@ -30,7 +30,8 @@ import logging
 
 import numpy as np
 
-from activecrl.strategies._geometry import _BLOCK_ELEMENTS, cap_nearest, edges_to_csr, seed_from, too_many_edges
+from activecrl.core.kmeans import kmeans, nearest_centroids
+from activecrl.strategies._geometry import _BLOCK_ELEMENTS, cap_nearest, edges_to_csr, too_many_edges
 
 logger = logging.getLogger(__name__)
 
@@ -47,24 +48,7 @@ def default_cells(n: int) -> int:
 
 def train_cells(x: np.ndarray, n_cells: int, rng: np.random.Generator) -> np.ndarray:
     """(n_cells, d) float32 k-means centroids trained on a random sample of the rows."""
-    import faiss  # lazily: only the embedding strategies need it
-
-    n, d = x.shape
-    m = min(n, _TRAIN_PER_CELL * n_cells)
-    sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    km = faiss.Kmeans(d, int(n_cells), niter=_TRAIN_ITER, seed=seed_from(rng), verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=1 << 30)
-    km.train(np.ascontiguousarray(x[sample], dtype=np.float32))
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
-
-
-def _nearest_cells(x: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
-    """(n, nprobe) ids of each row's nearest centroids, nearest first (exact, faiss BLAS)."""
-    import faiss
-
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(centroids)
-    return index.search(x, int(nprobe))[1].astype(np.int64)
+    return kmeans(x, n_cells, rng, niter=_TRAIN_ITER, train_sample=_TRAIN_PER_CELL * n_cells)
 
 
 def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprobe: int,
@@ -77,7 +61,7 @@ def cell_ball_graph(x: np.ndarray, delta: float, rng: np.random.Generator, nprob
     n, d = x.shape
     g = min(n, n_cells or default_cells(n))
     centroids = train_cells(x, g, rng)
-    probes = _nearest_cells(x, centroids, min(int(nprobe), g))
+    probes = nearest_centroids(x, centroids, min(int(nprobe), g))
     members, m_start, m_end = _group(probes[:, 0], g)  # rows of each cell
     queries, q_start, q_end = _group(probes.ravel(), g)  # rows probing each cell
     queries //= probes.shape[1]

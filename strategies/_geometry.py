@@ -2,8 +2,8 @@
 neighbours and the delta-ball graph through faiss / BLAS, never an n x n matrix.
 
 * ``kmeans``: k-means++ seeds drawn with the strategy's ``rng``, then faiss ``Kmeans``
-  (deterministic given ``rng``); labels from one exact nearest-centroid search, so the clusters
-  are Voronoi cells of the returned centroids.
+  (``activecrl.core.kmeans``, deterministic given ``rng``); labels from one exact
+  nearest-centroid search, so the clusters are Voronoi cells of the returned centroids.
 * ``knn_mean_dist``: mean Euclidean distance of each row to its k nearest other rows (one
   numpy block for small sets, faiss ``IndexFlatL2`` above), memory O(m * k).
 * ``Cells``: a Voronoi partition of the rows by about sqrt(n) random pivots. For ``x`` in the
@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from activecrl.core.errors import ConfigError
+from activecrl.core.kmeans import kmeans as core_kmeans, nearest_centroids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["normalize_rows", "seed_from", "kmeans_pp_seeds", "kmeans", "knn_mean_dist", "Cells", "ball_graph",
+__all__ = ["normalize_rows", "kmeans", "knn_mean_dist", "Cells", "ball_graph",
            "csr_rows", "other_label_pass", "edges_to_csr", "cap_nearest", "GraphTooLarge", "too_many_edges"]
 
 _BLOCK_ELEMENTS = 1 << 23  # 8M float32 (32 MB) per distance block
@@ -51,35 +52,6 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norm, np.float32(1e-12)), dtype=np.float32)
 
 
-def seed_from(rng: np.random.Generator) -> int:
-    """A faiss seed drawn from ``rng`` (faiss takes a 31-bit int)."""
-    return int(rng.integers(0, 2**31 - 1))
-
-
-def kmeans_pp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur and Vassilvitskii, 2007) of ``k`` rows of ``x``: the first drawn
-    uniformly, each next one with probability proportional to its squared distance to the
-    nearest seed so far. One matrix-vector product per seed; memory O(n)."""
-    n = x.shape[0]
-    x_sq = (x.astype(np.float64) ** 2).sum(axis=1)
-    seeds = np.empty(k, dtype=np.int64)
-    seeds[0] = rng.integers(n)
-    d2 = np.full(n, np.inf)
-    for i in range(k):
-        c = seeds[i]
-        np.minimum(d2, np.maximum(x_sq + x_sq[c] - 2.0 * (x @ x[c]).astype(np.float64), 0.0), out=d2)
-        d2[seeds[:i + 1]] = 0.0
-        if i + 1 == k:
-            break
-        cdf = np.cumsum(d2)
-        if not cdf[-1] > 0:  # fewer distinct rows than seeds: the rest at random
-            rest = np.setdiff1d(np.arange(n), seeds[:i + 1])
-            seeds[i + 1:] = rng.choice(rest, size=k - i - 1, replace=False)
-            break
-        seeds[i + 1] = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), n - 1)
-    return seeds
-
-
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int = 20,
            init_sample: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """k-means of the rows of ``x`` into ``k`` clusters: (labels (n,) int64, centroids (k, d)
@@ -87,22 +59,8 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, niter: int = 20,
     scikit-learn's ``MiniBatchKMeans`` seeds on a sample; TypiClust's code uses scikit-learn),
     then ``niter`` Lloyd iterations of faiss ``Kmeans`` on every row. Labels come from one exact
     nearest-centroid search, so the clusters are the Voronoi cells of the centroids."""
-    import faiss  # lazily: only the embedding strategies need it
-
-    n, d = x.shape
-    if not 1 <= k <= n:
-        raise ConfigError(f"k-means needs 1 <= clusters <= points, got {k} clusters for {n} points instead")
-    m = min(n, max(int(init_sample), 3 * k))
-    sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    init = np.ascontiguousarray(x[sample[kmeans_pp_seeds(x[sample], k, rng)]], dtype=np.float32)
-    km = faiss.Kmeans(d, int(k), niter=int(niter), seed=seed_from(rng), verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=max(256, -(-n // k)))
-    km.train(x, init_centroids=init)
-    centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-    index = faiss.IndexFlatL2(d)
-    index.add(centroids)
-    labels = index.search(x, 1)[1][:, 0].astype(np.int64)
-    return labels, centroids
+    centroids = core_kmeans(x, k, rng, niter=niter, init="k-means++", init_sample=init_sample)
+    return nearest_centroids(x, centroids)[:, 0], centroids
 
 
 def knn_mean_dist(x: np.ndarray, k: int) -> np.ndarray:

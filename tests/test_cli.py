@@ -138,10 +138,12 @@ def test_error_messages_keep_brackets(tmp_path, capsys):
 
 def test_threads_option_sets_torch_threads():
     before = torch.get_num_threads()
+    assert before == 1  # conftest's setting: the flag below must change it to show it works
     try:
-        _ok(runner.invoke(app, ["--threads", "1", "list"]))
-        assert torch.get_num_threads() == 1
-        assert runner.invoke(app, ["--threads", "0", "list"]).exit_code != 0
+        _ok(runner.invoke(app, ["--threads", "2", "list"]))
+        assert torch.get_num_threads() == 2
+        refused = runner.invoke(app, ["--threads", "0", "list"])
+        assert refused.exit_code == 2 and "--threads" in refused.output and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

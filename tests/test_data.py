@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from activecrl.data import (
     ImageDataset,
     channel_stats,
     default_data_dir,
+    train_steps,
     device_split,
     load_dataset,
     load_image_folder,
@@ -112,13 +112,10 @@ def test_cache_hit_skips_decoding(tmp_path, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="activecrl.data"):
             first = load_dataset("digits_counted", data_dir=tmp_path)
-            start = time.perf_counter()
             second = load_dataset("digits_counted", data_dir=tmp_path)
-            elapsed = time.perf_counter() - start
     finally:
         DATASETS.unregister("digits_counted")
-    assert len(calls) == 1
-    assert elapsed < 1.0
+    assert len(calls) == 1  # the second load decoded nothing
     assert list((tmp_path / "cache").glob("digits_counted-*.pt"))
     assert not list((tmp_path / "cache").glob(".*tmp"))  # atomic write left no temp file
     assert "from cache" in caplog.text and "decoding" in caplog.text
@@ -445,6 +442,8 @@ def test_single_sample_last_batch_dropped():
     assert sizes == [4, 4]
     sizes = [b[0].shape[0] for b in data.train_batches(torch.arange(10), 4, _gen(0))]
     assert sizes == [4, 4, 2]
+    for n in range(2, 12):  # the trainer's step count (its lr schedule) is the iterator's batch count
+        assert train_steps(n, 4) == len(list(data.train_batches(torch.arange(n), 4, _gen(0))))
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -481,17 +480,15 @@ def test_bad_arguments():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "cifar10.tar.gz").exists(), reason="shared CIFAR-10 archive not present")
-def test_shared_cifar10_archive(tmp_path):
-    start = time.perf_counter()
+def test_shared_cifar10_archive(tmp_path, caplog):
     ds = load_dataset(SHARED / "cifar10.tar.gz", data_dir=tmp_path)
-    decode_s = time.perf_counter() - start
     assert (ds.n_train, ds.n_test, ds.image_shape, ds.augment) == (50000, 10000, (3, 32, 32), True)
     assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert torch.bincount(ds.train_labels).tolist() == [5000] * 10
     assert ds.mean == pytest.approx((0.491, 0.482, 0.447), abs=0.01)
-    start = time.perf_counter()
-    again = load_dataset(SHARED / "cifar10.tar.gz", data_dir=tmp_path)
-    assert time.perf_counter() - start < 1.0 and torch.equal(again.train_images, ds.train_images)
-    assert decode_s < 60
+    with caplog.at_level(logging.INFO, logger="activecrl.data"):
+        again = load_dataset(SHARED / "cifar10.tar.gz", data_dir=tmp_path)
+    assert "from cache" in caplog.text and "decoding" not in caplog.text  # the second load decoded nothing
+    assert torch.equal(again.train_images, ds.train_images)
     ood = load_image_folder(SHARED / "tinyimagenet-resize.tar.gz", data_dir=tmp_path)
     assert ood.shape == (10000, 3, 32, 32)

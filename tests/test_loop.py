@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from activecrl.core.errors import ConfigError
+from activecrl.core.errors import ConfigError, RegistryError
 from activecrl.evaluation.metrics import METRIC_NAMES
 from activecrl.al.loop import ALConfig, LoopCallbacks, read_records, run_active_learning
 from activecrl.training.trainers import TrainConfig
@@ -257,10 +257,13 @@ def test_written_files_are_world_readable(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644  # not mkstemp's private 0600
 
 
-@pytest.mark.parametrize("bad", [dict(model="resnet99"), dict(strategy="nope"), dict(trainer="nope"),
-                                 dict(initial=10_000)])
-def test_bad_options_create_nothing(tmp_path, bad):
-    with pytest.raises(Exception, match="valid|must be at most"):
+@pytest.mark.parametrize("bad, error, message", [
+    (dict(model="resnet99"), RegistryError, "unknown model 'resnet99'.*valid"),
+    (dict(strategy="nope"), RegistryError, "unknown strategy 'nope'.*valid"),
+    (dict(trainer="nope"), RegistryError, "unknown trainer 'nope'.*valid"),
+    (dict(initial=10_000), ConfigError, "initial must be at most the training split size")])
+def test_bad_options_create_nothing(tmp_path, bad, error, message):
+    with pytest.raises(error, match=message):
         run_active_learning(_config(**bad), tmp_path / "run", dataset=make_blobs_dataset())
     assert not (tmp_path / "run").exists()  # the same --out works once the option is fixed
 

@@ -116,3 +116,46 @@ def test_augrc_partly_recorded_and_bootstrap_intervals(tmp_path):
     row = dict(zip(intervals.columns, intervals.rows[0]))
     assert row["ACC"] == "92.00 [91.00, 93.00]" and row["AUGRC"] == "4.00 [3.00, 5.00]" and row["ECE"] == "2.00"
     assert "1000 resamples" in intervals.caption
+
+
+def _fake_ood_run(path, detector, params, seed=0, **config):
+    path.mkdir(parents=True)
+    metrics = {"fpr95": 0.5, "detection_error": 0.2, "auroc": 0.9, "aupr_in": 0.8, "aupr_out": 0.7}
+    blob = {"detector": detector, "metrics": metrics, "params": params, "protocol": {"name": "validation (noise)"},
+            "in_distribution": "digits", "ood_set": "noise", "n_in": 10, "n_out": 10,
+            "run": {"model": "small_cnn", "config": {"trainer": "baseline"}},
+            "config": {"detector": detector, "seed": seed, "threads": seed + 1, **config}}
+    (path / "ood.json").write_text(json.dumps(blob))
+
+
+def test_ood_table_shows_detectors_as_their_classes_say(tmp_path):
+    from activecrl.ood.detectors import DETECTORS, Detector
+
+    class KNNDetector(Detector):
+        name, tuned, report_order = "knn_test", True, 1
+
+        @classmethod
+        def report_label(cls, name, config):
+            return "k-NN"
+
+        @classmethod
+        def report_params(cls, params):
+            return {"k": params["k"]}
+
+    for seed in (0, 1):  # seeds and thread counts differ: one group
+        _fake_ood_run(tmp_path / f"m{seed}", "mahalanobis", {"epsilon": 0.001, "layers": "all feature maps",
+                                                              "n_layers": 3, "combiner_weights": [1, 2, 3]},
+                      seed=seed, feature_ensemble=True)
+    _fake_ood_run(tmp_path / "msp", "msp", {})
+    _fake_ood_run(tmp_path / "knn", "knn_test", {"k": 5, "distance": "cosine"})
+    _fake_ood_run(tmp_path / "gone", "uninstalled", {"k": 5, "distance": "cosine"})
+    DETECTORS.register("knn_test", KNNDetector)
+    try:
+        md = build_report([tmp_path]).to_markdown()
+    finally:
+        DETECTORS.unregister("knn_test")
+    rows = [line.split(" | ")[3:8] for line in md.splitlines() if line.startswith("| digits")]
+    assert rows == [["MSP", "Baseline", "-", "-", "1"],  # report_order, then the class's label and params
+                    ["k-NN", "Baseline", "validation (noise)", "k=5", "1"],
+                    ["Mahalanobis (feature ensemble)", "Baseline", "validation (noise)", "ε=0.001", "2"],
+                    ["uninstalled", "Baseline", "validation (noise)", "k=5, distance=cosine", "1"]]

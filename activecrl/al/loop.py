@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -151,11 +151,22 @@ def _build_model(config: ALConfig, checked: CheckedRun):
     return model
 
 
-def write_run_config(out: Path, config: ALConfig, *, dropout: float, n_train: int, extra: dict | None = None) -> None:
-    """The run folder's ``config.json``: the options plus what the run derived (``extra``: e.g. a
-    sweep's grid point; ``load_saved_config`` ignores it)."""
-    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": dropout,
-                                                "n_train": n_train, **config.to_dict(), **(extra or {})})
+def run_threads(config: ALConfig, checked: CheckedRun, cpus: int | None = None) -> int:
+    """The run's torch thread count: ``--threads``, or the automatic count for its model (on ``cpus``
+    CPUs: a sweep task's share; default: the available ones)."""
+    return resolve_threads(config.threads, _build_model(config, checked), cpus=cpus)
+
+
+def write_run_config(out: Path, config: ALConfig, checked: CheckedRun, threads: int, extra: dict | None = None) -> None:
+    """The run folder's ``config.json``: the options plus what the run derived: dropout, split size,
+    thread count and the embeddings' fingerprint (``extra``: e.g. a sweep's grid point;
+    ``load_saved_config`` ignores all of these)."""
+    derived = {"threads_used": threads}
+    if checked.embeddings_info:
+        derived["embeddings_fingerprint"] = checked.embeddings_info
+    atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": checked.dropout,
+                                                "n_train": checked.dataset.n_train, **config.to_dict(), **derived,
+                                                **(extra or {})})
 
 
 def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool = False, dataset=None,
@@ -167,7 +178,6 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     each trial of a run folder as its own task this way, with ``resume=True``.
     """
     out = Path(out_dir)
-    cb = callbacks or LoopCallbacks()
     saved_threads = None
     if resume:
         config, saved_threads = _check_resume(config, out)
@@ -181,107 +191,130 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, create=False, remedy=_resume_remedy(out))  # never overwrite a run
     checked = check_run(config, dataset=dataset, names=names)
-    dataset, strategy, dropout = checked.dataset, checked.strategy, checked.dropout
-    n_train = dataset.n_train
     if resume and checked.embeddings_info is not None:
         _check_same_embeddings(out, checked.embeddings_info)
-    embeddings = checked.embeddings
-    seed_strategy = checked.seed_strategy
-    seed_sets: dict[int, np.ndarray] = {}
-
-    def seed_set(trial: int) -> np.ndarray:
-        if trial not in seed_sets:
-            seed_sets[trial] = _seed_set(config, trial, n_train, seed_strategy, embeddings)
-        return seed_sets[trial]
-
-    check_label_budget(config, n_train, stages=not resume)  # a resumed run was accepted when it started
-    if seed_strategy is not None and not resume:
-        seed_set(0)  # a seed set the strategy cannot choose (too few clusters) fails before anything is written
-    train_data, test_data = device_splits(dataset, device, channels_last=config.train.channels_last)
-    test_labels = dataset.test_labels.numpy()
-
-    def new_model():
-        return _build_model(config, checked)
-
-    # the model's size sets the automatic thread count
-    threads = resolve_threads(config.threads, new_model())
-    if saved_threads is not None and threads != saved_threads and device.type == "cpu":
-        raise ConfigError(
-            f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
-            f"and this run's stages were computed with {saved_threads} thread(s), got {threads} instead"
-            f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
+    check_label_budget(config, checked.dataset.n_train, stages=not resume)  # a resumed run was accepted when it started
+    train_data, test_data = device_splits(checked.dataset, device, channels_last=config.train.channels_last)
+    runner = TrialRunner(config, out, checked, device, train_data, test_data, callbacks or LoopCallbacks())
+    if checked.seed_strategy is not None and not resume:
+        runner.seed_set(0)  # a seed set the strategy cannot choose (too few clusters) fails before anything is written
+    threads = run_threads(config, checked)
+    if device.type == "cpu":
+        _check_same_threads(out, config, threads, saved_threads)
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
-        extra = {"threads_used": threads}
-        if checked.embeddings_info:
-            extra["embeddings_fingerprint"] = checked.embeddings_info
-        write_run_config(out, config, dropout=dropout, n_train=n_train, extra=extra)
+        write_run_config(out, config, checked, threads)
     with torch_threads(threads):
-        _run_stages(config, out, cb, strategy, new_model, train_data, test_data, test_labels, n_train, device,
-                    trial_ids, seed_set, embeddings)
+        runner.run(trial_ids)
     return read_records(out)
 
 
-def _run_stages(config: ALConfig, out: Path, cb: LoopCallbacks, strategy, new_model, train_data, test_data,
-                test_labels, n_train: int, device, trial_ids: list[int], seed_set, embeddings) -> None:
-    """Every (trial, stage) of ``trial_ids`` not yet recorded, in order, each appended when complete.
+@dataclass
+class TrialRunner:
+    """The stages of one run folder, with what ``run_active_learning`` resolved for them: each
+    (trial, stage) not yet recorded is trained, evaluated, queried and recorded, in order, and
+    appended when complete."""
 
-    ``seed_set(trial)`` gives a trial's seed set; ``embeddings`` (or None) go to the strategies."""
+    config: ALConfig
+    out: Path
+    checked: CheckedRun  # strategy, trainer, dropout, dataset, embeddings, seed-set strategy
+    device: torch.device
+    train_data: Any  # DeviceData of the training split (the pool)
+    test_data: Any
+    callbacks: LoopCallbacks = field(default_factory=LoopCallbacks)
+    _seed_sets: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
-    records = read_records(out)
-    done = {(r.trial, r.stage) for r in records}
-    for trial in trial_ids:
-        cb.trial_start(trial, config.trials)
-        trial_seed = config.seed + trial
-        labeled = _labeled_after(records, trial, config, n_train, seed_set=seed_set)
+    @property
+    def n_train(self) -> int:
+        return self.checked.dataset.n_train
+
+    def seed_set(self, trial: int) -> np.ndarray:
+        """The seed set of ``trial`` (chosen once per run object)."""
+        if trial not in self._seed_sets:
+            self._seed_sets[trial] = _seed_set(self.config, trial, self.n_train, self.checked.seed_strategy,
+                                               self.checked.embeddings)
+        return self._seed_sets[trial]
+
+    def run(self, trial_ids: list[int]) -> None:
+        records = read_records(self.out)
+        for trial in trial_ids:
+            self.run_trial(trial, records)
+
+    def run_trial(self, trial: int, records: list[StageRecord]) -> None:
+        """The stages of ``trial`` that ``records`` lack; each new record is appended to ``records``."""
+        config = self.config
+        done = {r.stage for r in records if r.trial == trial}
+        self.callbacks.trial_start(trial, config.trials)
+        labeled = _labeled_after(records, trial, config, self.n_train, seed_set=self.seed_set)
         for stage in range(config.stages):
-            if (trial, stage) in done:
-                labeled = _labeled_after(records, trial, config, n_train, through_stage=stage, seed_set=seed_set)
+            if stage in done:
+                labeled = _labeled_after(records, trial, config, self.n_train, through_stage=stage,
+                                         seed_set=self.seed_set)
                 continue
             if len(labeled) == 0:
                 break
-            previous_state = None
-            if config.warm_start and stage > 0:
-                previous_state = _load_warm_state(out, trial, stage - 1)
-            cb.stage_start(trial, stage, len(labeled))
-            seed_everything(torch_seed(config.seed, trial, stage))
-            model = new_model()
-            if previous_state is not None:
-                model.load_state_dict(previous_state)
-            stage_train = config.train.updated(seed=torch_seed(config.seed, trial, stage))
-            fit = build_trainer(config.trainer, stage_train).fit(
-                model, train_data, torch.from_numpy(labeled), progress=cb.epoch)
-
-            test_out = predict(model, test_data, batch_size=config.eval_batch_size, features=False)
-            probs = torch.softmax(test_out.logits.double(), dim=1).numpy()
-            metrics = classification_metrics(probs, test_labels[test_out.indices.numpy()])
-
-            queried = np.empty(0, dtype=np.int64)
-            query_seconds = 0.0
-            if stage < config.stages - 1:
-                rng = stage_rng(config.seed, trial, stage)
-                start = time.perf_counter()
-                pool = np.setdiff1d(np.arange(n_train), labeled)  # computed, never stored
-                if config.pool_subset is not None and config.pool_subset < len(pool):
-                    pool = np.sort(rng.choice(pool, config.pool_subset, replace=False))
-                cb.query_start(trial, stage, len(pool))
-                queried = _query(strategy, model, train_data, pool, labeled, config, rng, device, embeddings)
-                query_seconds = time.perf_counter() - start
-            record = StageRecord(trial=trial, seed=trial_seed, stage=stage, n_labeled=int(len(labeled)),
-                                 metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
-                                 final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
-                                 initial=labeled.tolist() if stage == 0 else None)
-            if config.warm_start and stage < config.stages - 1:
-                # named by stage: a crash between this save and the record below must not let a
-                # rerun of this stage start from its own weights
-                atomic_torch_save(_warm_path(out, trial, stage),
-                                  {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            append_trial_record(out, record)
-            _warm_path(out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
+            record = self.run_stage(trial, stage, labeled)
             records.append(record)
-            cb.stage_end(record)
-            logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, len(labeled), metrics["accuracy"])
-            labeled = np.union1d(labeled, queried)
+            labeled = np.union1d(labeled, np.asarray(record.queried, dtype=np.int64))
+
+    def run_stage(self, trial: int, stage: int, labeled: np.ndarray) -> StageRecord:
+        previous_state = _load_warm_state(self.out, trial, stage - 1) if self.config.warm_start and stage > 0 else None
+        self.callbacks.stage_start(trial, stage, len(labeled))
+        model, fit = self.train(trial, stage, labeled, previous_state)
+        metrics = self.evaluate(model)
+        queried, query_seconds = self.query(model, trial, stage, labeled)
+        record = StageRecord(trial=trial, seed=self.config.seed + trial, stage=stage, n_labeled=int(len(labeled)),
+                             metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
+                             final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
+                             initial=labeled.tolist() if stage == 0 else None)
+        self.record(model, record)
+        return record
+
+    def train(self, trial: int, stage: int, labeled: np.ndarray, previous_state: dict | None):
+        """A model trained on ``labeled`` from the stage's seed (from ``previous_state`` with --warm-start)."""
+        seed = torch_seed(self.config.seed, trial, stage)
+        seed_everything(seed)
+        model = _build_model(self.config, self.checked)
+        if previous_state is not None:
+            model.load_state_dict(previous_state)
+        fit = build_trainer(self.config.trainer, self.config.train.updated(seed=seed)).fit(
+            model, self.train_data, torch.from_numpy(labeled), progress=self.callbacks.epoch)
+        return model, fit
+
+    def evaluate(self, model) -> dict:
+        """The classification metrics of ``model`` on the test split."""
+        test_out = predict(model, self.test_data, batch_size=self.config.eval_batch_size, features=False)
+        probs = torch.softmax(test_out.logits.double(), dim=1).numpy()
+        return classification_metrics(probs, self.checked.dataset.test_labels.numpy()[test_out.indices.numpy()])
+
+    def query(self, model, trial: int, stage: int, labeled: np.ndarray) -> tuple[np.ndarray, float]:
+        """(the pool indices the strategy picks, seconds it took); nothing after the last stage."""
+        config = self.config
+        if stage == config.stages - 1:
+            return np.empty(0, dtype=np.int64), 0.0
+        rng = stage_rng(config.seed, trial, stage)
+        start = time.perf_counter()
+        pool = np.setdiff1d(np.arange(self.n_train), labeled)  # computed, never stored
+        if config.pool_subset is not None and config.pool_subset < len(pool):
+            pool = np.sort(rng.choice(pool, config.pool_subset, replace=False))
+        self.callbacks.query_start(trial, stage, len(pool))
+        queried = _query(self.checked.strategy, model, self.train_data, pool, labeled, config, rng, self.device,
+                         self.checked.embeddings)
+        return queried, time.perf_counter() - start
+
+    def record(self, model, record: StageRecord) -> None:
+        """Append the stage's record (after its warm-start weights, if the next stage needs them)."""
+        trial, stage = record.trial, record.stage
+        if self.config.warm_start and stage < self.config.stages - 1:
+            # named by stage: a crash between this save and the record below must not let a
+            # rerun of this stage start from its own weights
+            atomic_torch_save(_warm_path(self.out, trial, stage),
+                              {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        append_trial_record(self.out, record)
+        _warm_path(self.out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
+        self.callbacks.stage_end(record)
+        logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, record.n_labeled,
+                    record.metrics["accuracy"])
 
 
 def _with_class_count(strategy, spec, params: dict, n_classes: int):
@@ -475,6 +508,15 @@ def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
     resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
                                   threads=config.threads if config.threads is not None else saved_config.threads)
     return resumed, saved.get("threads_used")
+
+
+def _check_same_threads(out: Path, config: ALConfig, threads: int, saved_threads: int | None) -> None:
+    """A resumed CPU run must use the thread count its stages were computed with (None: not recorded)."""
+    if saved_threads is not None and threads != saved_threads:
+        raise ConfigError(
+            f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
+            f"and this run's stages were computed with {saved_threads} thread(s), got {threads} instead"
+            f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
 
 
 def _check_same_embeddings(out: Path, info: dict) -> None:

@@ -35,8 +35,8 @@ from activecrl.al.config import ALConfig
 from activecrl.core.config import flatten, load_toml, merge
 from activecrl.core.errors import ActiveCRLError, ConfigError
 from activecrl.core.io import atomic_write_json, to_jsonable
-from activecrl.al.loop import (CONFIG_FILE, LoopCallbacks, check_run, load_saved_config, run_active_learning,
-                   write_run_config)
+from activecrl.al.loop import (CONFIG_FILE, CheckedRun, LoopCallbacks, check_run, load_saved_config, run_active_learning,
+                                run_threads, write_run_config)
 from activecrl.al.records import merge_records, read_records
 from activecrl.training.config import TrainConfig
 
@@ -191,12 +191,12 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: str | None = 
     out = Path(out)
     _check_resource_options(cpus_per_trial, gpus_per_trial)
     _check_devices(spec, gpus_per_trial)
-    derived = _check_points(spec)
+    checked = _check_points(spec, _task_cpus(cpus_per_trial))
     _check_out(spec, out)
     started_ray = _connect(ray, address)
     try:
         _check_cluster(ray, cpus_per_trial, gpus_per_trial)
-        _write_folders(spec, out, derived)
+        _write_folders(spec, out, checked)
         return _schedule(ray, spec, out, cpus_per_trial, gpus_per_trial, callbacks or SweepCallbacks(), poll_seconds)
     finally:
         if started_ray:
@@ -225,10 +225,16 @@ def _check_devices(spec: SweepSpec, gpus: float) -> None:
                               f"among 4 trials)")
 
 
-def _check_points(spec: SweepSpec) -> dict[int, dict]:
-    """``check_run`` for every point, each dataset loaded once; returns what config.json records."""
+def _task_cpus(cpus_per_trial: float) -> int:
+    """The CPUs a task's torch threads may use: its share (Ray caps a task's OpenMP threads there too)."""
+    return max(1, int(cpus_per_trial))
+
+
+def _check_points(spec: SweepSpec, task_cpus: int) -> dict[int, tuple[CheckedRun, int]]:
+    """``check_run`` for every point, each dataset loaded once, and the thread count its tasks will run
+    with on ``task_cpus`` CPUs: what its config.json records."""
     datasets: dict[tuple, Any] = {}
-    derived = {}
+    checked_points = {}
     for point in spec.points:
         config = point.config
         key = (config.dataset, config.data_dir, config.download)
@@ -237,8 +243,10 @@ def _check_points(spec: SweepSpec) -> dict[int, dict]:
         except ActiveCRLError as exc:
             raise type(exc)(f"grid point {point.index} ({point.label}): {exc}") from None
         datasets[key] = checked.dataset
-        derived[point.index] = {"dropout": checked.dropout, "n_train": checked.dataset.n_train}
-    return derived
+        threads = run_threads(config, checked, cpus=task_cpus)
+        # config.json needs the embeddings' fingerprint, not the arrays: one point's are freed before the next loads
+        checked_points[point.index] = (dataclasses.replace(checked, embeddings=None), threads)
+    return checked_points
 
 
 def _comparable(config: ALConfig) -> ALConfig:
@@ -265,7 +273,8 @@ def _check_out(spec: SweepSpec, out: Path) -> None:
                               f"another --out")
 
 
-def _write_folders(spec: SweepSpec, out: Path, derived: dict[int, dict]) -> None:
+def _write_folders(spec: SweepSpec, out: Path, checked: dict[int, tuple[CheckedRun, int]]) -> None:
+    """``sweep.json`` and each point's ``config.json``, written as ``activecrl run`` writes it."""
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_FILE).is_file():
         atomic_write_json(out / SWEEP_FILE, {"base": spec.base, "grid": spec.grid,
@@ -275,7 +284,7 @@ def _write_folders(spec: SweepSpec, out: Path, derived: dict[int, dict]) -> None
         if not (folder / CONFIG_FILE).is_file():
             folder.mkdir(exist_ok=True)
             extra = {"sweep": {"point": point.index, "of": len(spec.points), "values": point.values}}
-            write_run_config(folder, point.config, extra=extra, **derived[point.index])
+            write_run_config(folder, point.config, *checked[point.index], extra=extra)
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -346,7 +355,7 @@ def _schedule(ray, spec: SweepSpec, out: Path, cpus: float, gpus: float, callbac
               poll_seconds: float) -> list[PointStatus]:
     board = ray.remote(_Board).options(num_cpus=0).remote()
     task = ray.remote(_run_trial_task)
-    threads = max(1, int(cpus))
+    threads = _task_cpus(cpus)
     statuses, pending, left = [], {}, {}
     for point in spec.points:
         folder = out / point.name
@@ -438,8 +447,9 @@ def _run_trial_task(folder: str, trial: int, threads: int, use_gpu: bool, board,
 
 
 def run_active_learning_trial(folder: str | os.PathLike, trial: int, device: str = "auto") -> list[dict]:
-    """Run (or finish) one trial of an existing run folder with its saved options."""
-    return run_active_learning(ALConfig(device=device), folder, resume=True, trials=[trial],
+    """Run (or finish) one trial of an existing run folder with its saved options and thread count."""
+    threads = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("threads_used")  # None: an older sweep
+    return run_active_learning(ALConfig(device=device, threads=threads), folder, resume=True, trials=[trial],
                                callbacks=_TaskCallbacks())
 
 

@@ -308,7 +308,7 @@ def ood(
     from activecrl.ood import DETECTORS, run_ood, save_ood
 
     _setup_logging(verbose)
-    config = build_config(OODConfig, overrides, config, ood.config_options)
+    config = build_config(OODConfig, _with_global_threads(overrides), config, ood.config_options)
     prepare_out_dir(out, marker="ood.json", overwrite=overwrite, create=False)  # fail before scoring
     with console.status("ood") as status:
         result = run_ood(config, progress=lambda msg: status.update(msg))

@@ -96,13 +96,14 @@ def default_threads(n_parameters: int, cpus: int | None = None) -> int:
     return max(1, min(limit, -(-int(n_parameters) // PARAMETERS_PER_THREAD)))
 
 
-def resolve_threads(requested: int | None, model: torch.nn.Module | None = None) -> int:
-    """``requested`` as given, or the automatic count for ``model`` (None: its size is unknown: 1 thread)."""
+def resolve_threads(requested: int | None, model: torch.nn.Module | None = None, cpus: int | None = None) -> int:
+    """``requested`` as given, or the automatic count for ``model`` (None: its size is unknown: 1 thread)
+    on ``cpus`` CPUs (default: the available ones; a sweep task: its share, at most those)."""
     check_threads_option(requested)
     if requested is not None:
         return requested
     n_parameters = sum(p.numel() for p in model.parameters()) if model is not None else 0
-    return default_threads(n_parameters)
+    return default_threads(n_parameters, None if cpus is None else min(int(cpus), available_cpus()))
 
 
 class torch_threads:

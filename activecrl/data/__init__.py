@@ -22,7 +22,7 @@ Where things live (import from ``activecrl.data``; the submodules are an impleme
 - ``folders.py``  ImageFolder directories and tar archives: safe member checks, parallel
   decoding, ``load_image_folder``.
 - ``builtin.py``  the ``DATASETS`` registry, the digits/CIFAR/SVHN loaders, ``load_dataset``.
-- ``device.py``   ``DeviceData``, ``device_split`` and ``device_splits``.
+- ``device.py``   ``DeviceData``, ``device_split``, ``device_splits`` and ``train_steps`` (the last-batch rule).
 - ``features.py`` ``FeatureData``: embeddings (N, d) batched like ``DeviceData``.
 - ``stream.py``   image sources decoded and resized batch by batch (``TensorSource``, ``FileSource``).
 
@@ -33,7 +33,7 @@ Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dat
 from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, register_dataset, svhn
 from activecrl.data.cache import default_data_dir
 from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
-from activecrl.data.device import DeviceData, device_split, device_splits
+from activecrl.data.device import DeviceData, device_split, device_splits, train_steps
 from activecrl.data.features import FeatureData, feature_stats
 from activecrl.data.folders import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, load_image_folder
 
@@ -47,6 +47,7 @@ __all__ = [
     "default_data_dir",
     "device_split",
     "device_splits",
+    "train_steps",
     "load_dataset",
     "load_image_folder",
     "IMAGE_EXTENSIONS",

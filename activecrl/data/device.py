@@ -20,6 +20,13 @@ from activecrl.core.validate import check_int
 from activecrl.data.dataset import ImageDataset, _check_images, _check_stat
 
 
+def train_steps(n: int, batch_size: int) -> int:
+    """Batches in one epoch of ``DeviceData.train_batches`` over ``n`` indices: a final batch of a
+    single sample is dropped (BatchNorm cannot normalise a batch of one), any other is kept."""
+    full, rest = divmod(int(n), int(batch_size))
+    return full + (rest > 1)
+
+
 class DeviceData:
     """One split held on ``device`` as uint8, batched there with tensor ops.
 
@@ -146,10 +153,7 @@ class DeviceData:
 
     def _train_iter(self, idx: torch.Tensor, batch_size: int, generator):
         order = idx[torch.randperm(idx.numel(), generator=generator, device=self.device)]
-        total = order.numel()
-        for start in range(0, total, batch_size):
-            if total - start == 1:
-                break  # a lone last sample: dropped (see docstring)
+        for start in range(0, train_steps(order.numel(), batch_size) * batch_size, batch_size):
             batch = order[start:start + batch_size]
             x = self.images[batch]
             if self.augment_enabled:

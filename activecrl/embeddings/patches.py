@@ -11,7 +11,7 @@ Coates, Lee and Ng, "An Analysis of Single-Layer Networks in Unsupervised Featur
 3. ZCA whitening ``z = P (p - M)``, ``P = V (D + 0.1)^-1/2 V^T`` from the eigendecomposition
    ``V D V^T`` of their covariance;
 4. k-means of the whitened windows into ``centroids`` clusters (paper: 1600, its best; here
-   faiss, Lloyd iterations from a seeded random choice of windows);
+   faiss (``activecrl.core.kmeans``), Lloyd iterations from a seeded random choice of windows);
 5. for every window of an image at stride ``patch_stride`` (paper: 1), the "triangle"
    activation ``f_k = max(0, mean_j(d_j) - d_k)``, ``d_k`` the Euclidean distance of the
    whitened window to centroid k: about half the centroids fire, the nearer the stronger;
@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from activecrl.core.errors import ConfigError
+from activecrl.core.kmeans import kmeans
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +116,6 @@ def quadrant_pool(maps: torch.Tensor) -> torch.Tensor:
     hh, hw = (h + 1) // 2, (w + 1) // 2
     rows = torch.stack([maps[:, :hh].sum(1), maps[:, hh:].sum(1)], dim=1)  # (B, 2, W, K)
     return torch.stack([rows[:, :, :hw].sum(2), rows[:, :, hw:].sum(2)], dim=2).reshape(b, 4 * k)
-
-
-def kmeans_centroids(x: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
-    """``k`` k-means centroids of the rows of ``x`` (faiss; Lloyd from ``k`` seeded random rows)."""
-    import faiss  # lazily, as the strategies do
-
-    km = faiss.Kmeans(x.shape[1], int(k), niter=int(iters), seed=int(seed) % 2**31, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=max(256, -(-len(x) // k)))
-    km.train(np.ascontiguousarray(x, dtype=np.float32))  # every row: no faiss subsampling
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
 @dataclass
@@ -228,7 +219,7 @@ def learn_codebook(images: torch.Tensor, *, patch_size: int, stride: int, centro
     whiten_mean, whiten = zca_whitening(patches)
     white = ((patches - whiten_mean) @ whiten).numpy()
     del patches
-    cents = kmeans_centroids(white, centroids, kmeans_iters, seed)
+    cents = kmeans(white, centroids, seed, niter=kmeans_iters)  # Lloyd from seeded random rows, every row
     return PatchEncoder(patch_size, stride, whiten_mean, whiten, torch.from_numpy(cents))
 
 

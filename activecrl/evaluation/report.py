@@ -272,55 +272,60 @@ def _params_label(params: dict, detector) -> str:
     return ", ".join(parts) or "-"
 
 
+def _ood_item(run_dir: Path) -> tuple[dict, dict]:
+    """(group key, payload) of one ood run: runs of one group differ only in seed and where they ran."""
+    blob = _read(run_dir / "ood.json")
+    if "metrics" not in blob or "detector" not in blob:
+        raise ConfigError(f"{run_dir / 'ood.json'} must hold 'metrics' and 'detector', got keys {sorted(blob)} instead")
+    run_cfg = (blob.get("run") or {}).get("config") or {}
+    cfg = {k: v for k, v in (blob.get("config") or {}).items()
+           if k not in ("run", "seed", "device", "data_dir", "batch_size", "threads")}
+    key = {"run": _group_key(run_cfg), "ood": cfg, "ood_set": blob.get("ood_set"),
+           "protocol": (blob.get("protocol") or {}).get("name")}
+    return key, {"blob": blob, "run_cfg": run_cfg, "dir": run_dir}
+
+
+def _ood_sort_key(group: tuple[dict, list[dict]]) -> tuple:
+    first = group[1][0]
+    b, protocol = first["blob"], first["blob"].get("protocol") or {}
+    return (str(b.get("in_distribution")), str(b.get("ood_set")),
+            getattr(_registered(DETECTORS, b["detector"], Detector), "report_order", 9),
+            bool((b.get("config") or {}).get("feature_ensemble")), bool(protocol.get("tuned_on_test_ood")),
+            str(protocol.get("name")), _method_order(first["run_cfg"]), method_label(first["run_cfg"]))
+
+
+def _tuned_on(blob: dict, entry) -> str:
+    """The 'tuned on' column: '-' for a detector with nothing to tune, else the tuning data."""
+    protocol = blob.get("protocol") or {}
+    if not getattr(entry, "tuned", True):
+        return "-"
+    return "test OOD (paper protocol)" if protocol.get("tuned_on_test_ood") else protocol.get("name", "?")
+
+
+def _ood_row(runs: list[dict]) -> tuple[list[str], list[str]]:
+    """(label cells, value cells) of one group of ood runs."""
+    b = runs[0]["blob"]
+    # a detector this installation lacks is shown by name, as one with tuned hyper-parameters
+    entry = _registered(DETECTORS, b["detector"], None)
+    detector = getattr(entry, "report_label", Detector.report_label)(b["detector"], b.get("config") or {})
+    labels = [dataset_label(b.get("in_distribution")), str((b.get("run") or {}).get("model")), str(b.get("ood_set")),
+              detector, method_label(runs[0]["run_cfg"])]
+    params = sorted({_params_label(r["blob"].get("params") or {}, entry) for r in runs})
+    n_eval = sorted({f"{r['blob'].get('n_in')}/{r['blob'].get('n_out')}" for r in runs})
+    values = [_tuned_on(b, entry), "; ".join(params), str(len(runs)), "; ".join(n_eval)] + [
+        _mean_std([r["blob"]["metrics"][m] for r in runs], 100.0) for m in OOD_METRIC_NAMES]
+    return labels, values
+
+
 def ood_table(run_dirs: list[Path]) -> ReportTable:
-    items = []
-    for d in run_dirs:
-        blob = _read(d / "ood.json")
-        if "metrics" not in blob or "detector" not in blob:
-            raise ConfigError(f"{d / 'ood.json'} must hold 'metrics' and 'detector', got keys {sorted(blob)} instead")
-        run = blob.get("run") or {}
-        run_cfg = run.get("config") or {}
-        cfg = dict(blob.get("config") or {})
-        for k in ("run", "seed", "device", "data_dir", "batch_size"):
-            cfg.pop(k, None)
-        key = {"run": _group_key(run_cfg), "ood": cfg, "ood_set": blob.get("ood_set"),
-               "protocol": (blob.get("protocol") or {}).get("name")}
-        items.append((key, {"blob": blob, "run_cfg": run_cfg, "dir": d}))
-    groups = _groups(items)
-
-    def sort_key(g):
-        b = g[1][0]["blob"]
-        protocol = b.get("protocol") or {}
-        return (str(b.get("in_distribution")), str(b.get("ood_set")),
-                getattr(_registered(DETECTORS, b["detector"], Detector), "report_order", 9),
-                bool((b.get("config") or {}).get("feature_ensemble")), bool(protocol.get("tuned_on_test_ood")),
-                str(protocol.get("name")), _method_order(g[1][0]["run_cfg"]),
-                method_label(g[1][0]["run_cfg"]))
-
-    groups.sort(key=sort_key)
-    labels, keys, rows, shown = [], [], [], []
+    groups = sorted(_groups([_ood_item(d) for d in run_dirs]), key=_ood_sort_key)
+    labels, keys, rows = [], [], []
     for key, runs in groups:
-        b = runs[0]["blob"]
-        run = b.get("run") or {}
-        # a detector this installation lacks is shown by name, as one with tuned hyper-parameters
-        entry = _registered(DETECTORS, b["detector"], None)
-        detector = getattr(entry, "report_label", Detector.report_label)(b["detector"], b.get("config") or {})
-        protocol = b.get("protocol") or {}
-        if not getattr(entry, "tuned", True):
-            tuned = "-"
-        elif protocol.get("tuned_on_test_ood"):
-            tuned = "test OOD (paper protocol)"
-        else:
-            tuned = protocol.get("name", "?")
-        shown.append((tuned,))
-        labels.append([dataset_label(b.get("in_distribution")), str(run.get("model")), str(b.get("ood_set")), detector,
-                       method_label(runs[0]["run_cfg"])])
+        label, values = _ood_row(runs)
+        labels.append(label)
         keys.append(flatten(key))
-        params = sorted({_params_label(r["blob"].get("params") or {}, entry) for r in runs})
-        n_eval = sorted({f"{r['blob'].get('n_in')}/{r['blob'].get('n_out')}" for r in runs})
-        rows.append([tuned, "; ".join(params), str(len(runs)), "; ".join(n_eval)] + [
-            _mean_std([r["blob"]["metrics"][m] for r in runs], 100.0) for m in OOD_METRIC_NAMES])
-    _disambiguate(labels, keys, 4, shown)
+        rows.append(values)
+    _disambiguate(labels, keys, 4, [(row[0],) for row in rows])  # 'tuned on' already tells rows apart
     return ReportTable(
         title="Out-of-distribution detection (Table 3 layout)",
         columns=["In-dist", "Model", "OOD", "Detector", "Method", "tuned on", "params", "seeds", "n in/out"]

@@ -165,6 +165,35 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
     """
     n_samples = check_int("n_samples", n_samples, 1)
     batch_size = check_int("batch_size", batch_size, 1)
+    _check_model(model, logit_noise)
+    head_only = _resolve_head_only(model, head_only)
+    if data is None and not (head_only and features is not None):
+        raise ConfigError(
+            "MC dropout " + ("needs the features of the pool" if head_only else "needs full passes over the pool")
+            + ": data (context.data for a strategy) must be the training split's DeviceData, got None instead")
+    device = _run_device(model, data)
+    if head_only and features is None:
+        features = predict(model, data, indices, batch_size=batch_size, features=True, amp=amp).features
+    rows = _rows(indices, features if head_only else None, data, device)
+    if head_only and features.shape[0] != rows.numel():
+        raise ConfigError(f"features must have one row per index ({rows.numel()}), got {features.shape[0]} instead")
+    seed = _seed_from(seed)
+    sums = _Sums(rows.numel(), device, seed if logit_noise else None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    with dropout_only_train(model), seeded(device, seed):
+        if head_only:
+            _head_passes(model, features.to(device), sums, n_samples, batch_size, autocast, logit_noise)
+        else:
+            _full_passes(model, data, indices, rows, sums, n_samples, batch_size, autocast, logit_noise)
+    logger.debug("MC dropout: %d samples of %d rows (%s%s)", n_samples, rows.numel(),
+                 "head only" if head_only else "full passes", ", logits sampled from N(mu, sigma^2)" if logit_noise else "")
+    mean_probs, mean_entropy = sums.means(n_samples, int(getattr(model, "num_classes", 0) or 1))
+    return MCDropoutStats(mean_probs=mean_probs, mean_entropy=mean_entropy, n_samples=n_samples, head_only=head_only,
+                          logit_noise=bool(logit_noise))
+
+
+def _check_model(model: nn.Module, logit_noise: bool) -> None:
+    """The model has active dropout, and the heads logit sampling needs."""
     if not active_dropouts(model):
         rates = [m.p for m in model.modules() if isinstance(m, _DropoutNd)]
         raise ConfigError(
@@ -178,100 +207,120 @@ def mc_dropout_stats(model: nn.Module, data, indices=None, *, features: torch.Te
         raise ConfigError(f"logit sampling needs a model with features(), classifier and log_var_head, got "
                           f"{type(model).__name__} without them; build it with "
                           "build_model(..., variance_head='sample'), or use logit_noise=False")
-    head_only = _resolve_head_only(model, head_only)
-    if data is None and not (head_only and features is not None):
-        raise ConfigError(
-            "MC dropout " + ("needs the features of the pool" if head_only else "needs full passes over the pool")
-            + ": data (context.data for a strategy) must be the training split's DeviceData, got None instead")
+
+
+def _run_device(model: nn.Module, data) -> torch.device:
+    """Where the passes run: the model's device (a parameterless model: the data's, else the CPU)."""
     device = next((p.device for p in model.parameters()), None)
-    if device is None:  # a parameterless model: run where the data is
+    if device is None:
         device = getattr(data, "device", None) or torch.device("cpu")
-    if head_only and features is None:
-        features = predict(model, data, indices, batch_size=batch_size, features=True, amp=amp).features
-    if indices is None:
-        n = features.shape[0] if head_only else data.n
-        idx_all = torch.arange(n, device=device)
-    else:
-        idx_all = torch.as_tensor(indices, dtype=torch.long).to(device)
-        n = idx_all.numel()
-    if head_only and features.shape[0] != n:
-        raise ConfigError(f"features must have one row per index ({n}), got {features.shape[0]} instead")
+    return device
 
-    acc = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-    sums = []  # [sum of softmax (n, K), sum of entropies (n,)], allocated once K is known
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
-    seed = _seed_from(seed)
-    noise_gen = None
-    if logit_noise:
-        noise_gen = torch.Generator(device="cpu")
-        noise_gen.manual_seed(_noise_seed(seed))
-    noise = [None]  # this pass's (n, K) standard-normal draws; drawn on the pass's first batch
+def _rows(indices, features: torch.Tensor | None, data, device: torch.device) -> torch.Tensor:
+    """The row indices asked for on ``device``: ``indices``, else every row of ``features`` (the head
+    path) or of ``data``."""
+    if indices is not None:
+        return torch.as_tensor(indices, dtype=torch.long).to(device)
+    return torch.arange(features.shape[0] if features is not None else data.n, device=device)
 
-    def accumulate(logits, where, log_var=None):
+
+class _Sums:
+    """Running sums over the passes of each row's softmax and entropy (float64; float32 on mps,
+    which has no float64), and the logit noise of the current pass.
+
+    ``noise_seed``: None for plain MC dropout; else the seed the (CPU) noise generator is derived
+    from (``_noise_seed``), which draws one (n, K) standard normal per pass, on its first batch."""
+
+    def __init__(self, n: int, device: torch.device, noise_seed: int | None):
+        self.n, self.device = n, device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.probs = self.entropy = None  # allocated once K is known
+        self.noise_gen = None
+        if noise_seed is not None:
+            self.noise_gen = torch.Generator(device="cpu")
+            self.noise_gen.manual_seed(_noise_seed(noise_seed))
+        self.noise = None
+
+    def new_pass(self) -> None:
+        self.noise = None
+
+    def add(self, logits, where, log_var: torch.Tensor | None = None) -> None:
+        """Add the softmax and entropy of ``logits`` (sampled from N(logits, exp(log_var)) when
+        ``log_var`` is given) to rows ``where`` (a slice, or an index tensor)."""
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
-        z = logits.to(acc)
+        z = logits.to(self.dtype)
         if log_var is not None:
-            if noise[0] is None:
-                noise[0] = torch.randn((n, z.shape[1]), generator=noise_gen, dtype=torch.float64).to(device, acc)
-            z = z + torch.exp(0.5 * log_var.to(acc)) * noise[0][where]
+            z = z + torch.exp(0.5 * log_var.to(self.dtype)) * self._pass_noise(z.shape[1])[where]
         p, logp = torch.softmax(z, dim=1), torch.log_softmax(z, dim=1)
         h = -(p * logp).sum(dim=1)
-        if not sums:
-            sums.extend([torch.zeros((n, z.shape[1]), dtype=acc, device=device),
-                         torch.zeros(n, dtype=acc, device=device)])
+        if self.probs is None:
+            self.probs = torch.zeros((self.n, z.shape[1]), dtype=self.dtype, device=self.device)
+            self.entropy = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         if isinstance(where, slice):
-            sums[0][where] += p
-            sums[1][where] += h
+            self.probs[where] += p
+            self.entropy[where] += h
         else:
-            sums[0].index_add_(0, where, p)
-            sums[1].index_add_(0, where, h)
+            self.probs.index_add_(0, where, p)
+            self.entropy.index_add_(0, where, h)
 
-    with dropout_only_train(model), seeded(device, seed):
-        if head_only:
-            feats = features.to(device)
-            log_vars = None
-            if logit_noise:  # the variance head is not behind the dropout: one sigma per row for all passes
-                with autocast:
-                    log_vars = [model.log_var_head(feats[start:start + batch_size]) for start in range(0, n, batch_size)]
-            for _ in range(n_samples):
-                noise[0] = None
-                for i, start in enumerate(range(0, n, batch_size)):
-                    with autocast:
-                        logits = model.classifier(feats[start:start + batch_size])
-                    accumulate(logits, slice(start, start + batch_size), None if log_vars is None else log_vars[i])
-        else:
-            # eval_batches yields the rows in the given order; map them back by index anyway, so
-            # the rows land where they belong and a data object that skips some is caught
-            sorter = torch.argsort(idx_all)
-            sorted_idx = idx_all[sorter]
-            for t in range(n_samples):
-                noise[0] = None
-                seen = 0
-                for x, _, idx in data.eval_batches(indices, batch_size):
-                    x = x.to(device, non_blocking=True)
-                    idx = torch.as_tensor(idx, device=device)
-                    pos = sorter[torch.searchsorted(sorted_idx, idx).clamp_max(max(n - 1, 0))]
-                    if t == 0 and not torch.equal(idx_all[pos], idx):
-                        raise ConfigError("data.eval_batches yielded indices that are not among the indices "
-                                          "asked for; data must be the split the indices refer to")
-                    log_var = None
-                    with autocast:
-                        if logit_noise:  # both heads on this pass's features, as in training
-                            feats = model.features(x)
-                            logits, log_var = model.classifier(feats), model.log_var_head(feats)
-                        else:
-                            logits = model(x)
-                    accumulate(logits, pos, log_var)
-                    seen += idx.numel()
-                if seen != n:
-                    raise ConfigError(f"data.eval_batches must cover the {n} indices asked for, got {seen} instead")
-    if not sums:  # no rows
-        k = int(getattr(model, "num_classes", 0) or 1)
-        sums = [torch.zeros((0, k), dtype=acc), torch.zeros(0, dtype=acc)]
-    logger.debug("MC dropout: %d samples of %d rows (%s%s)", n_samples, n, "head only" if head_only else "full passes",
-                 ", logits sampled from N(mu, sigma^2)" if logit_noise else "")
-    return MCDropoutStats(mean_probs=(sums[0] / n_samples).double().cpu(),
-                          mean_entropy=(sums[1] / n_samples).double().cpu(),
-                          n_samples=n_samples, head_only=head_only, logit_noise=bool(logit_noise))
+    def _pass_noise(self, k: int) -> torch.Tensor:
+        if self.noise is None:
+            self.noise = torch.randn((self.n, k), generator=self.noise_gen, dtype=torch.float64).to(self.device,
+                                                                                                    self.dtype)
+        return self.noise
+
+    def means(self, n_samples: int, k_if_empty: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean softmax (n, K), mean entropy (n,)), float64 on the CPU; (0, k_if_empty) without rows."""
+        if self.probs is None:
+            return torch.zeros((0, k_if_empty), dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return (self.probs / n_samples).double().cpu(), (self.entropy / n_samples).double().cpu()
+
+
+def _head_passes(model: nn.Module, feats: torch.Tensor, sums: _Sums, n_samples: int, batch_size: int, autocast,
+                 logit_noise: bool) -> None:
+    """``n_samples`` passes of the classifier alone over the features, batch by batch."""
+    starts = range(0, feats.shape[0], batch_size)
+    log_vars = [None] * len(starts)
+    if logit_noise:  # the variance head is not behind the dropout: one sigma per row for all passes
+        with autocast:
+            log_vars = [model.log_var_head(feats[start:start + batch_size]) for start in starts]
+    for _ in range(n_samples):
+        sums.new_pass()
+        for start, log_var in zip(starts, log_vars):
+            with autocast:
+                logits = model.classifier(feats[start:start + batch_size])
+            sums.add(logits, slice(start, start + batch_size), log_var)
+
+
+def _full_passes(model: nn.Module, data, indices, rows: torch.Tensor, sums: _Sums, n_samples: int, batch_size: int,
+                 autocast, logit_noise: bool) -> None:
+    """``n_samples`` full passes over ``data.eval_batches(indices)``, each row added where it was asked for.
+
+    eval_batches yields the rows in the given order; they are mapped back by index anyway, so the
+    rows land where they belong and a data object that skips some or yields others is caught."""
+    n = rows.numel()
+    sorter = torch.argsort(rows)
+    sorted_rows = rows[sorter]
+    for t in range(n_samples):
+        sums.new_pass()
+        seen = 0
+        for x, _, idx in data.eval_batches(indices, batch_size):
+            x = x.to(sums.device, non_blocking=True)
+            idx = torch.as_tensor(idx, device=sums.device)
+            pos = sorter[torch.searchsorted(sorted_rows, idx).clamp_max(max(n - 1, 0))]
+            if t == 0 and not torch.equal(rows[pos], idx):
+                raise ConfigError("data.eval_batches yielded indices that are not among the indices "
+                                  "asked for; data must be the split the indices refer to")
+            log_var = None
+            with autocast:
+                if logit_noise:  # both heads on this pass's features, as in training
+                    feats = model.features(x)
+                    logits, log_var = model.classifier(feats), model.log_var_head(feats)
+                else:
+                    logits = model(x)
+            sums.add(logits, pos, log_var)
+            seen += idx.numel()
+        if seen != n:
+            raise ConfigError(f"data.eval_batches must cover the {n} indices asked for, got {seen} instead")

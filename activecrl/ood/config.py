@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from activecrl.core.errors import ConfigError
-from activecrl.core.validate import check_int
+from activecrl.core.validate import check_int, check_threads_option
 
 DEFAULT_TEMPERATURES = (1.0, 10.0, 100.0, 1000.0)
 DEFAULT_EPSILONS = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)  # Lee et al.'s grid
@@ -45,6 +45,9 @@ class OODConfig:
     seed: int = field(default=0, metadata={"help": "seed of the tuning/evaluation split"})
     batch_size: int = field(default=256, metadata={"help": "batch size of the scoring passes"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    threads: int | None = field(default=None, metadata={"help": (
+        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
+        "use); ood.json records the count used")})
 
     def __post_init__(self):
         self.temperatures = tuple(float(t) for t in self.temperatures)
@@ -64,3 +67,4 @@ class OODConfig:
         check_int("max_samples", self.max_samples, 2, " (None: all)", none_ok=True)
         if not 0 < self.fgsm_epsilon < 1:
             raise ConfigError(f"fgsm_epsilon must be in (0, 1) (pixel scale), got {self.fgsm_epsilon!r} instead")
+        check_threads_option(self.threads)

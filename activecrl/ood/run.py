@@ -33,7 +33,7 @@ from activecrl.core.errors import ConfigError, DataError
 from activecrl.methods.run import load_trained
 from activecrl.core.io import atomic_savez, atomic_write_json, prepare_out_dir, to_jsonable
 from activecrl.evaluation.metrics import ood_metrics
-from activecrl.core.runtime import configure_backends, resolve_device
+from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, torch_threads
 from activecrl.ood.data import SYNTHETIC_SETS, _ood_name, fgsm_images, load_ood_set
 from activecrl.ood.base import Detector, DetectorInputs, DetectorSplit
 from activecrl.ood.config import OODConfig
@@ -56,6 +56,7 @@ class OODResult:
     tuning: list[dict]  # tuning metrics of every candidate setting
     run_info: dict  # the run: dataset, model, trainer, method, seed
     seconds: float
+    threads_used: int | None = None  # torch's intra-op threads (CPU results depend on them)
 
     def to_json(self) -> dict:
         return {
@@ -74,6 +75,7 @@ class OODResult:
             "run": self.run_info,
             "tuning": self.tuning,
             "seconds": self.seconds,
+            "threads_used": self.threads_used,
             "config": dataclasses.asdict(self.config),
         }
 
@@ -225,15 +227,17 @@ def run_ood(config: OODConfig, *, progress: Callable[[str], None] | None = None)
     start = time.perf_counter()
     detector = DETECTORS.create(config.detector, config=config)
     inp = _load(config, say)
-    split = _split(config, inp, detector)
-    scored = detector.score(inp, split, say)
+    threads = resolve_threads(config.threads, inp.model)  # the rule of `train` and `run`
+    with torch_threads(threads):  # restored afterwards: a notebook keeps its own setting
+        split = _split(config, inp, detector)
+        scored = detector.score(inp, split, say)
     score_in, score_out, params, tuning = scored.score_in, scored.score_out, scored.params, scored.tuning
     metrics = ood_metrics(score_in, score_out)
     run_info = _run_info(config, inp)
     logger.info("%s on %s vs %s: %s", config.detector, run_info["dataset"], run_info["ood_set"], metrics)
     return OODResult(config, metrics, np.asarray(score_in, np.float64), np.asarray(score_out, np.float64),
                      split.eval_in, split.eval_out, params, split.protocol, tuning, run_info,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, threads)
 
 
 def save_ood(result: OODResult, out: Path | str, *, overwrite: bool = False) -> Path:

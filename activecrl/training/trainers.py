@@ -34,6 +34,7 @@ from activecrl.training.weight_averaging import WeightAverager, recompute_batchn
 from activecrl.training.config import COS_TEMP, TrainConfig, check_variance_head
 from activecrl.training.crl import CorrectnessHistory, confidence, correctness_ranking_loss
 from activecrl.core.errors import ConfigError, TrainingDiverged
+from activecrl.data.device import train_steps
 from activecrl.training.regmixup import draw_mixup, regmixup_term
 from activecrl.core.registry import Registry
 from activecrl.training.sam import sam_ascend, sam_restore
@@ -167,7 +168,7 @@ class Trainer:
         indices = torch.arange(data.n, device=device) if indices is None else indices
         data.train_batches(indices, c.batch_size)  # checks now, so a bad call fails before setup
         n_fit = int(indices.numel()) if isinstance(indices, torch.Tensor) else len(indices)
-        steps_per_epoch = n_fit // c.batch_size if n_fit % c.batch_size == 1 else -(-n_fit // c.batch_size)
+        steps_per_epoch = train_steps(n_fit, c.batch_size)  # the batches data.train_batches yields
         cuda = device.type == "cuda"
         model.to(device)
         if c.channels_last:
