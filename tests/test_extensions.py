@@ -382,3 +382,19 @@ def test_check_int(value, ok):
     assert check_int("n", None, 2, none_ok=True) is None
     with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
         check_int("seed", 2**63, 0, below=2**63)
+
+
+def test_list_in_a_fresh_process_names_every_builtin():
+    # the CLI imports each registry lazily: reading one must register its built-ins too
+    import subprocess
+    import sys
+
+    code = "from activecrl.cli.app import accepted_names; import json; print(json.dumps(accepted_names()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    names = json.loads(proc.stdout)
+    assert {"msp", "odin", "mahalanobis", "energy"} <= set(names["ood --detector"])
+    assert {"plain", "ensemble"} <= set(names["train --method"]) and "crl" in names["run --trainer"]
+    assert {"small_cnn", "linear"} <= set(names["train/run --model"]) and "entropy" in names["run --strategy"]

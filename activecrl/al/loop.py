@@ -31,15 +31,15 @@ from activecrl.strategies import QueryContext, get_strategy
 
 from activecrl import __version__
 from activecrl.core.config import config_options, flatten, load_toml, merge
-from activecrl.data import dataset_train_files, device_splits, load_dataset
-from activecrl.embeddings.load import load_embeddings
+from activecrl.data import FeatureData, dataset_train_files, device_splits, load_dataset
+from activecrl.embeddings.load import load_embeddings, load_test_embeddings
 from activecrl.core.errors import ConfigError
 from activecrl.inference.predict import predict
 from activecrl.core.io import atomic_torch_save, atomic_write_json, prepare_out_dir
 from activecrl.inference.mc_dropout import DEFAULT_MC_DROPOUT
 from activecrl.evaluation.metrics import classification_metrics
-from activecrl.backbones import backbone_options, check_backbone_options
-from activecrl.models import MODELS, build_model
+from activecrl.backbones import backbone_options, with_backbone_stats
+from activecrl.models import build_model, model_factory
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
 from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, seed_everything, torch_threads
@@ -96,8 +96,13 @@ def check_run_config(config: ALConfig):
     strategy = get_strategy(config.strategy, **config.strategy_params)
     trainer = build_trainer(config.trainer, config.train)
     dropout = resolve_dropout(config, strategy)
-    MODELS.get(config.model)
+    model_factory(config.model)  # a registered name or timm:NAME
     return strategy, trainer, dropout
+
+
+def feature_mode(config: ALConfig) -> bool:
+    """Whether the run's model trains on ``--embeddings`` rows (``linear``, ``mlp``) instead of images."""
+    return bool(getattr(model_factory(config.model), "feature_input", False))
 
 
 @dataclass
@@ -112,6 +117,7 @@ class CheckedRun:
     embeddings: np.ndarray | None = None  # --embeddings, (n_train, d) float32
     embeddings_info: dict | None = None  # its path, shape and sha256 (config.json)
     seed_strategy: Any = None  # --initial-strategy other than random
+    test_embeddings: np.ndarray | None = None  # feature mode: the test split's rows, (n_test, d)
 
 
 def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
@@ -131,23 +137,31 @@ def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
     if config.initial > dataset.n_train:
         raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
                           f"got {config.initial} instead")
-    embeddings, embeddings_info = None, None
+    embeddings, embeddings_info, test_embeddings = None, None, None
+    if feature_mode(config) and config.embeddings is None:
+        raise ConfigError(f"--model {config.model} trains on embeddings, got no --embeddings instead; pass a folder "
+                          f"written by `activecrl embed` or `activecrl pretrain` (embeddings.npy and "
+                          f"test_embeddings.npy), or choose an image model")
     if config.embeddings is not None:  # loaded once per run, checked before anything is written
         embeddings, embeddings_info = load_embeddings(config.embeddings, dataset.n_train)
+        if feature_mode(config):
+            test_embeddings, _ = load_test_embeddings(config.embeddings, dataset.n_test, embeddings.shape[1])
     # strategies with a class-count parameter (probcover's purity k-means) default to the dataset's
     # classes: with --embeddings they see no logits whose width would tell them
     strategy = _with_class_count(strategy, config.strategy, config.strategy_params, dataset.num_classes)
     seed_strategy = None if config.initial_strategy == "random" else \
         _with_class_count(get_strategy(config.initial_strategy), config.initial_strategy, {}, dataset.num_classes)
-    checked = CheckedRun(strategy, trainer, dropout, dataset, trainer.model_options(), embeddings, embeddings_info,
-                         seed_strategy)
+    checked = CheckedRun(strategy, trainer, dropout, dataset, {**trainer.model_options(), **backbone_options(config)},
+                         embeddings, embeddings_info, seed_strategy, test_embeddings)
     _build_model(config, checked)  # a model that cannot serve this run fails here
     return checked
 
 
 def _build_model(config: ALConfig, checked: CheckedRun):
     dataset, dropout = checked.dataset, checked.dropout
-    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+    # a feature-mode model's input is one embedding row: its width stands where an image's channels do
+    width = dataset.in_channels if checked.test_embeddings is None else checked.embeddings.shape[1]
+    model = build_model(config.model, num_classes=dataset.num_classes, in_channels=width,
                         image_size=dataset.image_size, dropout=dropout, **checked.model_options)
     if dropout > 0 and not getattr(model, "supports_dropout", True):
         raise ConfigError(f"model {config.model!r} cannot take dropout before its classifier, but the run "
@@ -199,7 +213,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if resume and checked.embeddings_info is not None:
         _check_same_embeddings(out, checked.embeddings_info)
     check_label_budget(config, checked.dataset.n_train, stages=not resume)  # a resumed run was accepted when it started
-    train_data, test_data = device_splits(checked.dataset, device, channels_last=config.train.channels_last)
+    train_data, test_data = run_data(config, checked, device)
     runner = TrialRunner(config, out, checked, device, train_data, test_data, callbacks or LoopCallbacks(),
                          train_files=None if dataset is not None else dataset_train_files(config.dataset))
     if checked.seed_strategy is not None and not resume:
@@ -213,6 +227,18 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     with torch_threads(threads):
         runner.run(trial_ids)
     return read_records(out)
+
+
+def run_data(config: ALConfig, checked: CheckedRun, device: torch.device):
+    """(train, test) on ``device``: the embeddings' rows for a feature-mode model (standardised by
+    the training split's statistics), else the images, normalised as the model expects (a timm
+    backbone's pretrained mean and std)."""
+    if checked.test_embeddings is not None:
+        train = FeatureData(checked.embeddings, checked.dataset.train_labels, device=device)
+        return train, FeatureData(checked.test_embeddings, checked.dataset.test_labels, device=device,
+                                  stats=(train.mean, train.std))
+    dataset = with_backbone_stats(checked.dataset, _build_model(config, checked))
+    return device_splits(dataset, device, channels_last=config.train.channels_last)
 
 
 @dataclass

@@ -327,7 +327,7 @@ def ood(
         console.print("params: " + ", ".join(f"{k}={v}" for k, v in result.params.items() if k != "combiner_weights"))
     tuned = "[bold yellow]tuned on the test OOD set (paper protocol)[/]" if config.tune_on_test_ood else \
         f"tuned on {result.protocol.get('ood_tuning')}"
-    if DETECTORS.get(detector).tuned:
+    if getattr(DETECTORS.get(detector), "tuned", False):  # a detector given as a factory says nothing
         console.print(tuned)
     for what, key in (("OOD set", "ood_conversion"), ("OOD tuning set", "ood_val_conversion")):
         if result.run_info.get(key):  # never convert silently: say what the model was shown
@@ -376,6 +376,8 @@ def list_registered():
     for option, names in accepted_names().items():
         table.add_row(option, ", ".join(names))
     _print_table(table)
+    console.print(escape("Every option also takes a package.module:Name path; --model also takes timm:NAME (any "
+                         "timm architecture, pip install -e '.[timm]'); linear and mlp train on --embeddings rows."))
     from activecrl.training.trainers import TRAINERS, trainer_description
 
     recipes = Table(title="trainers: what each is made of")

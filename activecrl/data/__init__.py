@@ -22,7 +22,7 @@ Where things live (import from ``activecrl.data``; the submodules are an impleme
 - ``folders.py``  ImageFolder directories and tar archives: safe member checks, parallel
   decoding, ``load_image_folder``.
 - ``builtin.py``  the ``DATASETS`` registry, the digits/CIFAR/SVHN loaders, ``load_dataset``.
-- ``device.py``   ``DeviceData``, ``device_split`` and ``device_splits``.
+- ``device.py``   ``DeviceData``, ``device_split``, ``device_splits`` and ``train_steps`` (the last-batch rule).
 - ``features.py`` ``FeatureData``: embeddings (N, d) batched like ``DeviceData``.
 - ``stream.py``   image sources decoded and resized batch by batch (``TensorSource``, ``FileSource``).
 

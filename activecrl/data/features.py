@@ -16,7 +16,7 @@ import torch
 
 from activecrl.core.errors import ConfigError, DataError
 from activecrl.core.validate import check_int
-from activecrl.data.device import check_generator, check_indices
+from activecrl.data.device import check_generator, check_indices, train_steps
 
 _STD_EPS = 1e-6  # a constant dimension is centred, not blown up
 
@@ -99,10 +99,7 @@ class FeatureData:
 
     def _train_iter(self, idx, batch_size, generator):
         order = idx[torch.randperm(idx.numel(), generator=generator, device=self.device)]
-        total = order.numel()
-        for start in range(0, total, batch_size):
-            if total - start == 1:
-                break
+        for start in range(0, train_steps(order.numel(), batch_size) * batch_size, batch_size):
             batch = order[start:start + batch_size]
             yield self.features[batch], self.labels[batch], batch
 

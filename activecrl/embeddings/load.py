@@ -17,6 +17,7 @@ import numpy as np
 from activecrl.core.errors import ConfigError
 
 EMBEDDINGS_FILE = "embeddings.npy"
+TEST_EMBEDDINGS_FILE = "test_embeddings.npy"
 
 
 def embeddings_file(path: str | Path) -> Path:
@@ -40,7 +41,25 @@ def load_embeddings(path: str | Path, n_train: int) -> tuple[np.ndarray, dict]:
     The fingerprint (file, shape, sha256 of the file) goes into the run's ``config.json`` so a
     resumed run can tell whether the embeddings changed underneath it.
     """
-    file = embeddings_file(path)
+    return _load_rows(embeddings_file(path), n_train, "training")
+
+
+def load_test_embeddings(path: str | Path, n_test: int, width: int) -> tuple[np.ndarray, dict]:
+    """The test split's rows of an embeddings folder (``test_embeddings.npy`` beside
+    ``embeddings.npy``), for feature-mode models, which are evaluated on the test split."""
+    file = embeddings_file(path).parent / TEST_EMBEDDINGS_FILE
+    if not file.is_file():
+        raise ConfigError(f"--model linear/mlp evaluates on the test split's embeddings, got no {TEST_EMBEDDINGS_FILE} "
+                          f"beside {embeddings_file(path)} instead; pass a folder written by `activecrl embed` or "
+                          f"`activecrl pretrain`, which hold both splits")
+    array, info = _load_rows(file, n_test, "test")
+    if array.shape[1] != width:
+        raise ConfigError(f"{file} must have the width of the training embeddings ({width}), got "
+                          f"{array.shape[1]} columns instead; embed both splits with the same backbone")
+    return array, info
+
+
+def _load_rows(file: Path, n_rows: int, split: str) -> tuple[np.ndarray, dict]:
     try:
         array = np.load(file, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -50,11 +69,11 @@ def load_embeddings(path: str | Path, n_train: int) -> tuple[np.ndarray, dict]:
         raise ConfigError(f"--embeddings must be a single .npy array, got an archive ({file}) instead; "
                           f"save one array with numpy.save")
     if array.ndim != 2:
-        raise ConfigError(f"--embeddings must be 2-D (one row per training image), got shape {array.shape} "
+        raise ConfigError(f"--embeddings must be 2-D (one row per {split} image), got shape {array.shape} "
                           f"from {file} instead")
-    if array.shape[0] != n_train:
-        raise ConfigError(f"--embeddings must have one row per training-split image ({n_train} rows), got "
-                          f"{array.shape[0]} rows from {file} instead; embed this dataset's training split, in order")
+    if array.shape[0] != n_rows:
+        raise ConfigError(f"--embeddings must have one row per {split}-split image ({n_rows} rows), got "
+                          f"{array.shape[0]} rows from {file} instead; embed this dataset's {split} split, in order")
     if array.shape[1] < 1:
         raise ConfigError(f"--embeddings must have at least one column, got shape {array.shape} from {file} instead")
     if array.dtype.kind not in "fiu":

@@ -25,9 +25,9 @@ import importlib
 _WHERE = {
     **dict.fromkeys(("SYNTHETIC_SETS", "convert_to_model_input", "fgsm_images", "load_ood_images", "load_ood_set",
                      "synthetic_images"), "data"),
-    **dict.fromkeys(("DETECTORS", "Detector", "DetectorInputs", "DetectorScores", "DetectorSplit", "register_detector"),
-                    "base"),
-    "select_best": "detectors",
+    **dict.fromkeys(("Detector", "DetectorInputs", "DetectorScores", "DetectorSplit"), "base"),
+    # the registry through the module of the built-ins, so that they are registered when it is read
+    **dict.fromkeys(("DETECTORS", "register_detector", "select_best"), "detectors"),
     **dict.fromkeys(("DEFAULT_EPSILONS", "DEFAULT_TEMPERATURES", "OODConfig"), "config"),
     **dict.fromkeys(("OODResult", "read_ood", "run_ood", "save_ood"), "run"),
     **dict.fromkeys(("MahalanobisScorer", "_whitener", "class_gaussian", "energy_score", "mahalanobis_sq", "msp_score",
