@@ -106,6 +106,9 @@ def round_settings(project: Project, **overrides) -> RoundSettings:
     if (settings.pretrained or settings.weights) and not settings.model.startswith("timm:"):
         raise ConfigError(f"--pretrained and --weights belong to a timm backbone (--model timm:NAME), got --model "
                           f"{settings.model} instead")
+    if settings.weights is not None and not Path(settings.weights).is_file():
+        raise ConfigError(f"--weights must be a weights file of the backbone, got {settings.weights!r}, which does not "
+                          "exist")
     return settings
 
 
