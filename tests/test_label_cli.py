@@ -109,6 +109,8 @@ def test_the_labeling_loop(tmp_path):
 
     make_images(tmp_path / "photos" / "more", n=2)
     assert "added 2 images" in cli("label", "add", proj, tmp_path / "photos" / "more", cwd=work).stdout
+    elsewhere = cli("label", "add", proj, tmp_path, cwd=work, ok=False)  # a folder outside the project's images
+    assert elsewhere.returncode == 2 and "DIR must be the project's images folder" in elsewhere.stdout
 
 
 @pytest.mark.slow

@@ -222,8 +222,8 @@ def export(project: Path = PROJECT,
 
 @label_app.command(cls=Command)
 def add(project: Path = PROJECT,
-        images: Path = typer.Argument(..., help="the project's images folder or a folder inside it")):
+        images: Path = typer.Argument(..., metavar="DIR", help="the project's images folder or a folder inside it")):
     """Register images added to the project's images folder since init."""
     with _open(project) as p:
-        new = p.add(images)
+        new = p.add(images, flag="DIR")
     console.print(f"added {len(new)} images" if new else "no new images")

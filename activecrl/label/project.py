@@ -147,15 +147,16 @@ class Project:
         changed = [i.path for i in infos if i.hash != stored[i.path]]
         return ImageCheck(changed, sorted(set(stored) - on_disk), sorted(on_disk - set(stored)))
 
-    def add(self, images=None) -> list[str]:
+    def add(self, images=None, *, flag: str = "images") -> list[str]:
         """Register the images under ``images`` (default: the project's folder) that are not yet known.
 
         A folder other than the project's must lie inside it, since image keys are paths relative to it.
+        ``flag`` names the argument in messages (the CLI's positional ``DIR``).
         """
         root = self.images_dir
         sub = Path(images).resolve() if images else root
         if not sub.is_relative_to(root):
-            raise DataError(f"--images must be the project's images folder {str(root)!r} or inside it, got "
+            raise DataError(f"{flag} must be the project's images folder {str(root)!r} or inside it, got "
                             f"{str(sub)!r} instead; copy the new images there first")
         known = {r[0] for r in self.con.execute("SELECT path FROM images")}
         prefix = sub.relative_to(root).as_posix()
