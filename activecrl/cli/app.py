@@ -438,7 +438,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
 
     result = compare_runs(runs)
     written = write_compare(result, output)
-    table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
+    table = Table(title="area under the budget curve: mean [95% bootstrap interval over trials]",
                   caption="accuracy in %, AURC ×10³; 'beaten' = penalty column mean (lower is better)")
     for col in ("run", "dataset", "trials", "AUBC accuracy", "AUBC AURC", "beaten"):
         table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
