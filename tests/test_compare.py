@@ -63,7 +63,7 @@ def test_trial_interval_is_the_percentile_bootstrap_of_the_mean():
     assert mean == pytest.approx(0.6)
     np.testing.assert_allclose(ci, _exact_bootstrap_percentiles(values), atol=0.01)
     assert trial_interval(values) == (mean, ci)  # a fixed seed: the same interval every time
-    # near the top of the range: a t-interval goes above 1 (0.94 ± 4.30·0.058/√3 = [0.80, 1.08])
+    # near the top of the range a t-interval goes above 1 (0.94 + 4.30 · 0.095 / √3 = 1.18)
     near_one = [0.99, 1.0, 0.83]
     assert trial_interval(near_one)[1][1] <= 1.0 < 0.94 + stats.t.ppf(0.975, 2) * np.std(near_one, ddof=1) / 3 ** 0.5
     low, high = trial_interval([0.0, 0.02, 0.3])[1]
@@ -137,8 +137,9 @@ def test_unfinished_run_compared_on_the_stages_it_has(tmp_path):
     assert result.tested_stages[0, 1] == 3
     assert result.penalty[0, 1] == pytest.approx(1 / 3)
     assert result.aubc["random (baseline)"].trials == [0]  # the only trial with every stage
-    assert any("unfinished" in n and "trial 1 has 2 of 4 stages" in n for n in result.notes)
-    assert any("left out of its AUBC" in n for n in result.notes)
+    # notes count trials from 1, as the console does (records keep 0-based indices)
+    assert any("unfinished" in n and "trial 2 has 2 of 4 stages" in n for n in result.notes)
+    assert any("trial(s) [2, 3] stop before stage 4" in n and "left out of its AUBC" in n for n in result.notes)
     # a run that never got past stage 1: AUBC of every run over stages 1-2 only, and said so
     short = make_run(tmp_path / "s", [r[:2] for r in C], strategy="coreset", planned_trials=3)
     result = compare_runs(runs + [short])

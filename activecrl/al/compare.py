@@ -218,7 +218,7 @@ def _progress_notes(run: CompareRun) -> list[str]:
     short = [t for t in trials if len(run.stages_of(t)) < run.planned_stages]
     if len(trials) < run.planned_trials or short:
         parts = [f"{len(trials)} of {run.planned_trials} trials started"]
-        parts += [f"trial {t} has {len(run.stages_of(t))} of {run.planned_stages} stages" for t in short]
+        parts += [f"trial {t + 1} has {len(run.stages_of(t))} of {run.planned_stages} stages" for t in short]
         notes.append(f"{run.label} is unfinished ({'; '.join(parts)}): compared on the stages it has")
     return notes
 
@@ -235,7 +235,7 @@ def _areas(run: CompareRun, stages: list[int], metric: str, notes: list[str]) ->
             used.append(t)
     left_out = sorted(set(run.trials()) - set(used))
     if left_out and metric == "accuracy":
-        notes.append(f"{run.label}: trial(s) {left_out} stop before stage {stages[-1] + 1} and are left out of "
+        notes.append(f"{run.label}: trial(s) {[t + 1 for t in left_out]} stop before stage {stages[-1] + 1} and are left out of "
                      "its AUBC")
     mean, ci = trial_interval(per_trial)
     return AreaStats(mean, ci, per_trial, used)

@@ -339,8 +339,8 @@ class TrialRunner:
         append_trial_record(self.out, record)
         _warm_path(self.out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
         self.callbacks.stage_end(record)
-        logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, record.n_labeled,
-                    record.metrics["accuracy"])
+        logger.info("trial %d stage %d: %d labels, accuracy %.2f%%", trial + 1, stage + 1, record.n_labeled,
+                    record.metrics["accuracy"] * 100)  # counted from 1 and in % as on screen
 
 
 def _with_class_count(strategy, spec, params: dict, n_classes: int):
@@ -465,8 +465,8 @@ _SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used",
 # where a run executes, not what it computes: these may change on --resume (threads: on a GPU only,
 # checked once the device is known, as results on the CPU depend on the thread count)
 RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
-RESUME_RULE = ("only where the run executes may change: --device and --data-dir, and --threads on a GPU (on the "
-               "CPU results depend on the thread count, so a resumed CPU run keeps the saved one)")
+RESUME_RULE = ("only where the run executes may change: --device and --data-dir, and --threads on a GPU; a CPU "
+               "run keeps its saved thread count, as its results depend on it")
 _PATH_OPTIONS = ("dataset", "embeddings")  # saved resolved, so --resume works from any folder
 
 
@@ -566,8 +566,8 @@ def _check_same_threads(out: Path, config: ALConfig, threads: int, saved_threads
     """A resumed CPU run must use the thread count its stages were computed with (None: not recorded)."""
     if saved_threads is not None and threads != saved_threads:
         raise ConfigError(
-            f"--threads must be {saved_threads} (its stages' count) to resume {out} on the CPU, got {threads} instead "
-            f"({RESUME_RULE}); drop --threads or pass --threads {saved_threads}")
+            f"--threads must be {saved_threads} to resume {out} on the CPU, got {threads} instead: {RESUME_RULE}; "
+            f"drop --threads or pass --threads {saved_threads}")
 
 
 def _check_same_embeddings(out: Path, info: dict) -> None:

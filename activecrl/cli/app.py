@@ -231,9 +231,11 @@ class _RichLoop:
 
     def stage_end(self, record):
         self.progress.advance(self.stage_task)
-        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: "
-                                    f"{record.n_labeled} labels → accuracy {record.metrics['accuracy']:.4f}, "
-                                    f"AURC {record.metrics['aurc'] * 1e3:.2f}")
+        from activecrl.evaluation.metrics import format_metric
+
+        accuracy, aurc = (format_metric(record.metrics[m], m) for m in ("accuracy", "aurc"))
+        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: {record.n_labeled} labels "
+                                    f"→ accuracy {accuracy}%, AURC {aurc} ×10³")
 
 
 def _summary_table(summary) -> Table:
