@@ -70,6 +70,9 @@ class ALConfig:
     data_dir: str | None = field(default=None, metadata={
         "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
     download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    skip_bad_images: bool = field(default=False, metadata={"help": (
+        "leave out the images of a --dataset folder that do not decode (recorded in the run folder) instead of "
+        "stopping")})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation and scoring passes"})
     embeddings: str | None = field(default=None, metadata={"help": (
         "an `activecrl pretrain` folder or a .npy of shape (n_train, d): embeddings for the strategies "

@@ -128,7 +128,8 @@ def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
     """
     strategy, trainer, dropout = names or check_run_config(config)
     if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                               skip_bad_images=config.skip_bad_images)
     if config.initial > dataset.n_train:
         raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
                           f"got {config.initial} instead")
@@ -178,6 +179,8 @@ def write_run_config(out: Path, config: ALConfig, checked: CheckedRun, threads: 
     derived = {"threads_used": threads}
     if checked.embeddings_info:
         derived["embeddings_fingerprint"] = checked.embeddings_info
+    if checked.dataset.skipped:
+        derived["skipped_images"] = checked.dataset.skipped  # --skip-bad-images: what the run never saw
     atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": checked.dropout,
                                                 "n_train": checked.dataset.n_train, **config.to_dict(), **derived,
                                                 **(extra or {})})
@@ -461,7 +464,8 @@ def completed_stages(out: Path | str) -> int:
     return len({(r.trial, r.stage) for r in read_records(Path(out))})
 
 
-_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint")
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint",
+                 "skipped_images")
 # where a run executes, not what it computes: these may change on --resume (threads: on a GPU only,
 # checked once the device is known, as results on the CPU depend on the thread count)
 RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")

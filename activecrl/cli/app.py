@@ -131,9 +131,16 @@ def train(
     total = planned_epochs(config)  # checks the method's options: fails before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = run_label(config)
-    with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
-        result = train_and_evaluate(config, progress=on_epoch)
-    save_train_run(result, out, overwrite=True)
+    try:
+        with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
+            result = train_and_evaluate(config, progress=on_epoch)
+        save_train_run(result, out, overwrite=True)
+    except KeyboardInterrupt:
+        # a train run is saved whole at the end (metrics.json last): no partial run to continue
+        console.print(f"[yellow]interrupted[/]: nothing was saved to {escape(str(out))} (train writes its run only "
+                      f"once training and evaluation are done, metrics.json last); rerun the same command to start "
+                      f"again", soft_wrap=True)
+        raise typer.Exit(130) from None
     _print_table(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
                                f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
                                [(label, result.metrics)], ci95=result.ci95))

@@ -37,7 +37,7 @@ register_dataset = DATASETS.register
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  download: bool = True, *, augment: bool | None = None,
-                 cache: bool = True) -> ImageDataset:
+                 cache: bool = True, skip_bad_images: bool = False) -> ImageDataset:
     """Load a dataset by registered name (``DATASETS.names()``) or from a folder/archive path.
 
     The first load decodes the images and writes ``<data_dir>/cache/<name>-*.pt``; later
@@ -45,6 +45,9 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
     modification time of the archive (or of every file in the directory), so editing the data
     invalidates the cache. ``augment`` overrides the dataset's default (e.g. ``False`` for SVHN
     if you don't want mirrored digits). ``cache=False`` neither reads nor writes the cache.
+    A folder with files that do not decode is refused, naming them, unless ``skip_bad_images``
+    leaves them out: ``dataset.skipped`` then names them (cached with the images, and recorded in
+    a run's config.json).
     """
     root = default_data_dir(data_dir)
     path = dataset_path(name_or_path)
@@ -61,12 +64,13 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
         def decode() -> ImageDataset:
             return DATASETS.create(name, data_dir=root, download=download)
     else:
-        key = _fingerprint(path)
+        # a strict load must never read the cache of one that skipped files
+        key = _fingerprint(path, extra="skip-bad-images" if skip_bad_images else "")
         name = _dataset_name_from_path(path)
         cache_file = root / "cache" / f"{_safe(name)}-{key}.pt"
 
         def decode() -> ImageDataset:
-            return _load_image_folder_dataset(path, name)
+            return _load_image_folder_dataset(path, name, skip_bad=skip_bad_images)
 
     dataset = _read_dataset_cache(cache_file) if cache else None
     if dataset is None:
@@ -77,6 +81,9 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
                 dataset = _decode_and_cache(name_or_path, decode, cache_file if cache else None)
     if augment is not None:
         dataset = dataclasses.replace(dataset, augment=bool(augment))
+    if dataset.skipped:  # said on every load, the cached ones too
+        logger.warning("dataset %s: %d undecodable image(s) left out (--skip-bad-images), e.g. %s", name_or_path,
+                       len(dataset.skipped), ", ".join(dataset.skipped[:3]))
     return dataset
 
 
