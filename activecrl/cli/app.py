@@ -429,7 +429,7 @@ def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl t
             bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
                                                                "many test-set resamples, e.g. 1000"),
             seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
-    """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    """Add metrics newer than a saved train run (such as AUGRC) and bootstrap intervals to its metrics.json."""
     from activecrl.evaluation.bootstrap import rescore_runs
 
     blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
