@@ -138,7 +138,8 @@ def trial_interval(values, n_resamples: int = TRIAL_RESAMPLES, seed: int = 0) ->
     if v.size < 2:
         return mean, None
     picks = np.random.default_rng(seed).integers(0, v.size, size=(n_resamples, v.size))
-    low, high = np.percentile(v[picks].mean(axis=1), [2.5, 97.5])
+    # a mean of equal values may round past them: clipped to the trials' range, which it lies in exactly
+    low, high = np.clip(np.percentile(v[picks].mean(axis=1), [2.5, 97.5]), v.min(), v.max())
     return mean, [float(low), float(high)]
 
 
