@@ -236,8 +236,8 @@ def _areas(run: CompareRun, stages: list[int], metric: str, notes: list[str]) ->
             used.append(t)
     left_out = sorted(set(run.trials()) - set(used))
     if left_out and metric == "accuracy":
-        notes.append(f"{run.label}: trial(s) {[t + 1 for t in left_out]} stop before stage {stages[-1] + 1} and are left out of "
-                     "its AUBC")
+        notes.append(f"{run.label}: trial(s) {[t + 1 for t in left_out]} stop before stage {stages[-1] + 1} and are "
+                     "left out of its AUBC")
     mean, ci = trial_interval(per_trial)
     return AreaStats(mean, ci, per_trial, used)
 

@@ -536,5 +536,5 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")  # run says more
+        console.print("[yellow]interrupted[/]")  # run, train and sweep say what they saved
         raise SystemExit(130)

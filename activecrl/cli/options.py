@@ -63,8 +63,11 @@ class _ReadableHelp:
             super().format_help(ctx, formatter)
         finally:
             self.rich_markup_mode = mode
-        # the help texts are escaped for rich markup ("\[train]"); plain text shows them as written
-        formatter.buffer[:] = [text.replace("\\[", "[") for text in formatter.buffer]
+        # the help texts are escaped for rich markup ("\[train]"); plain text shows them as written.
+        # Printed here, as typer's rich help is: `activecrl` without arguments shows help only so
+        text = "".join(formatter.buffer).replace("\\[", "[")
+        formatter.buffer.clear()
+        typer.echo(text.rstrip("\n"))
 
 
 class Command(_ReadableHelp, _FlagsWithoutType, typer.core.TyperCommand):

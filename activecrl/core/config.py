@@ -68,7 +68,8 @@ def find_config(name_or_path: str | Path):
                 return folder.joinpath(candidate)
     raise ConfigError(
         f"config must be a TOML file or a preset name, got {str(name_or_path)!r}"
-        f"{did_you_mean(str(name_or_path), preset_names())} instead; presets: {', '.join(preset_names()) or '(none found: is the configs package installed?)'}"
+        f"{did_you_mean(str(name_or_path), preset_names())} instead; presets: "
+        f"{', '.join(preset_names()) or '(none found: is the configs package installed?)'}"
     )
 
 

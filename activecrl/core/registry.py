@@ -104,8 +104,8 @@ class Registry(Generic[T]):
 
     def _unknown(self, spec) -> str:
         names = self.names()
-        return (f"unknown {self.kind} {spec!r}{did_you_mean(spec, names)}; valid {_plural(self.kind)} are: {', '.join(names)}; "
-                f"or give your own as 'package.module:Name'")
+        return (f"unknown {self.kind} {spec!r}{did_you_mean(spec, names)}; valid {_plural(self.kind)} are: "
+                f"{', '.join(names)}; or give your own as 'package.module:Name'")
 
     def names(self) -> list[str]:
         self._load_entry_points()
