@@ -154,7 +154,8 @@ def _undecodable(source: _Source, bad: dict[str, str]) -> DataError:
     more = len(names) - BAD_IMAGES_SHOWN
     listed = ", ".join(names[:BAD_IMAGES_SHOWN]) + (f" and {more} more" if more > 0 else "")
     return DataError(f"cannot decode {len(names)} image(s) in {source.path}: {listed} (the first: {bad[names[0]]}); "
-                     f"delete or replace them, or pass --skip-bad-images to leave them out (the run records which)")
+                     f"delete or replace them, or (run, train) pass --skip-bad-images to leave them out (the run "
+                     f"folder records which)")
 
 
 def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int] | None = None,
