@@ -1,7 +1,7 @@
 """`activecrl compare` on hand-made run folders whose AUBC and penalty matrix are known."""
 
+import itertools
 import json
-import math
 
 import numpy as np
 import pytest
@@ -47,10 +47,27 @@ def test_statistics_by_hand():
     # trapezoids: 10 * (0.2 + 0.4) / 2 + 20 * (0.4 + 0.5) / 2 = 3 + 9 = 12 over the range 30
     assert normalised_area([10, 20, 40], [0.2, 0.4, 0.5]) == pytest.approx(0.4)
     assert normalised_area([10], [0.3]) == 0.3
-    mean, ci = trial_interval([0.4, 0.5, 0.6])  # s = 0.1, t(0.975, 2) = 4.3027
-    assert mean == pytest.approx(0.5) and ci == pytest.approx([0.5 - 4.302653 * 0.1 / math.sqrt(3),
-                                                               0.5 + 4.302653 * 0.1 / math.sqrt(3)])
     assert trial_interval([0.3]) == (0.3, None)
+
+
+def _exact_bootstrap_percentiles(values):
+    """The 2.5th and 97.5th percentiles of the mean over all k^k equally likely resamples (small k)."""
+    k = len(values)
+    means = np.sort([np.mean([values[i] for i in picks]) for picks in itertools.product(range(k), repeat=k)])
+    return np.percentile(means, [2.5, 97.5])
+
+
+def test_trial_interval_is_the_percentile_bootstrap_of_the_mean():
+    values = [0.4, 0.5, 0.6, 0.9]
+    mean, ci = trial_interval(values)
+    assert mean == pytest.approx(0.6)
+    np.testing.assert_allclose(ci, _exact_bootstrap_percentiles(values), atol=0.01)
+    assert trial_interval(values) == (mean, ci)  # a fixed seed: the same interval every time
+    # near the top of the range a t-interval goes above 1 (0.94 + 4.30 · 0.095 / √3 = 1.18)
+    near_one = [0.99, 1.0, 0.83]
+    assert trial_interval(near_one)[1][1] <= 1.0 < 0.94 + stats.t.ppf(0.975, 2) * np.std(near_one, ddof=1) / 3 ** 0.5
+    low, high = trial_interval([0.0, 0.02, 0.3])[1]
+    assert 0.0 <= low < high <= 0.3
     rng = np.random.default_rng(0)
     for _ in range(5):
         a, b = rng.random(4), rng.random(4)
@@ -120,8 +137,9 @@ def test_unfinished_run_compared_on_the_stages_it_has(tmp_path):
     assert result.tested_stages[0, 1] == 3
     assert result.penalty[0, 1] == pytest.approx(1 / 3)
     assert result.aubc["random (baseline)"].trials == [0]  # the only trial with every stage
-    assert any("unfinished" in n and "trial 1 has 2 of 4 stages" in n for n in result.notes)
-    assert any("left out of its AUBC" in n for n in result.notes)
+    # notes count trials from 1, as the console does (records keep 0-based indices)
+    assert any("unfinished" in n and "trial 2 has 2 of 4 stages" in n for n in result.notes)
+    assert any("trial(s) [2, 3] stop before stage 4" in n and "left out of its AUBC" in n for n in result.notes)
     # a run that never got past stage 1: AUBC of every run over stages 1-2 only, and said so
     short = make_run(tmp_path / "s", [r[:2] for r in C], strategy="coreset", planned_trials=3)
     result = compare_runs(runs + [short])

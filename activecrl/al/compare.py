@@ -4,9 +4,12 @@
 written (``write_compare`` then writes ``compare.json``, ``penalty.png``, ``curves.png``):
 
 - **AUBC** per trial: the trapezoid area under accuracy vs number of labels divided by the label
-  range (Zhan et al. 2021), the same for AURC; per run the mean over trials and a 95 % Student-t
-  interval over trials, ``mean ± t(0.975, k-1) · s / sqrt(k)`` (k trials, s the sample std;
-  a single trial has no interval: ``null``).
+  range (Zhan et al. 2021), the same for AURC; per run the mean over trials and a 95 % percentile
+  bootstrap interval of that mean: the 2.5th and 97.5th percentiles of the means of
+  ``TRIAL_RESAMPLES`` resamples of the trials with replacement (Efron & Tibshirani 1993, ch. 13).
+  Unlike a Student-t interval (mean ± t·s/√k, which with 3 trials gave accuracies above 100 %),
+  it lies between the smallest and largest trial, so inside the metric's range. A single trial
+  has no interval: ``null``.
 - **Penalty matrix** (Ash et al., ICLR 2020, Section 5, as Lüth et al., NeurIPS 2023 use it): for
   runs i, j of the same dataset, at every stage where both have results from at least two shared
   trials (same trial index and base ``--seed`` = the same seed set), a paired two-sided t-test on
@@ -41,6 +44,7 @@ __all__ = ["CompareRun", "AreaStats", "CompareResult", "compare_run", "trial_int
            "penalty_matrix", "compare_runs", "write_compare", "ALPHA"]
 
 ALPHA = 0.05
+TRIAL_RESAMPLES = 10_000  # resamples of the trials for the interval of a mean (fixed seed: reproducible)
 
 
 @dataclass
@@ -74,7 +78,7 @@ class CompareRun:
 @dataclass
 class AreaStats:
     mean: float
-    ci95: list[float] | None  # Student-t interval over trials; None with one trial
+    ci95: list[float] | None  # percentile bootstrap interval of the mean over trials; None with one trial
     per_trial: list[float]
     trials: list[int]
 
@@ -110,7 +114,8 @@ class CompareResult:
                      for r in self.runs},
             "protocol": {
                 "aubc": "trapezoid area under the metric vs number of labels, divided by the label range, per trial",
-                "ci95": "Student-t interval over trials: mean ± t(0.975, k-1) s / sqrt(k)",
+                "ci95": f"percentile bootstrap interval of the mean over trials (2.5th and 97.5th percentiles "
+                        f"of the means of {TRIAL_RESAMPLES} resamples of the trials with replacement)",
                 "penalty": "P[i][j] += 1/L for each of the L stages (>= 2 shared trials) where a paired two-sided "
                            f"t-test on accuracy gives p < {ALPHA} and i is better; summed over datasets",
                 "column_means": "mean of a column over the other runs of the same dataset (lower is better)",
@@ -123,14 +128,19 @@ class CompareResult:
 # ----------------------------------------------------------------------------- statistics
 
 
-def trial_interval(values) -> tuple[float, list[float] | None]:
-    """(mean, 95 % Student-t interval) over trials; the interval is None for a single trial."""
+def trial_interval(values, n_resamples: int = TRIAL_RESAMPLES, seed: int = 0) -> tuple[float, list[float] | None]:
+    """(mean, 95 % percentile bootstrap interval of the mean) over trials; None for a single trial.
+
+    The interval's ends are means of trials, so it stays within the range of the values (a metric's
+    range) where a Student-t interval would not."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
     if v.size < 2:
         return mean, None
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return mean, [mean - half, mean + half]
+    picks = np.random.default_rng(seed).integers(0, v.size, size=(n_resamples, v.size))
+    # a mean of equal values may round past them: clipped to the trials' range, which it lies in exactly
+    low, high = np.clip(np.percentile(v[picks].mean(axis=1), [2.5, 97.5]), v.min(), v.max())
+    return mean, [float(low), float(high)]
 
 
 def paired_t_test(a, b) -> tuple[float, float]:
@@ -209,7 +219,7 @@ def _progress_notes(run: CompareRun) -> list[str]:
     short = [t for t in trials if len(run.stages_of(t)) < run.planned_stages]
     if len(trials) < run.planned_trials or short:
         parts = [f"{len(trials)} of {run.planned_trials} trials started"]
-        parts += [f"trial {t} has {len(run.stages_of(t))} of {run.planned_stages} stages" for t in short]
+        parts += [f"trial {t + 1} has {len(run.stages_of(t))} of {run.planned_stages} stages" for t in short]
         notes.append(f"{run.label} is unfinished ({'; '.join(parts)}): compared on the stages it has")
     return notes
 
@@ -226,8 +236,8 @@ def _areas(run: CompareRun, stages: list[int], metric: str, notes: list[str]) ->
             used.append(t)
     left_out = sorted(set(run.trials()) - set(used))
     if left_out and metric == "accuracy":
-        notes.append(f"{run.label}: trial(s) {left_out} stop before stage {stages[-1] + 1} and are left out of "
-                     "its AUBC")
+        notes.append(f"{run.label}: trial(s) {[t + 1 for t in left_out]} stop before stage {stages[-1] + 1} and are "
+                     "left out of its AUBC")
     mean, ci = trial_interval(per_trial)
     return AreaStats(mean, ci, per_trial, used)
 
@@ -331,7 +341,7 @@ def _penalty_png(result: CompareResult) -> bytes:
 
 
 def _curves_png(result: CompareResult) -> bytes:
-    """Accuracy and AURC per stage: the mean and 95 % t-interval over the trials that reached it."""
+    """Accuracy and AURC per stage: the mean and 95 % bootstrap interval over the trials that reached it."""
     scales = {"accuracy": 100, "aurc": 1000}
     curves = []
     for run in result.runs:
@@ -347,7 +357,7 @@ def _curves_png(result: CompareResult) -> bytes:
     datasets = ", ".join(dict.fromkeys(r.dataset for r in result.runs))
     fig = draw_curves(curves, {"accuracy": "test accuracy % (higher is better)",
                                "aurc": "test AURC ×10³ (lower is better)"},
-                      f"{datasets}: mean and 95% t-interval over trials")
+                      f"{datasets}: mean and 95% bootstrap interval over trials")
     return _png(fig)
 
 

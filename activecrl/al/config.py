@@ -9,6 +9,7 @@ from typing import Any
 
 from activecrl.core.config import from_dict
 from activecrl.core.errors import ConfigError
+from activecrl.core.registry import did_you_mean
 from activecrl.core.io import to_jsonable
 from activecrl.model_options import backbone_options, check_backbone_options
 from activecrl.core.validate import SEED_LIMIT, check_int, check_threads_option
@@ -69,6 +70,9 @@ class ALConfig:
     data_dir: str | None = field(default=None, metadata={
         "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
     download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    skip_bad_images: bool = field(default=False, metadata={"help": (
+        "leave out the images of a --dataset folder that do not decode (recorded in the run folder) instead of "
+        "stopping")})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation and scoring passes"})
     embeddings: str | None = field(default=None, metadata={"help": (
         "an `activecrl pretrain` folder or a .npy of shape (n_train, d): embeddings for the strategies "
@@ -96,7 +100,8 @@ class ALConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r} instead")
         if self.initial_strategy not in INITIAL_STRATEGIES:
             raise ConfigError(f"initial_strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got "
-                              f"{self.initial_strategy!r} instead")
+                              f"{self.initial_strategy!r}{did_you_mean(self.initial_strategy, INITIAL_STRATEGIES)} "
+                              f"instead")
         if self.initial_strategy != "random" and self.embeddings is None:
             # before the first stage there is no model whose features could stand in
             raise ConfigError(f"--initial-strategy {self.initial_strategy} picks the seed set from embeddings, "

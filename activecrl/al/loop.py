@@ -31,7 +31,7 @@ from activecrl.strategies import QueryContext, get_strategy
 
 from activecrl import __version__
 from activecrl.core.config import config_options, flatten, load_toml, merge
-from activecrl.data import FeatureData, dataset_train_files, device_splits, load_dataset
+from activecrl.data import FeatureData, dataset_path, dataset_train_files, device_splits, load_dataset
 from activecrl.embeddings.load import load_embeddings, load_test_embeddings
 from activecrl.core.errors import ConfigError
 from activecrl.inference.predict import predict
@@ -128,7 +128,8 @@ def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
     """
     strategy, trainer, dropout = names or check_run_config(config)
     if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                               skip_bad_images=config.skip_bad_images)
     if dataset.num_classes < 2:
         raise ConfigError(f"--dataset must have at least 2 classes to train a classifier, got {dataset.num_classes} "
                           f"({', '.join(dataset.classes)}) in {config.dataset}; an image folder needs train/ and test/ "
@@ -183,6 +184,8 @@ def write_run_config(out: Path, config: ALConfig, checked: CheckedRun, threads: 
     derived = {"threads_used": threads}
     if checked.embeddings_info:
         derived["embeddings_fingerprint"] = checked.embeddings_info
+    if checked.dataset.skipped:
+        derived["skipped_images"] = checked.dataset.skipped  # --skip-bad-images: what the run never saw
     atomic_write_json(Path(out) / CONFIG_FILE, {"activecrl_version": __version__, "dropout_used": checked.dropout,
                                                 "n_train": checked.dataset.n_train, **config.to_dict(), **derived,
                                                 **(extra or {})})
@@ -223,7 +226,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
         _check_same_threads(out, config, threads, saved_threads)
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
-        write_run_config(out, config, checked, threads)
+        write_run_config(out, with_absolute_paths(config), checked, threads)
     with torch_threads(threads):
         runner.run(trial_ids)
     return read_records(out)
@@ -356,8 +359,8 @@ class TrialRunner:
         append_trial_record(self.out, record)
         _warm_path(self.out, trial, stage - 1).unlink(missing_ok=True)  # stage is recorded: no longer needed
         self.callbacks.stage_end(record)
-        logger.info("trial %d stage %d: %d labels, accuracy %.4f", trial, stage, record.n_labeled,
-                    record.metrics["accuracy"])
+        logger.info("trial %d stage %d: %d labels, accuracy %.2f%%", trial + 1, stage + 1, record.n_labeled,
+                    record.metrics["accuracy"] * 100)  # counted from 1 and in % as on screen
 
 
 def _with_class_count(strategy, spec, params: dict, n_classes: int):
@@ -482,9 +485,32 @@ def completed_stages(out: Path | str) -> int:
     return len({(r.trial, r.stage) for r in read_records(Path(out))})
 
 
-_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint")
-# where a run executes, not what it computes: these may change on --resume
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint",
+                 "skipped_images")
+# where a run executes, not what it computes: these may change on --resume (threads: on a GPU only,
+# checked once the device is known, as results on the CPU depend on the thread count)
 RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
+RESUME_RULE = ("only where the run executes may change: --device and --data-dir, and --threads on a GPU; a CPU "
+               "run keeps its saved thread count, as its results depend on it")
+_PATH_OPTIONS = ("dataset", "embeddings")  # saved resolved, so --resume works from any folder
+
+
+def _absolute(key: str, value):
+    """``value`` of option ``key`` as an absolute path where it names one, else unchanged (a registered
+    dataset name, a missing path: the run's checks name those)."""
+    if value is None:
+        return value
+    try:
+        path = dataset_path(value) if key == "dataset" else Path(value).expanduser().resolve()
+    except ConfigError:  # DataError included: a missing dataset path is reported by the run's checks
+        return value
+    return value if path is None or not path.exists() else str(path)
+
+
+def with_absolute_paths(config: ALConfig) -> ALConfig:
+    """``config`` with a relative ``--dataset`` / ``--embeddings`` path made absolute (as ``config.json``
+    records it): the printed ``activecrl run --resume --out DIR`` then works from any folder."""
+    return dataclasses.replace(config, **{k: _absolute(k, getattr(config, k)) for k in _PATH_OPTIONS})
 
 
 def _read_saved(out: Path | str) -> dict:
@@ -516,15 +542,18 @@ def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
     may change; any other difference is refused, naming each option with both values.
     """
     saved = load_saved_config(out)
-    merged = ALConfig.from_dict(merge(saved.to_dict(), given or {}))  # validates and normalises types
+    given = dict(given or {})
+    for key in _PATH_OPTIONS:  # a relative and an absolute spelling of the saved path are the same option
+        if key in given and _absolute(key, given[key]) == _absolute(key, getattr(saved, key)):
+            given[key] = getattr(saved, key)
+    merged = ALConfig.from_dict(merge(saved.to_dict(), given))  # validates and normalises types
     before, after = (flatten(c.to_dict(), leaves=("strategy_params",)) for c in (saved, merged))
     changed = [k for k in after if after[k] != before.get(k) and k.split(".")[-1] not in RESUME_MAY_CHANGE]
     if changed:
         listed = ", ".join(f"{_option_name(k)} {after[k]!r} (saved: {before.get(k)!r})" for k in changed)
         raise ConfigError(
             f"--resume continues the run saved in {Path(out) / CONFIG_FILE}, but these options differ from it: "
-            f"{listed}; drop them or give the saved values (only --device, --data-dir and --threads may change), "
-            f"or start a new run with another --out")
+            f"{listed}; drop them or give the saved values ({RESUME_RULE}), or start a new run with another --out")
     return merged
 
 
@@ -546,24 +575,24 @@ def default_out_dir(config: ALConfig, when: float | None = None) -> Path:
 
 
 def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
-    """Resume uses the saved experiment; only where it runs (device, data folder, threads) may change.
+    """Resume uses the saved experiment; only where it runs may change (``RESUME_RULE``).
 
     Returns that config and the thread count the saved stages were computed with (None: an older run
-    that did not record it)."""
-    saved = _read_saved(out)
+    that did not record it); without ``--threads`` the run continues with that count."""
+    saved_threads = _read_saved(out).get("threads_used")
     saved_config = load_saved_config(out)
+    threads = next((t for t in (config.threads, saved_threads, saved_config.threads) if t is not None), None)
     resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
-                                  threads=config.threads if config.threads is not None else saved_config.threads)
-    return resumed, saved.get("threads_used")
+                                  threads=threads)
+    return resumed, saved_threads
 
 
 def _check_same_threads(out: Path, config: ALConfig, threads: int, saved_threads: int | None) -> None:
     """A resumed CPU run must use the thread count its stages were computed with (None: not recorded)."""
     if saved_threads is not None and threads != saved_threads:
         raise ConfigError(
-            f"--threads must stay {saved_threads} to resume {out}: results on the CPU depend on the thread count, "
-            f"and this run's stages were computed with {saved_threads} thread(s), got {threads} instead"
-            f"{'' if config.threads is not None else ' (the automatic count here)'}; pass --threads {saved_threads}")
+            f"--threads must be {saved_threads} to resume {out} on the CPU, got {threads} instead: {RESUME_RULE}; "
+            f"drop --threads or pass --threads {saved_threads}")
 
 
 def _check_same_embeddings(out: Path, info: dict) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from activecrl.core.errors import ConfigError
 from activecrl.al.loop import CONFIG_FILE
-from activecrl.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES
+from activecrl.evaluation.metrics import LOWER_IS_BETTER, METRIC_NAMES, PAPER_SCALE, metric_unit
 from activecrl.al.records import StageRecord, read_records
 
 __all__ = ["RunSummary", "Curve", "load_run", "normalised_area", "distinct_labels", "draw_curves", "plot_curves"]
@@ -162,12 +162,15 @@ def draw_curves(curves: list[Curve], ylabels: dict[str, str], title: str):
 
 
 def plot_curves(runs: list[RunSummary], out_path: Path | str, metrics=("accuracy", "aurc")) -> Path:
-    """Metric against labeled-set size, mean +/- std over trials, one curve per run."""
-    curves = [Curve(label, run.n_labeled, {m: run.mean[m] for m in metrics},
-                    {m: run.mean[m] - run.std[m] for m in metrics}, {m: run.mean[m] + run.std[m] for m in metrics})
+    """Metric against labeled-set size, mean +/- std over trials, one curve per run; in the units of the
+    tables (accuracy in %, AURC ×10³: ``PAPER_SCALE``), which each axis names."""
+    scale = {m: PAPER_SCALE.get(m, 1.0) for m in metrics}
+    curves = [Curve(label, run.n_labeled, {m: run.mean[m] * scale[m] for m in metrics},
+                    {m: (run.mean[m] - run.std[m]) * scale[m] for m in metrics},
+                    {m: (run.mean[m] + run.std[m]) * scale[m] for m in metrics})
               for run, label in zip(runs, distinct_labels(runs))]
-    ylabels = {m: "test accuracy (higher is better)" if m == "accuracy"
-               else f"test {m.upper()} ({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)" for m in metrics}
+    ylabels = {m: f"test {'accuracy' if m == 'accuracy' else m.upper()} {metric_unit(m)} "
+                  f"({'lower' if m in LOWER_IS_BETTER else 'higher'} is better)".replace("  ", " ") for m in metrics}
     datasets = sorted({Path(str(r.config.get("dataset"))).name for r in runs})  # a path: its file name
     trials = sorted({int(t) for r in runs for t in r.n_trials})
     spread = "one trial (no spread)" if trials == [1] else f"mean ± std over {'/'.join(map(str, trials))} trial(s)"

@@ -383,7 +383,7 @@ def _schedule(ray, spec: SweepSpec, out: Path, cpus: float, gpus: float, callbac
             try:
                 ray.get(ref)
             except ray.exceptions.RayError as exc:
-                message = f"trial {trial}: {_describe(exc)}"
+                message = f"trial {trial + 1}: {_describe(exc)}"  # counted from 1, as on screen
                 logger.error("grid point %s failed: %s", status.name, message)
                 status.error = message if status.error is None else status.error
             left[index] -= 1
@@ -438,7 +438,7 @@ def _run_trial_task(folder: str, trial: int, threads: int, use_gpu: bool, board,
     try:
         board.start.remote(point, trial)
     except Exception:  # noqa: BLE001 - the progress board is for display only
-        logger.warning("could not report the start of trial %d of %s", trial, folder)
+        logger.warning("could not report the start of trial %d of %s", trial + 1, folder)
     saved = load_saved_config(folder)
     # a task without a GPU share must not take one that Ray gave to another task
     device = saved.device if use_gpu or saved.device != "auto" else "cpu"

@@ -133,9 +133,16 @@ def train(
     total = planned_epochs(config)  # checks the method's options: fails before training, not after
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = run_label(config)
-    with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
-        result = train_and_evaluate(config, progress=on_epoch)
-    save_train_run(result, out, overwrite=True)
+    try:
+        with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
+            result = train_and_evaluate(config, progress=on_epoch)
+        save_train_run(result, out, overwrite=True)
+    except KeyboardInterrupt:
+        # a train run is saved whole at the end (metrics.json last): no partial run to continue
+        console.print(f"[yellow]interrupted[/]: nothing was saved to {escape(str(out))} (train writes its run only "
+                      f"once training and evaluation are done, metrics.json last); rerun the same command to start "
+                      f"again", soft_wrap=True)
+        raise typer.Exit(130) from None
     _print_table(metrics_table(f"{config.dataset} · {config.model} · {label} · {train_cfg.epochs} epochs "
                                f"({result.train_seconds:.0f}s, {result.threads_used} CPU thread(s))",
                                [(label, result.metrics)], ci95=result.ci95))
@@ -233,9 +240,11 @@ class _RichLoop:
 
     def stage_end(self, record):
         self.progress.advance(self.stage_task)
-        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: "
-                                    f"{record.n_labeled} labels → accuracy {record.metrics['accuracy']:.4f}, "
-                                    f"AURC {record.metrics['aurc'] * 1e3:.2f}")
+        from activecrl.evaluation.metrics import format_metric
+
+        accuracy, aurc = (format_metric(record.metrics[m], m) for m in ("accuracy", "aurc"))
+        self.progress.console.print(f"trial {record.trial + 1} stage {record.stage + 1}: {record.n_labeled} labels "
+                                    f"→ accuracy {accuracy}%, AURC {aurc} ×10³")
 
 
 def _summary_table(summary) -> Table:
@@ -422,7 +431,7 @@ def rescore(runs: list[Path] = typer.Argument(..., help="folders of `activecrl t
             bootstrap: Optional[int] = typer.Option(None, help="also store 95% bootstrap intervals (ci95) from this "
                                                                "many test-set resamples, e.g. 1000"),
             seed: Optional[int] = typer.Option(None, help="bootstrap seed (default: the run's training seed)")):
-    """Add metrics newer than a saved train run (e.g. AUGRC) and bootstrap intervals to its metrics.json."""
+    """Add metrics newer than a saved train run (such as AUGRC) and bootstrap intervals to its metrics.json."""
     from activecrl.evaluation.bootstrap import rescore_runs
 
     blobs = rescore_runs(runs, n_resamples=bootstrap, seed=seed)
@@ -440,7 +449,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
 
     result = compare_runs(runs)
     written = write_compare(result, output)
-    table = Table(title="area under the budget curve: mean [95% t-interval over trials]",
+    table = Table(title="area under the budget curve: mean [95% bootstrap interval over trials]",
                   caption="accuracy in %, AURC ×10³; 'beaten' = penalty column mean (lower is better)")
     for col in ("run", "dataset", "trials", "AUBC accuracy", "AUBC AURC", "beaten"):
         table.add_column(col, justify="left" if col in ("run", "dataset") else "right")
@@ -529,5 +538,5 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: completed stages are saved; continue with --resume --out DIR")  # run says more
+        console.print("[yellow]interrupted[/]")  # run, train and sweep say what they saved
         raise SystemExit(130)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import shutil
 import tomllib
 import types
 import typing
@@ -39,12 +40,51 @@ class _FlagsWithoutType:
         return option
 
 
-class Command(_FlagsWithoutType, typer.core.TyperCommand):
+#: Terminals narrower than this get click's plain help: typer's rich panels give the help text only
+#: the width left of three flag columns, cut flags and defaults ("…") and wrap a few words per line.
+RICH_HELP_MIN_WIDTH = 120
+
+
+class _ReadableHelp:
+    """Help that reads at any width: typer's rich panels on wide terminals, click's plain layout
+    (flags, then the help wrapped to the terminal) on narrower ones; docstrings wrapped in the
+    source are one paragraph in the command list."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.help:  # a docstring's line breaks inside a paragraph are the source's, not the text's
+            self.help = re.sub(r"(?<!\n)\n(?!\n)\s*", " ", inspect.cleandoc(self.help))
+
+    def format_help(self, ctx, formatter):
+        if shutil.get_terminal_size().columns >= RICH_HELP_MIN_WIDTH:
+            return super().format_help(ctx, formatter)
+        mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = mode
+        # the help texts are escaped for rich markup ("\[train]"); plain text shows them as written.
+        # Printed here, as typer's rich help is: `activecrl` without arguments shows help only so
+        text = "".join(formatter.buffer).replace("\\[", "[")
+        formatter.buffer.clear()
+        typer.echo(text.rstrip("\n"))
+
+
+class Command(_ReadableHelp, _FlagsWithoutType, typer.core.TyperCommand):
     """The command class of the ``activecrl`` commands (``@app.command(cls=Command)``)."""
 
 
-class Group(_FlagsWithoutType, typer.core.TyperGroup):
+class Group(_ReadableHelp, _FlagsWithoutType, typer.core.TyperGroup):
     """The group class of the ``activecrl`` app (``typer.Typer(cls=Group)``)."""
+
+    def format_commands(self, ctx, formatter):
+        """The plain help's command list: each command's first sentence whole, wrapped (click cuts it
+        to one line with "...")."""
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [(name, cmd.get_short_help_str(limit=10**6)) for name, cmd in commands if cmd and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def _unwrap(tp) -> tuple[Any, bool]:

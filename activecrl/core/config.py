@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from activecrl.core.errors import ConfigError
+from activecrl.core.registry import did_you_mean
 
 C = TypeVar("C")
 
@@ -66,8 +67,9 @@ def find_config(name_or_path: str | Path):
             if "/" not in candidate and candidate.endswith(".toml") and folder.joinpath(candidate).is_file():
                 return folder.joinpath(candidate)
     raise ConfigError(
-        f"config must be a TOML file or a preset name, got {str(name_or_path)!r} instead; "
-        f"presets: {', '.join(preset_names()) or '(none found: is the configs package installed?)'}"
+        f"config must be a TOML file or a preset name, got {str(name_or_path)!r}"
+        f"{did_you_mean(str(name_or_path), preset_names())} instead; presets: "
+        f"{', '.join(preset_names()) or '(none found: is the configs package installed?)'}"
     )
 
 

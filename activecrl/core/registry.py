@@ -104,10 +104,8 @@ class Registry(Generic[T]):
 
     def _unknown(self, spec) -> str:
         names = self.names()
-        close = difflib.get_close_matches(spec, names, n=1) if isinstance(spec, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return (f"unknown {self.kind} {spec!r}{hint}; valid {_plural(self.kind)} are: {', '.join(names)}; "
-                f"or give your own as 'package.module:Name'")
+        return (f"unknown {self.kind} {spec!r}{did_you_mean(spec, names)}; valid {_plural(self.kind)} are: "
+                f"{', '.join(names)}; or give your own as 'package.module:Name'")
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -124,6 +122,18 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.names())
+
+
+def closest_name(value, names) -> str | None:
+    """The name of ``names`` closest to a mistyped ``value``; None when none is close."""
+    close = difflib.get_close_matches(value, list(names), n=1) if isinstance(value, str) else []
+    return close[0] if close else None
+
+
+def did_you_mean(value, names) -> str:
+    """`` (did you mean 'x'?)`` for the name of ``names`` closest to a mistyped ``value``; "" when none is close."""
+    close = closest_name(value, names)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def check_params(kind: str, label: str, factory, params: dict) -> None:

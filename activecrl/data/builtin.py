@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from activecrl.core.errors import ConfigError, DataError, RegistryError
-from activecrl.core.registry import Registry
+from activecrl.core.registry import Registry, closest_name
 from activecrl.data.cache import (_CACHE_FORMAT, _dataset_to_dict, _fingerprint, _read_dataset_cache, _safe, _write_cache,
                     decode_lock, default_data_dir)
 from activecrl.data.dataset import ImageDataset
@@ -38,7 +38,7 @@ register_dataset = DATASETS.register
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  download: bool = True, *, augment: bool | None = None,
-                 cache: bool = True) -> ImageDataset:
+                 cache: bool = True, skip_bad_images: bool = False) -> ImageDataset:
     """Load a dataset by registered name (``DATASETS.names()``) or from a folder/archive path.
 
     The first load decodes the images and writes ``<data_dir>/cache/<name>-*.pt``; later
@@ -46,27 +46,32 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
     modification time of the archive (or of every file in the directory), so editing the data
     invalidates the cache. ``augment`` overrides the dataset's default (e.g. ``False`` for SVHN
     if you don't want mirrored digits). ``cache=False`` neither reads nor writes the cache.
+    A folder with files that do not decode is refused, naming them, unless ``skip_bad_images``
+    leaves them out: ``dataset.skipped`` then names them (cached with the images, and recorded in
+    a run's config.json).
     """
     root = default_data_dir(data_dir)
-    path = _as_path_if_path(name_or_path)
+    path = dataset_path(name_or_path)
     if path is None:
         name = str(name_or_path)
         try:
             DATASETS.get(name)  # an unknown name fails before the cache is looked at
         except RegistryError as exc:
-            raise RegistryError(f"{exc}; or pass a path to an ImageFolder directory (with train/ and test/ "
-                                f"subfolders) or a .tar/.tar.gz/.tgz archive of one") from None
+            raise RegistryError(f"{exc if ':' in name else _unknown_dataset(name)}; or pass a path to an ImageFolder "
+                                f"directory (with train/ and test/ subfolders) or a .tar/.tar.gz/.tgz archive of "
+                                f"one") from None
         cache_file = root / "cache" / f"{_safe(name)}-v{_CACHE_FORMAT}.pt"
 
         def decode() -> ImageDataset:
             return DATASETS.create(name, data_dir=root, download=download)
     else:
-        key = _fingerprint(path)
+        # a strict load must never read the cache of one that skipped files
+        key = _fingerprint(path, extra="skip-bad-images" if skip_bad_images else "")
         name = _dataset_name_from_path(path)
         cache_file = root / "cache" / f"{_safe(name)}-{key}.pt"
 
         def decode() -> ImageDataset:
-            return _load_image_folder_dataset(path, name)
+            return _load_image_folder_dataset(path, name, skip_bad=skip_bad_images)
 
     dataset = _read_dataset_cache(cache_file) if cache else None
     if dataset is None:
@@ -77,6 +82,9 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
                 dataset = _decode_and_cache(name_or_path, decode, cache_file if cache else None)
     if augment is not None:
         dataset = dataclasses.replace(dataset, augment=bool(augment))
+    if dataset.skipped:  # said on every load, the cached ones too
+        logger.warning("dataset %s: %d undecodable image(s) left out (--skip-bad-images), e.g. %s", name_or_path,
+                       len(dataset.skipped), ", ".join(dataset.skipped[:3]))
     return dataset
 
 
@@ -96,12 +104,13 @@ def _decode_and_cache(name_or_path, decode, cache_file: Path | None) -> ImageDat
 def dataset_train_files(name_or_path) -> list[str] | None:
     """The files of the training split of a folder dataset (relative paths, in row order); None for a
     registered name, whose images have no files."""
-    path = _as_path_if_path(name_or_path)
+    path = dataset_path(name_or_path)
     return None if path is None else image_folder_train_files(path)
 
 
-def _as_path_if_path(name_or_path) -> Path | None:
-    """A path when the argument names one; ``None`` when it is a registered name."""
+def dataset_path(name_or_path) -> Path | None:
+    """The resolved path when the argument names a dataset folder or archive; ``None`` when it is a
+    registered name (or no path at all: ``load_dataset`` then names the registered ones)."""
     if isinstance(name_or_path, os.PathLike):
         path = Path(name_or_path).expanduser()
     else:
@@ -115,10 +124,38 @@ def _as_path_if_path(name_or_path) -> Path | None:
         if not looks_like_path and not path.exists():
             return None  # let the registry raise "unknown dataset ..., valid datasets are ..."
     if not path.exists():
-        raise DataError(f"dataset path {path} does not exist; pass a registered dataset name "
+        raise DataError(f"dataset path {path} does not exist{_close_folder(path)}; pass a registered dataset name "
                         f"({', '.join(DATASETS.names())}), an ImageFolder directory with train/ and "
                         f"test/ subfolders, or a .tar/.tar.gz/.tgz archive of one")
     return path.resolve()
+
+
+def _folders_near(path: Path) -> dict[str, str]:
+    """``{name: path}`` of the folders and archives next to ``path`` (where a mistyped one may be)."""
+    parent = path.expanduser().parent
+    try:
+        return {p.name: str(parent / p.name) for p in parent.iterdir()
+                if p.is_dir() or p.name.lower().endswith(ARCHIVE_SUFFIXES)}
+    except OSError:  # the parent does not exist either
+        return {}
+
+
+def _close_folder(path: Path) -> str:
+    """`` (did you mean the folder 'x'?)`` for a mistyped folder or archive name."""
+    folders = _folders_near(path)
+    close = closest_name(path.name, folders)
+    return f" (did you mean the folder {folders[close]!r}?)" if close else ""
+
+
+def _unknown_dataset(name: str) -> str:
+    """"unknown dataset" with the closest registered name or nearby folder (a relative folder name
+    mistyped is as likely as a mistyped registered name)."""
+    folders = {k: v for k, v in _folders_near(Path(name)).items() if k not in DATASETS}
+    close = closest_name(name, [*DATASETS.names(), *folders])
+    hint = "" if close is None else f" (did you mean the folder {folders[close]!r}?)" if close in folders else \
+        f" (did you mean {close!r}?)"
+    return (f"unknown dataset {name!r}{hint}; valid datasets are: {', '.join(DATASETS.names())}; or give your own "
+            f"as 'package.module:Name'")
 
 
 

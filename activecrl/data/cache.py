@@ -88,6 +88,7 @@ def _dataset_to_dict(ds: ImageDataset) -> dict:
         "train_images": ds.train_images, "train_labels": ds.train_labels,
         "test_images": ds.test_images, "test_labels": ds.test_labels,
         "classes": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std), "augment": ds.augment,
+        "skipped": list(ds.skipped),
     }
 
 
@@ -115,6 +116,7 @@ def _read_dataset_cache(cache_file: Path) -> ImageDataset | None:
             name=blob["name"], train_images=blob["train_images"], train_labels=blob["train_labels"],
             test_images=blob["test_images"], test_labels=blob["test_labels"], classes=list(blob["classes"]),
             mean=tuple(blob["mean"]), std=tuple(blob["std"]), augment=blob["augment"],
+            skipped=list(blob.get("skipped", [])),
         )
     except (KeyError, DataError) as exc:
         logger.warning("ignoring invalid cache file %s (%s); decoding again", cache_file, exc)

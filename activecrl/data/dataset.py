@@ -9,7 +9,7 @@ for its own arguments, so both places reject bad input with the same messages.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class ImageDataset:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     augment: bool | None = None
+    skipped: list[str] = field(default_factory=list)  # files of a folder left out as undecodable (--skip-bad-images)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:

@@ -144,22 +144,39 @@ def _safe_member_name(member: tarfile.TarInfo, archive: Path) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------------
+#: How many undecodable files an error or warning names (the rest are counted).
+BAD_IMAGES_SHOWN = 10
+
+
+def _undecodable(source: _Source, bad: dict[str, str]) -> DataError:
+    """One error naming every file that did not decode: the first ``BAD_IMAGES_SHOWN``, then a count."""
+    names = sorted(bad)
+    more = len(names) - BAD_IMAGES_SHOWN
+    listed = ", ".join(names[:BAD_IMAGES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    return DataError(f"cannot decode {len(names)} image(s) in {source.path}: {listed} (the first: {bad[names[0]]}); "
+                     f"delete or replace them, or (run, train) pass --skip-bad-images to leave them out (the run "
+                     f"folder records which)")
+
+
 def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int] | None = None,
-                 channels: int | None = None) -> torch.Tensor:
-    """Decode ``files`` (in order) into one (N, C, H, W) uint8 tensor.
+                 channels: int | None = None, skip_bad: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Decode ``files`` (in order) into one (N, C, H, W) uint8 tensor; returns it and the files left out.
 
     All images must share one size unless ``size`` (H, W) resizes them (PIL bilinear).
     ``channels`` None keeps gray images gray only if every image is gray, else gives RGB.
+    Files that do not decode raise one ``DataError`` naming them all (the first
+    ``BAD_IMAGES_SHOWN``, then a count), or with ``skip_bad`` are left out and returned.
     A thread pool decodes chunks (PIL releases the GIL while decoding); results are written in
-    order, so errors name the first bad file in sorted order.
+    order.
     """
     from PIL import Image
 
     n = len(files)
     if n == 0:
         raise DataError(f"no images found in {source.path} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    bad: dict[str, str] = {}  # relative name -> why; written by the pool's threads, one key each
 
-    def decode_one(rel: str) -> np.ndarray:
+    def decode_one(rel: str) -> np.ndarray | None:
         try:
             with source.open(rel) as handle, Image.open(handle) as img:
                 if channels == 1 or (channels is None and img.mode in _GRAY_MODES):
@@ -170,23 +187,32 @@ def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int]
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 return np.asarray(img)
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-            raise DataError(f"cannot decode image {source.describe(rel)} ({type(exc).__name__}: {exc}); "
-                            f"delete or replace the file") from exc
+            bad[rel] = f"{type(exc).__name__}: {exc}"
+            return None
 
-    def decode_chunk(chunk: Sequence[str]) -> list[np.ndarray]:
+    def decode_chunk(chunk: Sequence[str]) -> list[np.ndarray | None]:
         return [decode_one(rel) for rel in chunk]
 
-    first = decode_one(files[0])
+    start = 0  # the first decodable file sets the size
+    while (first := decode_one(files[start])) is None:
+        start += 1
+        if start == n:
+            raise _undecodable(source, bad)
     h, w = first.shape[:2]
     buffer = np.empty((n, h, w, 3), dtype=np.uint8)
+    kept = np.ones(n, dtype=bool)
+    kept[:start] = False
     all_gray = True
 
-    def put(i: int, arr: np.ndarray) -> None:
+    def put(i: int, arr: np.ndarray | None) -> None:
         nonlocal all_gray
+        if arr is None:
+            kept[i] = False
+            return
         if arr.shape[:2] != (h, w):
             raise DataError(
                 f"all images must have the same size, but {source.describe(files[i])} is "
-                f"{arr.shape[1]}x{arr.shape[0]} while {source.describe(files[0])} is {w}x{h} (width x height); "
+                f"{arr.shape[1]}x{arr.shape[0]} while {source.describe(files[start])} is {w}x{h} (width x height); "
                 f"resize them to one size first"
             )
         if arr.ndim == 2:
@@ -195,11 +221,11 @@ def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int]
             buffer[i] = arr
             all_gray = False
 
-    put(0, first)
+    put(start, first)
     chunk = 512
-    chunks = [files[s:s + chunk] for s in range(1, n, chunk)]
+    chunks = [files[s:s + chunk] for s in range(start + 1, n, chunk)]
     workers = max(1, min(4, os.cpu_count() or 1))
-    pos = 1
+    pos = start + 1
     if workers == 1 or len(chunks) <= 1:
         results = map(decode_chunk, chunks)
         for arrays in results:
@@ -215,10 +241,12 @@ def _decode_many(source: _Source, files: Sequence[str], *, size: tuple[int, int]
                     pos += 1
         finally:  # on an error, don't decode the rest just to throw it away
             pool.shutdown(wait=True, cancel_futures=True)
-    out = torch.from_numpy(buffer)
+    if bad and not skip_bad:
+        raise _undecodable(source, bad)
+    out = torch.from_numpy(buffer if kept.all() else buffer[kept])
     if channels == 1 or (channels is None and all_gray):
         out = out[..., :1]
-    return out.permute(0, 3, 1, 2).contiguous()
+    return out.permute(0, 3, 1, 2).contiguous(), [f for f, k in zip(files, kept) if not k]
 
 
 def _find_split_root(files: Sequence[str], where: Path) -> str:
@@ -266,13 +294,13 @@ def _is_flat(files: Sequence[str]) -> bool:
     return bool(files) and all("/" not in f for f in files)
 
 
-def _unlabeled_dataset(source: _Source, name: str) -> ImageDataset:
+def _unlabeled_dataset(source: _Source, name: str, skip_bad: bool = False) -> ImageDataset:
     """A flat folder as a dataset whose training split is every image (one class, no test split)."""
-    images = _decode_many(source, source.files)
+    images, skipped = _decode_many(source, source.files, skip_bad=skip_bad)
     empty = torch.empty((0, *images.shape[1:]), dtype=torch.uint8)
     return ImageDataset(name=name, train_images=images, train_labels=torch.zeros(len(images), dtype=torch.int64),
                         test_images=empty, test_labels=torch.empty(0, dtype=torch.int64), classes=[UNLABELED_CLASS],
-                        augment=min(images.shape[2:]) >= MIN_AUGMENT_SIZE)
+                        augment=min(images.shape[2:]) >= MIN_AUGMENT_SIZE, skipped=skipped)
 
 
 def _train_order(files: Sequence[str], path: Path) -> tuple[list[str], list[str], list[int], int]:
@@ -314,22 +342,30 @@ def image_folder_train_files(path: str | os.PathLike) -> list[str]:
     return ordered[:n_train]
 
 
-def _load_image_folder_dataset(path: Path, name: str) -> ImageDataset:
+def _load_image_folder_dataset(path: Path, name: str, skip_bad: bool = False) -> ImageDataset:
+    """The dataset of an ImageFolder directory or archive (a flat folder: unlabeled, one class);
+    ``skip_bad`` leaves out the files that do not decode (``ImageDataset.skipped`` names them)
+    instead of refusing the folder."""
     source = _Source(path)
     try:
         if _is_flat(source.files):
-            return _unlabeled_dataset(source, name)
+            return _unlabeled_dataset(source, name, skip_bad)
         classes, ordered, labels, n_train = _train_order(source.files, path)
-        images = _decode_many(source, ordered)
+        images, skipped = _decode_many(source, ordered, skip_bad=skip_bad)
     finally:
         source.release()
+    if skipped:  # the labels and the train/test boundary of the images left
+        dropped = set(skipped)
+        keep = [f not in dropped for f in ordered]
+        n_train = sum(keep[:n_train])
+        labels = [y for y, k in zip(labels, keep) if k]
     labels_t = torch.tensor(labels, dtype=torch.int64)
     _, _, h, w = images.shape
     return ImageDataset(
         name=name,
         train_images=images[:n_train].contiguous(), train_labels=labels_t[:n_train].contiguous(),
         test_images=images[n_train:].contiguous(), test_labels=labels_t[n_train:].contiguous(),
-        classes=classes, augment=min(h, w) >= MIN_AUGMENT_SIZE,
+        classes=classes, augment=min(h, w) >= MIN_AUGMENT_SIZE, skipped=skipped,
     )
 
 
@@ -365,7 +401,7 @@ def load_image_folder(path: str | os.PathLike, data_dir: str | os.PathLike | Non
     logger.info("decoding image folder %s (first use; cached afterwards in %s)", p, cache_file)
     source = _Source(p)
     try:
-        images = _decode_many(source, source.files, size=size_hw, channels=channels)
+        images, _ = _decode_many(source, source.files, size=size_hw, channels=channels)
     finally:
         source.release()
     logger.info("decoded %d images from %s in %.1f s", images.shape[0], p, time.perf_counter() - start)

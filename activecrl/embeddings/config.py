@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from activecrl.core.config import dashed
 from activecrl.core.errors import ConfigError
+from activecrl.core.registry import did_you_mean
 from activecrl.core.io import to_jsonable
 
 METHODS = ("patches", "simclr")
@@ -53,7 +54,8 @@ class PretrainConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r} instead")
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"
+                              f"{did_you_mean(self.method, METHODS)} instead")
         for name, minimum in (("epochs", 1), ("batch_size", 2), ("projection_dim", 1), ("knn_k", 0),
                               ("eval_batch_size", 1), ("centroids", 1), ("patch_size", 1), ("patch_stride", 1),
                               ("kmeans_patches", 1), ("kmeans_iters", 1), ("pca_dim", 1)):

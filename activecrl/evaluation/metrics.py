@@ -29,6 +29,7 @@ __all__ = [
     "CURVE_UNITS",
     "CURVE_UNITS_NOTE",
     "format_metric",
+    "metric_unit",
     "format_mean_std",
     "LOWER_IS_BETTER",
     "accuracy",
@@ -359,6 +360,11 @@ def ood_metrics(score_in, score_out) -> dict[str, float]:
         "aupr_in": float(average_precision_score(is_in, score)),
         "aupr_out": float(average_precision_score(~is_in, -score)),
     }
+
+
+def metric_unit(metric: str) -> str:
+    """The unit a human reads ``metric`` in (``PAPER_SCALE``): "%", "×10³", "×10"; files keep fractions."""
+    return {100.0: "%", 1000.0: "×10³", 10.0: "×10"}.get(PAPER_SCALE.get(metric, 1.0), "")
 
 
 def format_metric(value: float | None, metric: str, *, paper_scale: bool = True) -> str:

@@ -42,6 +42,9 @@ class TrainRunConfig:
     data_dir: str | None = field(default=None, metadata={
         "help": "dataset folder (default $ACTIVECRL_DATA, else ~/.cache/activecrl)"})
     download: bool = field(default=True, metadata={"help": "let torchvision download a named dataset if missing"})
+    skip_bad_images: bool = field(default=False, metadata={"help": (
+        "leave out the images of a --dataset folder that do not decode (recorded in the run folder) instead of "
+        "stopping")})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size of the evaluation passes"})
     train: TrainConfig = field(default_factory=quick_train_config, metadata={

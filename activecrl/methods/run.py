@@ -62,6 +62,7 @@ class TrainRunResult:
     member_states: list[dict] | None = None  # ensemble members' weights (saved to members.pt)
     threads_used: int | None = None  # torch's intra-op threads (CPU results depend on them)
     ci95: dict[str, list[float]] | None = None  # bootstrap intervals (config.bootstrap > 0)
+    skipped_images: list[str] = field(default_factory=list)  # --skip-bad-images: files left out of the dataset
 
     def to_json(self) -> dict:
         out = {
@@ -75,6 +76,8 @@ class TrainRunResult:
         }
         if self.method_info:
             out["method"] = self.method_info
+        if self.skipped_images:
+            out["skipped_images"] = self.skipped_images
         if self.ci95 is not None:
             out["ci95"] = self.ci95
             out["bootstrap"] = bootstrap_info(self.config.bootstrap, self.config.train.seed)
@@ -130,7 +133,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
     device = resolve_device(config.device)
     configure_backends(device)
     if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                               skip_bad_images=config.skip_bad_images)
     probe = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                         image_size=dataset.image_size, **backbone_options(config))  # its size sets the thread count
     dataset = with_backbone_stats(dataset, probe)  # a timm backbone's pretrained normalisation
@@ -173,7 +177,8 @@ def train_and_evaluate(config: TrainRunConfig, *, dataset=None,
             model_info["model_pt_holds"] = method.saved_model
         result = TrainRunResult(config, model, metrics, probs.astype(np.float32), logits.astype(np.float32), labels,
                                 confidence, train_seconds, eval_seconds, model_info, method_info=info,
-                                member_states=method.member_states, threads_used=threads)
+                                member_states=method.member_states, threads_used=threads,
+                                skipped_images=list(dataset.skipped))
         if config.bootstrap > 0:
             # from the arrays predictions.npz stores, so `activecrl rescore` recomputes the same intervals
             result.ci95 = bootstrap_intervals(result.probs, result.labels, result.confidence,

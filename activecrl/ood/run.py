@@ -102,7 +102,7 @@ def _load(config: OODConfig, say: Callable[[str], None]) -> DetectorInputs:
     data_dir = config.data_dir or run_cfg.get("data_dir")
     ds_spec = run_cfg.get("dataset") or info.get("dataset")
     say(f"loading in-distribution data {ds_spec}")
-    dataset = load_dataset(ds_spec, data_dir=data_dir)
+    dataset = load_dataset(ds_spec, data_dir=data_dir, skip_bad_images=bool(run_cfg.get("skip_bad_images")))
     c, size, k = int(info["in_channels"]), int(info["image_size"]), int(info["num_classes"])
     if dataset.num_classes != k or dataset.in_channels != c or dataset.image_size != size:
         raise DataError(f"dataset {ds_spec!r} must match the model ({k} classes, {c}x{size}x{size}), got "

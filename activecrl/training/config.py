@@ -13,6 +13,7 @@ import numbers
 from dataclasses import dataclass, field, fields, replace
 
 from activecrl.core.errors import ConfigError
+from activecrl.core.registry import did_you_mean
 from activecrl.core.validate import SEED_LIMIT, check_int
 from activecrl.training.schedules import SCHEDULES, swa_start_epoch
 
@@ -31,7 +32,7 @@ def _number(value) -> bool:
 def check_head(head, cos_temp) -> None:
     """``head`` one of ``HEADS`` and ``cos_temp`` a number > 0, else ConfigError."""
     if head not in HEADS:
-        raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r} instead")
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r}{did_you_mean(head, HEADS)} instead")
     if not _number(cos_temp) or cos_temp <= 0:
         raise ConfigError(f"cos_temp must be a number > 0 (SURE: 8), got {cos_temp!r} instead")
 
@@ -103,9 +104,9 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        def need(ok: bool, what: str, value) -> None:
+        def need(ok: bool, what: str, value, choices=()) -> None:
             if not ok:
-                raise ConfigError(f"{what}, got {value!r} instead")
+                raise ConfigError(f"{what}, got {value!r}{did_you_mean(value, choices)} instead")
 
         check_int("epochs", self.epochs, 1)
         check_int("seed", self.seed, 0, below=SEED_LIMIT)
@@ -118,17 +119,20 @@ class TrainConfig:
         need(0 < self.gamma <= 1, "gamma must be in (0, 1]", self.gamma)
         need(self.crl_weight >= 0, "crl_weight must be >= 0", self.crl_weight)
         need(self.rank_target in RANK_TARGETS, f"rank_target must be one of {', '.join(RANK_TARGETS)}",
-             self.rank_target)
+             self.rank_target, RANK_TARGETS)
         self._validate_ingredients(need)
 
     def _validate_ingredients(self, need) -> None:
-        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}", self.schedule)
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}", self.schedule,
+             SCHEDULES)
         need(self.warmup is None or (_number(self.warmup) and 0 <= self.warmup < 1),
              "warmup must be a fraction of the training steps in [0, 1), or unset", self.warmup)
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}", self.optimizer,
+             OPTIMIZERS)
         need(_number(self.sam_rho) and self.sam_rho > 0,
              "sam_rho must be a number > 0 (the SAM papers use 0.05)", self.sam_rho)
-        need(self.averaging in AVERAGING, f"averaging must be one of {', '.join(AVERAGING)}", self.averaging)
+        need(self.averaging in AVERAGING, f"averaging must be one of {', '.join(AVERAGING)}", self.averaging,
+             AVERAGING)
         need(_number(self.swa_start) and 0 <= self.swa_start < 1,
              "swa_start must be a fraction of the epochs in [0, 1) (papers: 0.6)", self.swa_start)
         if self.averaging == "swa":
