@@ -1,0 +1,173 @@
+"""Feature-mode active learning (``activecrl run --embeddings E --model linear``) against training from
+scratch: accuracy and time per stage at 1,000-5,000 random labels.
+
+Three parts:
+
+* ``loop``: ``run_active_learning`` with ``--model linear`` on each ``--embeddings`` folder, random
+  sampling, ``--initial``/``--budget``/``--stages`` (default 1,000 + 1,000 x 4), one trial, one CPU
+  thread, once per ``--recipes`` entry (``default``: the loop's ``[train]``; the others are listed
+  in ``RECIPES``). Per stage: test accuracy, training seconds, and the stage's wall time (train,
+  test evaluation and query, from the loop's callbacks).
+* ``probes``: the same budgets, labelled sets drawn as nested random subsets (seeded), scored by
+  methods outside the loop on the same embeddings: logistic regression with C chosen by 5-fold
+  cross-validation on the labelled rows only; 20-NN (cosine, majority vote); label spreading
+  (Zhou et al. 2004, "Learning with local and global consistency", scikit-learn's
+  ``LabelSpreading`` with its kNN kernel) over the whole unlabelled pool, read out on the test
+  split through the pool's nearest neighbours.
+* ``scratch``: the per-stage accuracy and training seconds recorded by ``activecrl run`` folders
+  (``--scratch``), e.g. small_cnn4 trained from scratch with the ``cifar10_shared_cpu`` recipe.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_feature_mode.py --dataset ../shared/data/cifar10.tar.gz \\
+        --embeddings emb-patches --scratch runs/scratch --json feature_mode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from activecrl.al.loop import ALConfig, LoopCallbacks, run_active_learning
+from activecrl.al.records import read_records
+from activecrl.data import load_dataset
+from activecrl.embeddings.load import load_embeddings, load_test_embeddings
+
+# [train] tables tried for the linear head; "default" is the loop's own (20 epochs, batch 32, one-cycle 0.1)
+RECIPES = {
+    "default": {},
+    "e100-b64": {"epochs": 100, "batch_size": 64},
+    "e100-b64-wd5e-3": {"epochs": 100, "batch_size": 64, "weight_decay": 5e-3},
+    "e100-b64-lr0.01": {"epochs": 100, "batch_size": 64, "lr": 0.01},
+}
+
+
+class _StageClock(LoopCallbacks):
+    """Wall seconds of each stage: from its start to its record (train, evaluation, query)."""
+
+    def __init__(self):
+        self.started, self.seconds = 0.0, []
+
+    def stage_start(self, trial, stage, n_labeled):
+        self.started = time.perf_counter()
+
+    def stage_end(self, record):
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def run_loop(dataset: str, embeddings: str, recipe: dict, args) -> list[dict]:
+    config = ALConfig(dataset=dataset, embeddings=embeddings, model="linear", strategy="random",
+                      initial=args.initial, budget=args.budget, stages=args.stages, trials=1, seed=args.seed,
+                      device="cpu", threads=1, train=recipe)
+    clock = _StageClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        records = run_active_learning(config, Path(tmp) / "run", callbacks=clock)
+    return [{"labels": r.n_labeled, "accuracy": r.metrics["accuracy"], "train_s": r.train_seconds,
+             "stage_s": s} for r, s in zip(records, clock.seconds)]
+
+
+def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return (train - mean) / std, (test - mean) / std
+
+
+def _logistic(x, y, xt, seed):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]}, cv=5)
+    search.fit(x, y)
+    return search.predict(xt), {"C": search.best_params_["C"]}
+
+
+def _knn(x, y, xt, k=20, classes=10):
+    sims = xt @ x.T
+    top = np.argpartition(-sims, kth=min(k, len(x) - 1), axis=1)[:, :k]
+    votes = np.zeros((len(xt), classes))
+    np.add.at(votes, (np.repeat(np.arange(len(xt)), top.shape[1]), y[top].ravel()), 1)
+    return votes.argmax(1)
+
+
+def _spreading(pool, y_pool_masked, xt, k, alpha):
+    from sklearn.semi_supervised import LabelSpreading
+
+    model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=alpha, max_iter=50, n_jobs=1)
+    model.fit(pool, y_pool_masked)
+    return model.predict(xt)
+
+
+def run_probes(emb: np.ndarray, test: np.ndarray, y: np.ndarray, yt: np.ndarray, budgets, seed) -> list[dict]:
+    unit, unit_t = [a / np.linalg.norm(a, axis=1, keepdims=True) for a in (emb, test)]  # cosine geometry
+    std, std_t = _standardise(emb, test)
+    order = np.random.default_rng(seed).permutation(len(emb))
+    rows = []
+    for n in budgets:
+        idx = order[:n]
+        row = {"labels": n}
+        start = time.perf_counter()
+        pred, params = _logistic(std[idx], y[idx], std_t, seed)
+        row["logreg"] = {"accuracy": float((pred == yt).mean()), "seconds": time.perf_counter() - start, **params}
+        start = time.perf_counter()
+        pred = _knn(unit[idx], y[idx], unit_t, classes=int(y.max()) + 1)
+        row["knn20"] = {"accuracy": float((pred == yt).mean()), "seconds": time.perf_counter() - start}
+        masked = np.full(len(emb), -1)
+        masked[idx] = y[idx]
+        for k, alpha in ((10, 0.99), (20, 0.99), (10, 0.8)):
+            start = time.perf_counter()
+            pred = _spreading(unit, masked, unit_t, k, alpha)
+            row[f"spread_k{k}_a{alpha}"] = {"accuracy": float((pred == yt).mean()),
+                                            "seconds": time.perf_counter() - start}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def scratch_rows(folder: Path) -> list[dict]:
+    records = read_records(folder)
+    by_labels: dict[int, list] = {}
+    for r in records:
+        by_labels.setdefault(r.n_labeled, []).append(r)
+    return [{"labels": n, "trials": len(rs), "accuracy": float(np.mean([r.metrics["accuracy"] for r in rs])),
+             "train_s": float(np.mean([r.train_seconds for r in rs]))} for n, rs in sorted(by_labels.items())]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--embeddings", nargs="*", default=[], help="embedding folders (pretrain / embed)")
+    parser.add_argument("--scratch", nargs="*", default=[], help="`activecrl run` folders of from-scratch training")
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--initial", type=int, default=1000)
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--stages", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--skip-probes", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    budgets = [args.initial + i * args.budget for i in range(args.stages)]
+    out: dict = {"budgets": budgets, "loop": {}, "probes": {}, "scratch": {}}
+    for folder in args.scratch:
+        out["scratch"][folder] = scratch_rows(Path(folder))
+        print("scratch", folder, json.dumps(out["scratch"][folder]), flush=True)
+    ds = load_dataset(args.dataset) if args.embeddings and not args.skip_probes else None
+    for emb_dir in args.embeddings:
+        if not args.skip_loop:
+            for name in args.recipes:
+                rows = run_loop(args.dataset, emb_dir, RECIPES[name], args)
+                out["loop"][f"{emb_dir} {name}"] = rows
+                print("loop", emb_dir, name, json.dumps(rows), flush=True)
+        if ds is not None:
+            emb, _ = load_embeddings(emb_dir, ds.n_train)
+            test, _ = load_test_embeddings(emb_dir, ds.n_test, emb.shape[1])
+            out["probes"][emb_dir] = run_probes(np.asarray(emb, np.float32), np.asarray(test, np.float32),
+                                                ds.train_labels.numpy(), ds.test_labels.numpy(), budgets, args.seed)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
