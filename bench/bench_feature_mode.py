@@ -15,10 +15,14 @@ Three parts:
   class mass normalisation of Zhu et al. 2003) over the kNN graph of the whole pool, its (k, alpha)
   chosen on 5,000 held-out training images, read out on the test split through the pool's
   nearest neighbours.
+* ``timing``: one stage at each ``--timing`` label count, from scratch (the ``--preset``'s image
+  model and training, baseline trainer) and in feature mode (``--model`` with the first
+  ``--timing-recipe``), alternating, so both see the same load of a shared machine; the ratio of
+  their training seconds and of their stage wall times.
 * ``scratch``: the per-stage accuracy and training seconds recorded by ``activecrl run`` folders
   (``--scratch``), e.g. small_cnn4 trained from scratch with the ``cifar10_shared_cpu`` recipe.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_feature_mode.py --dataset ../shared/data/cifar10.tar.gz \\
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_feature_mode.py --dataset data/cifar10.tar.gz \\
         --embeddings emb-patches --scratch runs/scratch --json feature_mode.json
 """
 
@@ -74,6 +78,31 @@ def run_loop(dataset: str, embeddings: str, recipe: dict, args) -> list[dict]:
         records = run_active_learning(config, Path(tmp) / "run", callbacks=clock)
     return [{"labels": r.n_labeled, "accuracy": r.metrics["accuracy"], "train_s": r.train_seconds,
              "stage_s": s} for r, s in zip(records, clock.seconds)]
+
+
+def one_stage(config: ALConfig) -> dict:
+    clock = _StageClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        record = run_active_learning(config, Path(tmp) / "run", callbacks=clock)[0]
+    return {"accuracy": record.metrics["accuracy"], "train_s": record.train_seconds, "stage_s": clock.seconds[0]}
+
+
+def run_timing(dataset: str, embeddings: str, args) -> list[dict]:
+    """Alternating single stages: from scratch, then feature mode, at each label count."""
+    from activecrl.core.config import load_toml, merge
+
+    rows = []
+    for n in args.timing:
+        common = {"dataset": dataset, "strategy": "random", "initial": n, "stages": 1, "trials": 1,
+                  "seed": args.seed, "device": "cpu", "threads": 1}
+        scratch = ALConfig.from_dict(merge(load_toml(args.preset), {**common, "trainer": "baseline"}))
+        feature = ALConfig(**common, embeddings=embeddings, model=args.model, train=RECIPES[args.timing_recipe])
+        row = {"labels": n, "scratch": one_stage(scratch), "feature": one_stage(feature)}
+        for key in ("train_s", "stage_s"):
+            row[f"speedup_{key}"] = row["scratch"][key] / row["feature"][key]
+        print("timing", json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,17 +230,22 @@ def main():
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--stages", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing", type=int, nargs="*", default=[], help="label counts of the timing part")
+    parser.add_argument("--timing-recipe", default="default", choices=list(RECIPES))
+    parser.add_argument("--preset", default="cifar10_shared_cpu", help="the from-scratch side of --timing")
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-probes", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     budgets = [args.initial + i * args.budget for i in range(args.stages)]
-    out: dict = {"budgets": budgets, "loop": {}, "probes": {}, "scratch": {}}
+    out: dict = {"budgets": budgets, "loop": {}, "probes": {}, "scratch": {}, "timing": {}}
     for folder in args.scratch:
         out["scratch"][folder] = scratch_rows(Path(folder))
         print("scratch", folder, json.dumps(out["scratch"][folder]), flush=True)
     ds = load_dataset(args.dataset) if args.embeddings and not args.skip_probes else None
     for emb_dir in args.embeddings:
+        if args.timing:
+            out["timing"][emb_dir] = run_timing(args.dataset, emb_dir, args)
         if not args.skip_loop:
             for name in args.recipes:
                 rows = run_loop(args.dataset, emb_dir, RECIPES[name], args)
