@@ -53,6 +53,9 @@ RECIPES = {
     "wd2e-2": {"weight_decay": 2e-2},
     "e100-b64-wd2e-2": {"epochs": 100, "batch_size": 64, "weight_decay": 2e-2},
     "wd5e-2": {"weight_decay": 5e-2},
+    "b256-wd5e-2": {"batch_size": 256, "weight_decay": 5e-2},
+    "b256-e50-wd5e-2": {"batch_size": 256, "epochs": 50, "weight_decay": 5e-2},
+    "b128-e30-wd5e-2": {"batch_size": 128, "epochs": 30, "weight_decay": 5e-2},
 }
 
 
