@@ -282,7 +282,7 @@ def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, 
                   input_size: int | None = None, batch_size: int = 256, device: str = "auto",
                   dtype: str = "float16", data_dir=None, download: bool = True, threads: int | None = None,
                   progress: Callable[[EmbedProgress], None] | None = None,
-                  embed_split: SplitEmbedder = embed) -> EmbedResult:
+                  embed_split: SplitEmbedder | None = None) -> EmbedResult:
     """Embed every train and test image of ``dataset`` with ``backbone`` into ``out_dir``.
 
     ``backbone``: ``timm:NAME`` (with ``pretrained`` or ``weights``; ``input_size`` overrides
@@ -291,7 +291,7 @@ def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, 
     archive (``load_dataset``), or an ``ImageDataset``. Reuses ``out_dir`` when its fingerprint
     matches; otherwise (re)writes it, ``embeddings.npy`` last. ``threads``: torch's CPU threads
     (default: ``resolve_threads`` for the backbone's size). ``embed_split`` computes one split's
-    rows (default :func:`embed`; ``activecrl.embeddings.distributed`` shards it over Ray).
+    rows (None: :func:`embed`; ``activecrl.embeddings.distributed`` shards it over Ray).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r} instead")
@@ -324,6 +324,7 @@ def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, 
         return EmbedResult(out, True, int(emb.shape[0]), len(test_src), int(emb.shape[1]), 0.0, None, fingerprint)
     start = time.perf_counter()
     logger.info("embedding %d train + %d test images with %s on %s", len(train_src), len(test_src), backbone, resolved)
+    embed_split = embed_split or embed
     with torch_threads(resolve_threads(threads, encoder.module)):
         test_emb = embed_split(encoder, test_src, batch_size=batch_size, device=resolved, dtype=dtype,
                                split="test", progress=progress) if len(test_src) else None
@@ -352,7 +353,7 @@ def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, 
 
 
 def embed_from_config(config, out_dir, *, progress: Callable[[EmbedProgress], None] | None = None,
-                      embed_split: SplitEmbedder = embed) -> EmbedResult:
+                      embed_split: SplitEmbedder | None = None) -> EmbedResult:
     """:func:`embed_dataset` with the options of an ``EmbedConfig`` (``activecrl embed``)."""
     return embed_dataset(config.backbone, config.dataset, out_dir, pretrained=config.pretrained,
                          weights=config.weights, input_size=config.input_size, batch_size=config.batch_size,
