@@ -203,8 +203,8 @@ def test_cli_imports_no_torch_until_a_command_runs():
     """`activecrl --help` stays fast: the app and the config dataclasses its flags come from load no torch."""
     code = ("import sys; from activecrl.cli.app import app; "
             "from activecrl.al.config import ALConfig; from activecrl.methods.config import TrainRunConfig; "
-            "from activecrl.ood.config import OODConfig; from activecrl.embeddings.config import PretrainConfig; "
-            "ALConfig(); TrainRunConfig(); PretrainConfig(); "
+            "from activecrl.ood.config import OODConfig; from activecrl.embeddings.config import EmbedConfig, PretrainConfig; "
+            "ALConfig(); TrainRunConfig(); PretrainConfig(); EmbedConfig(model='timm:resnet18'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

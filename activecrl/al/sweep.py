@@ -167,12 +167,11 @@ def _folder_name(index: int, values: dict[str, Any], width: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # running it
 # ----------------------------------------------------------------------------------------------
-def import_ray():
+def import_ray(what: str = "activecrl sweep runs"):
     try:
         import ray
     except ImportError:
-        raise ActiveCRLError(f"activecrl sweep runs on Ray, which is not installed; install it with "
-                             f"{INSTALL_HINT}") from None
+        raise ActiveCRLError(f"{what} on Ray, which is not installed; install it with {INSTALL_HINT}") from None
     return ray
 
 
@@ -193,7 +192,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: str | None = 
     _check_devices(spec, gpus_per_trial)
     checked = _check_points(spec, _task_cpus(cpus_per_trial))
     _check_out(spec, out)
-    started_ray = _connect(ray, address)
+    started_ray = connect_ray(ray, address)
     try:
         _check_cluster(ray, cpus_per_trial, gpus_per_trial)
         _write_folders(spec, out, checked)
@@ -287,7 +286,7 @@ def _write_folders(spec: SweepSpec, out: Path, checked: dict[int, tuple[CheckedR
             write_run_config(folder, point.config, *checked[point.index], extra=extra)
 
 
-def _connect(ray, address: str | None) -> bool:
+def connect_ray(ray, address: str | None) -> bool:
     """Connect to Ray; True when this call started a local instance (and so must shut it down)."""
     if address is not None:
         _probe(address)
@@ -453,5 +452,5 @@ def run_active_learning_trial(folder: str | os.PathLike, trial: int, device: str
                                callbacks=_TaskCallbacks())
 
 
-__all__ = ["PointStatus", "SweepCallbacks", "SweepPoint", "SweepSpec", "expand_grid", "import_ray", "load_sweep",
-           "run_sweep", "INSTALL_HINT"]
+__all__ = ["PointStatus", "SweepCallbacks", "SweepPoint", "SweepSpec", "connect_ray", "expand_grid", "import_ray",
+           "load_sweep", "run_sweep", "INSTALL_HINT"]

@@ -27,7 +27,7 @@ from activecrl.cli.label import label_app
 from activecrl.cli.options import Command, Group, build_config, config_command
 from activecrl.core.config import preset_names
 from activecrl.core.errors import ActiveCRLError
-from activecrl.embeddings.config import PretrainConfig
+from activecrl.embeddings.config import EmbedConfig, PretrainConfig
 from activecrl.methods.config import TrainRunConfig
 from activecrl.ood.config import OODConfig
 
@@ -424,6 +424,67 @@ def pretrain(
     if result.knn_accuracy is not None:
         console.print(f"{config.knn_k}-NN test accuracy on the embeddings: {result.knn_accuracy * 100:.2f}% "
                       f"({result.knn_baseline}: {result.knn_accuracy_init * 100:.2f}%)")
+
+
+@app.command(cls=Command)
+@config_command(EmbedConfig)
+def embed(
+    overrides: dict,
+    out: Path = typer.Option(..., help="folder for embeddings.npy, test_embeddings.npy, labels, config.json "
+                                       "(reused when the backbone, weights, data and preprocessing are unchanged)"),
+    config: Optional[str] = typer.Option(None, help="TOML file of these options; flags override it"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does"),
+):
+    """Embed every train and test image with a pretrained backbone (timm:NAME) or a `pretrain` encoder, for
+    `activecrl run --embeddings OUT --model linear`."""
+    _setup_logging(verbose)
+    config = build_config(EmbedConfig, _with_global_threads(overrides), config, embed.config_options)
+    if config.ray:
+        from activecrl.embeddings.distributed import embed_on_ray as run_embed
+    else:
+        from activecrl.embeddings.embed import embed_from_config as run_embed
+    with _EmbedProgress() as on_batch:
+        result = run_embed(config, out, progress=on_batch)
+    prep = result.fingerprint["preprocessing"]
+    size = "their own size" if prep["input_size"] is None else f"{prep['input_size']}x{prep['input_size']} " \
+                                                                 f"({prep['interpolation']})"
+    norm = "raw 0-255 pixels" if prep["mean"] is None else \
+        f"mean {_rounded(prep['mean'])}, std {_rounded(prep['std'])}"
+    console.print(f"preprocessing: images at {size}, {prep['channels']} channel(s), {norm}; rows L2-normalised, "
+                  f"stored as {config.dtype}")
+    what = f"{result.n_train} train + {result.n_test} test rows of width {result.dim}"
+    if result.reused:
+        console.print(f"[bold]{out}[/] already holds these embeddings ({what}; same backbone, weights, data and "
+                      f"preprocessing): reused, nothing computed")
+    else:
+        console.print(f"{what} in [bold]{out}[/] ({result.seconds:.1f}s, {result.images_per_s:.0f} images/s)")
+    console.print(f"next: activecrl run --dataset {escape(config.dataset)} --embeddings {escape(str(out))} "
+                  f"--model linear", soft_wrap=True)
+
+
+def _rounded(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+class _EmbedProgress:
+    """A rich progress bar per split (test, then train) with images/s, fed by embed's progress callback."""
+
+    def __init__(self):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]} images/s"), TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self.update
+
+    def update(self, info) -> None:
+        if info.split not in self.tasks:
+            self.tasks[info.split] = self.progress.add_task(f"embed {info.split}", total=info.total, rate="-")
+        self.progress.update(self.tasks[info.split], completed=info.done, rate=f"{info.images_per_s:.0f}")
+
+    def __exit__(self, *exc):
+        self.progress.stop()
 
 
 @app.command(cls=Command)

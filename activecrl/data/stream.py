@@ -50,6 +50,11 @@ class TensorSource:
     def channels(self) -> int:
         return int(self.images.shape[1])
 
+    def subset(self, start: int, stop: int) -> "TensorSource":
+        """Images ``start:stop`` as a source of their own (a copy: a shard sent elsewhere carries
+        only its own pixels)."""
+        return TensorSource(self.images[start:stop].clone())
+
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         batch_size = check_int("batch_size", batch_size, 1)
         return (self.images[s:s + batch_size] for s in range(0, len(self), batch_size))
@@ -99,6 +104,11 @@ class FileSource:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def subset(self, start: int, stop: int) -> "FileSource":
+        """Files ``start:stop`` as a source of their own, decoded and resized the same way."""
+        return FileSource(self.files[start:stop], size=self.size, channels=self.channels,
+                          interpolation=self.interpolation, workers=self.workers)
 
     def decode(self, path: Path) -> np.ndarray:
         """One image as uint8 (H, W, C) at ``size``."""

@@ -1,5 +1,6 @@
-"""``PretrainConfig``: the options of ``activecrl pretrain``, importable without torch, so the CLI
-derives its flags (and a notebook builds configs) without loading it."""
+"""``PretrainConfig`` and ``EmbedConfig``: the options of ``activecrl pretrain`` and ``activecrl
+embed``, importable without torch, so the CLI derives its flags (and a notebook builds configs)
+without loading it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from activecrl.core.config import dashed
 from activecrl.core.errors import ConfigError
 from activecrl.core.registry import did_you_mean
 from activecrl.core.io import to_jsonable
+from activecrl.core.validate import check_threads_option
+from activecrl.model_options import check_backbone_options, is_timm_name
 
 METHODS = ("patches", "simclr")
+EMBED_DTYPES = ("float16", "float32")
 
 
 @dataclass
@@ -98,3 +102,80 @@ class PretrainConfig:
     def describe(self) -> str:
         """What is being fitted, e.g. ``SimCLR small_cnn`` or ``k-means patch features (100 centroids)``."""
         return f"SimCLR {self.model}" if self.method == "simclr" else f"k-means patch features ({self.centroids} centroids)"
+
+
+@dataclass
+class EmbedConfig:
+    """Embeddings of every train and test image of a dataset from a backbone: a ``timm:NAME`` model
+    (pretrained, or weights from a local file) or the encoder of an ``activecrl pretrain`` run."""
+
+    dataset: str = field(default="digits", metadata={"help": "digits | cifar10 | cifar100 | svhn | an ImageFolder dir/archive"})
+    model: str | None = field(default=None, metadata={
+        "help": "timm:NAME backbone, e.g. timm:vit_small_patch14_dinov2.lvd142m (pip install timm); or use --encoder"})
+    encoder: str | None = field(default=None, metadata={
+        "help": "an `activecrl pretrain` folder (or its encoder.pt) to embed with, instead of --model"})
+    weights: str | None = field(default=None, metadata={
+        "help": "(--model) local .safetensors / .pth state dict of the timm model (no download)"})
+    pretrained: bool = field(default=False, metadata={
+        "help": "(--model) timm's pretrained weights (downloaded once into timm's cache)"})
+    input_size: int | None = field(default=None, metadata={
+        "help": "(--model) side in pixels the images are resized to (default: the pretrained config's)"})
+    batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
+    dtype: str = field(default="float16", metadata={"help": "float16 | float32: storage type of the embeddings"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    threads: int | None = field(default=None, metadata={"help": (
+        "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may use)")})
+    data_dir: str | None = field(default=None, metadata={"help": "dataset folder (else $ACTIVECRL_DATA)"})
+    download: bool = field(default=True, metadata={"help": "let torchvision download named datasets"})
+    ray: bool = field(default=False, metadata={
+        "help": "shard the images over a Ray cluster (pip install \"activecrl[distributed]\"); the shards are "
+                "joined in order, the result is the single-process one"})
+    address: str | None = field(default=None, metadata={
+        "help": "(--ray) HOST:PORT of a Ray cluster (`ray start --head`); default: a local Ray instance"})
+    shards: int | None = field(default=None, metadata={
+        "help": "(--ray) pieces the images of each split are cut into (default: one per CPU or GPU of the cluster)"})
+    cpus_per_shard: float = field(default=1.0, metadata={"help": "(--ray) CPUs per shard task (its torch threads)"})
+    gpus_per_shard: float = field(default=0.0, metadata={"help": "(--ray) GPUs per shard task; > 0 runs shards on CUDA"})
+
+    def __post_init__(self):
+        if (self.model is None) == (self.encoder is None):
+            raise ConfigError(f"embed needs exactly one of --model timm:NAME and --encoder PRETRAIN_FOLDER, got "
+                              f"{'both' if self.model else 'neither'} instead")
+        if self.model is not None and not is_timm_name(self.model):
+            raise ConfigError(f"--model must be timm:NAME (any timm architecture), got {self.model!r} instead; for "
+                              f"an `activecrl pretrain` folder use --encoder")
+        options = {k: v for k, v in dict(pretrained=self.pretrained, weights=self.weights,
+                                          input_size=self.input_size).items() if v not in (None, False)}
+        if self.encoder is not None and options:
+            raise ConfigError(f"{', '.join(dashed(k) for k in options)}: options of --model timm:NAME only, got "
+                              f"--encoder {self.encoder} instead; drop them")
+        check_backbone_options(self.model or "timm:", options)
+        if self.dtype not in EMBED_DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(EMBED_DTYPES)}, got {self.dtype!r} instead")
+        for name, value in (("batch_size", self.batch_size), ("shards", self.shards)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{dashed(name)} must be an integer >= 1, got {value!r} instead")
+        check_threads_option(self.threads)
+        for name in ("cpus_per_shard", "gpus_per_shard"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{dashed(name)} must be a non-negative number, got {value!r} instead")
+        if self.cpus_per_shard == 0 and self.gpus_per_shard == 0:
+            raise ConfigError("--cpus-per-shard and --gpus-per-shard are both 0, so a shard would need nothing "
+                              "and Ray would start all at once; give --cpus-per-shard 1 (or more)")
+        if not self.ray:
+            given = [n for n in ("address", "shards") if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(dashed(n) for n in given)}: options of --ray only, got no --ray "
+                                  f"instead; add --ray")
+        elif self.gpus_per_shard == 0 and self.device not in ("auto", "cpu"):
+            raise ConfigError(f"with --ray the shards run on CPUs unless --gpus-per-shard is > 0, got --device "
+                              f"{self.device} instead; give --gpus-per-shard (e.g. 1) for CUDA shards")
+
+    @property
+    def backbone(self) -> str:
+        """What ``embed_dataset`` takes: the timm name or the pretrain folder."""
+        return self.model if self.model is not None else self.encoder
+
+    def to_dict(self) -> dict:
+        return to_jsonable(dataclasses.asdict(self))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from activecrl import __version__
 from activecrl.core.errors import ConfigError
 from activecrl.core.io import _atomic, atomic_write_json
-from activecrl.core.runtime import resolve_device
+from activecrl.core.runtime import resolve_device, resolve_threads, torch_threads
 from activecrl.data.stream import FileSource, TensorSource, labeled_folder
 from activecrl.embeddings.load import file_sha256
 
@@ -275,17 +275,23 @@ def read_fingerprint(out: Path) -> dict | None:
     return saved.get("fingerprint") if isinstance(saved, dict) else None
 
 
+SplitEmbedder = Callable[..., np.ndarray]  # embed's signature: (encoder, source, *, batch_size, device, dtype, split, progress)
+
+
 def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, weights=None,
                   input_size: int | None = None, batch_size: int = 256, device: str = "auto",
-                  dtype: str = "float16", data_dir=None, download: bool = True,
-                  progress: Callable[[EmbedProgress], None] | None = None) -> EmbedResult:
+                  dtype: str = "float16", data_dir=None, download: bool = True, threads: int | None = None,
+                  progress: Callable[[EmbedProgress], None] | None = None,
+                  embed_split: SplitEmbedder | None = None) -> EmbedResult:
     """Embed every train and test image of ``dataset`` with ``backbone`` into ``out_dir``.
 
     ``backbone``: ``timm:NAME`` (with ``pretrained`` or ``weights``; ``input_size`` overrides
     its pretrained config's) or an ``activecrl pretrain`` folder / ``encoder.pt``. ``dataset``:
     an ImageFolder directory (streamed from its files, any image sizes), a dataset name or
     archive (``load_dataset``), or an ``ImageDataset``. Reuses ``out_dir`` when its fingerprint
-    matches; otherwise (re)writes it, ``embeddings.npy`` last.
+    matches; otherwise (re)writes it, ``embeddings.npy`` last. ``threads``: torch's CPU threads
+    (default: ``resolve_threads`` for the backbone's size). ``embed_split`` computes one split's
+    rows (None: :func:`embed`; ``activecrl.embeddings.distributed`` shards it over Ray).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r} instead")
@@ -318,10 +324,12 @@ def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, 
         return EmbedResult(out, True, int(emb.shape[0]), len(test_src), int(emb.shape[1]), 0.0, None, fingerprint)
     start = time.perf_counter()
     logger.info("embedding %d train + %d test images with %s on %s", len(train_src), len(test_src), backbone, resolved)
-    test_emb = embed(encoder, test_src, batch_size=batch_size, device=resolved, dtype=dtype, split="test",
-                     progress=progress) if len(test_src) else None
-    train_emb = embed(encoder, train_src, batch_size=batch_size, device=resolved, dtype=dtype, split="train",
-                      progress=progress)
+    embed_split = embed_split or embed
+    with torch_threads(resolve_threads(threads, encoder.module)):
+        test_emb = embed_split(encoder, test_src, batch_size=batch_size, device=resolved, dtype=dtype,
+                               split="test", progress=progress) if len(test_src) else None
+        train_emb = embed_split(encoder, train_src, batch_size=batch_size, device=resolved, dtype=dtype,
+                                split="train", progress=progress)
     seconds = time.perf_counter() - start
     if test_emb is None:
         test_emb = np.empty((0, train_emb.shape[1]), dtype=train_emb.dtype)
@@ -342,3 +350,13 @@ def embed_dataset(backbone: str, dataset, out_dir, *, pretrained: bool = False, 
                 rate, out)
     return EmbedResult(out, False, int(train_emb.shape[0]), int(test_emb.shape[0]), int(train_emb.shape[1]),
                        seconds, rate, fingerprint)
+
+
+def embed_from_config(config, out_dir, *, progress: Callable[[EmbedProgress], None] | None = None,
+                      embed_split: SplitEmbedder | None = None) -> EmbedResult:
+    """:func:`embed_dataset` with the options of an ``EmbedConfig`` (``activecrl embed``)."""
+    return embed_dataset(config.backbone, config.dataset, out_dir, pretrained=config.pretrained,
+                         weights=config.weights, input_size=config.input_size, batch_size=config.batch_size,
+                         device=config.device, dtype=config.dtype, data_dir=config.data_dir,
+                         download=config.download, threads=config.threads, progress=progress,
+                         embed_split=embed_split)
