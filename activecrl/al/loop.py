@@ -42,7 +42,8 @@ from activecrl.backbones import backbone_options, with_backbone_stats
 from activecrl.models import build_model, model_factory
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
-from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, seed_everything, torch_threads
+from activecrl.core.runtime import (PeakMemory, configure_backends, resolve_device, resolve_threads, seed_everything,
+                                    torch_threads)
 from activecrl.al.config import ALConfig
 from activecrl.training.trainers import EpochInfo, build_trainer
 
@@ -286,13 +287,21 @@ class TrialRunner:
     def run_stage(self, trial: int, stage: int, labeled: np.ndarray) -> StageRecord:
         previous_state = _load_warm_state(self.out, trial, stage - 1) if self.config.warm_start and stage > 0 else None
         self.callbacks.stage_start(trial, stage, len(labeled))
-        model, fit = self.train(trial, stage, labeled, previous_state)
+        with PeakMemory(self.device) as train_peak:
+            model, fit = self.train(trial, stage, labeled, previous_state)
         metrics = self.evaluate(model)
-        queried, query_seconds = self.query(model, trial, stage, labeled)
+        query_peak = PeakMemory(self.device)  # stays unmeasured (NaN) after the last stage: no query
+        if stage < self.config.stages - 1:
+            with query_peak:
+                queried, query_seconds = self.query(model, trial, stage, labeled)
+        else:
+            queried, query_seconds = np.empty(0, dtype=np.int64), 0.0
         record = StageRecord(trial=trial, seed=self.config.seed + trial, stage=stage, n_labeled=int(len(labeled)),
                              metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
                              final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
-                             initial=labeled.tolist() if stage == 0 else None)
+                             initial=labeled.tolist() if stage == 0 else None,
+                             train_peak_rss_mib=train_peak.rss_mib, train_peak_cuda_mib=train_peak.cuda_mib,
+                             query_peak_rss_mib=query_peak.rss_mib, query_peak_cuda_mib=query_peak.cuda_mib)
         self.record(model, record)
         return record
 
@@ -314,10 +323,8 @@ class TrialRunner:
         return classification_metrics(probs, self.checked.dataset.test_labels.numpy()[test_out.indices.numpy()])
 
     def query(self, model, trial: int, stage: int, labeled: np.ndarray) -> tuple[np.ndarray, float]:
-        """(the pool indices the strategy picks, seconds it took); nothing after the last stage."""
+        """(the pool indices the strategy picks, seconds it took); ``run_stage`` queries before the last stage only."""
         config = self.config
-        if stage == config.stages - 1:
-            return np.empty(0, dtype=np.int64), 0.0
         rng = stage_rng(config.seed, trial, stage)
         start = time.perf_counter()
         pool = np.setdiff1d(np.arange(self.n_train), labeled)  # computed, never stored
