@@ -16,6 +16,7 @@ Records go through ``records.append_trial_record``: one file per trial, merged i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,6 +46,7 @@ from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record,
 from activecrl.core.runtime import (PeakMemory, configure_backends, resolve_device, resolve_threads, seed_everything,
                                     torch_threads)
 from activecrl.al.config import ALConfig
+from activecrl.tracking import TRACKING_KEY, LoopTracking, check_tracking
 from activecrl.training.trainers import EpochInfo, build_trainer
 
 logger = logging.getLogger(__name__)
@@ -201,6 +203,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
         raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
     # fail on a bad name or option before anything else, and on the dataset before creating ``out``
     names = check_run_config(config)
+    check_tracking(config.track, config.tracking_uri, out)
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
@@ -219,9 +222,26 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
         write_run_config(out, config, checked, threads)
-    with torch_threads(threads):
+    if config.track:  # after config.json: the tracked runs' ids are kept in it
+        runner.callbacks = LoopTracking.start(config, out, inner=runner.callbacks)
+    with torch_threads(threads), _tracking_ends(runner.callbacks):
         runner.run(trial_ids)
     return read_records(out)
+
+
+@contextlib.contextmanager
+def _tracking_ends(callbacks):
+    """End the tracked runs of ``callbacks`` (a ``LoopTracking``) with the run's outcome."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if isinstance(callbacks, LoopTracking):
+            callbacks.finish(status)
 
 
 def run_data(config: ALConfig, checked: CheckedRun, device: torch.device):
@@ -468,9 +488,10 @@ def completed_stages(out: Path | str) -> int:
     return len({(r.trial, r.stage) for r in read_records(Path(out))})
 
 
-_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint")
-# where a run executes, not what it computes: these may change on --resume
-RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
+_SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint",
+                 TRACKING_KEY)
+# where a run executes or is tracked, not what it computes: these may change on --resume
+RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads", "track", "tracking_uri")
 
 
 def _read_saved(out: Path | str) -> dict:
@@ -509,8 +530,8 @@ def resume_config(out: Path | str, given: dict | None = None) -> ALConfig:
         listed = ", ".join(f"{_option_name(k)} {after[k]!r} (saved: {before.get(k)!r})" for k in changed)
         raise ConfigError(
             f"--resume continues the run saved in {Path(out) / CONFIG_FILE}, but these options differ from it: "
-            f"{listed}; drop them or give the saved values (only --device, --data-dir and --threads may change), "
-            f"or start a new run with another --out")
+            f"{listed}; drop them or give the saved values (only --device, --data-dir, --threads, --track and "
+            f"--tracking-uri may change), or start a new run with another --out")
     return merged
 
 
@@ -532,14 +553,16 @@ def default_out_dir(config: ALConfig, when: float | None = None) -> Path:
 
 
 def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
-    """Resume uses the saved experiment; only where it runs (device, data folder, threads) may change.
+    """Resume uses the saved experiment; only where it runs (device, data folder, threads) and where it is
+    tracked (``config``'s track and tracking_uri: ``resume_config`` keeps the saved ones) may change.
 
     Returns that config and the thread count the saved stages were computed with (None: an older run
     that did not record it)."""
     saved = _read_saved(out)
     saved_config = load_saved_config(out)
     resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
-                                  threads=config.threads if config.threads is not None else saved_config.threads)
+                                  threads=config.threads if config.threads is not None else saved_config.threads,
+                                  track=config.track, tracking_uri=config.tracking_uri)
     return resumed, saved.get("threads_used")
 
 
