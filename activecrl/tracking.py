@@ -24,12 +24,14 @@ A missing package or an unreachable server is an error before any training start
 rest of the run, which goes on writing its folder as always. Each tracker is imported only when
 asked for. The loop uses ``LoopTracking`` (loop callbacks), ``activecrl sweep``'s driver
 ``SweepTracking`` (its progress callbacks: one parent run, one child run per grid point, logged
-from the points' records, so a sweep logs no per-epoch loss), and any other command one
-``Tracked.open`` (``with Tracked.open(...) as tracked: tracked.log_metrics(...)``).
+from the points' records, so a sweep logs no per-epoch loss), and any other command one call,
+``with open_tracking(config, folder, kind) as tracked: tracked.log_metrics(...)`` (``activecrl train``:
+its test metrics at step 0, ``train_loss`` per epoch, ``metrics.json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,13 +45,13 @@ from urllib.parse import urlparse
 from activecrl.al.records import RESULTS_FILE, StageRecord, read_records
 from activecrl.core.config import flatten
 from activecrl.core.errors import ActiveCRLError, ConfigError
-from activecrl.core.io import atomic_write_json
+from activecrl.core.io import atomic_write_json, to_jsonable
 from activecrl.core.validate import TRACKERS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRACKERS", "TRACKING_KEY", "INSTALL_HINT", "LoopTracking", "SweepTracking", "Tracked", "check_tracking",
-           "config_params", "default_tracking_uri", "log_artifacts", "stage_metrics"]
+           "config_params", "default_tracking_uri", "log_artifacts", "open_tracking", "stage_metrics"]
 
 TRACKING_KEY = "tracking"  # config.json: what the trackers need to continue a run's tracked runs
 INSTALL_HINT = 'pip install -e ".[tracking]" (or pip install mlflow tensorboard)'
@@ -82,7 +84,7 @@ def check_tracking(track: Iterable[str], tracking_uri: str | None, folder: str |
 def _check_mlflow_store(uri: str) -> None:
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
-        _check_writable(Path(parsed.path[1:] if parsed.path.startswith("//") else parsed.path).parent, uri)
+        _check_writable(_sqlite_path(uri).parent, uri)
         return
     if parsed.scheme in ("http", "https"):
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -97,6 +99,12 @@ def _check_mlflow_store(uri: str) -> None:
     except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException, requests' errors, ...
         raise ConfigError(f"--tracking-uri {uri} is not a usable MLflow tracking store ({_first_line(exc)}); "
                           f"fix it, or drop --tracking-uri to log to a SQLite file beside the runs") from None
+
+
+def _sqlite_path(uri: str) -> Path:
+    """The database file of ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+    path = urlparse(uri).path
+    return Path(path[1:] if path.startswith("//") else path)
 
 
 def _check_writable(directory: Path, uri: str) -> None:
@@ -128,6 +136,16 @@ def stage_metrics(record: StageRecord) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
 
 
+def open_tracking(config, folder: str | os.PathLike, kind: str) -> Tracked:
+    """The one call that tracks a command's run: ``config`` (a config dataclass with ``track`` and
+    ``tracking_uri``) checked and logged as params, the run named after ``folder`` and tagged ``kind``
+    (``train``). No tracker asked for: a ``Tracked`` that does nothing. Use it as a context manager:
+    the tracked run ends FINISHED, or FAILED / KILLED when the block raises."""
+    check_tracking(config.track, config.tracking_uri, folder)
+    return Tracked.open(config.track, config.tracking_uri, folder, name=Path(folder).name,
+                        params=config_params(to_jsonable(dataclasses.asdict(config))), tags={"activecrl.kind": kind})
+
+
 # ============================================================================ the trackers
 
 def _mlflow_client(uri: str):
@@ -151,6 +169,8 @@ class _MLflowRun:
 
     @classmethod
     def open(cls, uri: str, saved: dict | None, name: str, tags: dict) -> "_MLflowRun":
+        if uri.startswith("sqlite:"):
+            _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
         client = _mlflow_client(uri)
         if saved and saved.get("tracking_uri") == uri and saved.get("run_id"):
             try:
@@ -205,8 +225,7 @@ def _experiment(client, uri: str) -> str:
         return found.experiment_id
     location = None
     if uri.startswith("sqlite:"):  # artifacts beside the database, not in the working directory's ./mlruns
-        db = Path(urlparse(uri).path[1:] if urlparse(uri).path.startswith("//") else urlparse(uri).path)
-        location = (db.parent / "mlartifacts").resolve().as_uri()
+        location = (_sqlite_path(uri).parent / "mlartifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # noqa: BLE001 - another process created it first
@@ -313,9 +332,22 @@ class Tracked:
         self._each("log_params", params, only_new=only_new)
 
     def log_metrics(self, metrics: dict[str, float], step: int, only_new: bool = False) -> None:
-        """``metrics`` at ``step``; ``only_new``: in the trackers whose run is new only (catching up)."""
-        if metrics:
-            self._each("log_metrics", metrics, int(step), only_new=only_new)
+        """``metrics`` at ``step``, NaN and None ones left out; ``only_new``: in the trackers whose run is
+        new only (catching up)."""
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
+        if finite:
+            self._each("log_metrics", finite, int(step), only_new=only_new)
+
+    def epoch_logger(self, inner=None):
+        """A trainer's ``progress`` callback that logs each epoch's loss as ``train_loss`` (step: the epochs
+        so far, counted over all the models trained, from 0) and passes the epoch on to ``inner``."""
+        steps = iter(range(10**12))
+
+        def on_epoch(info) -> None:
+            self.log_metrics({"train_loss": info.loss}, next(steps))
+            if inner is not None:
+                inner(info)
+        return on_epoch
 
     def log_artifacts(self, paths: Iterable[str | os.PathLike]) -> None:
         """The files of ``paths`` that exist (MLflow artifacts)."""

@@ -13,11 +13,13 @@ import logging
 import pytest
 
 from activecrl.al.loop import ALConfig, LoopCallbacks, read_records, run_active_learning
+from activecrl.al.sweep import expand_grid
 from activecrl.core.config import flatten
 from activecrl.core.errors import ActiveCRLError, ConfigError
 from activecrl.tracking import check_tracking, stage_metrics
 from activecrl.training.config import TrainConfig
 from tests.conftest import make_blobs_dataset
+from tests.test_sweep import SWEEP_TOML, ray_instance  # noqa: F401 (a fixture: one local Ray instance)
 
 TINY = dict(dataset="blobs", initial=20, budget=15, stages=3, trials=2, seed=3, device="cpu",
             train=TrainConfig(epochs=2, batch_size=16, milestones=(0.6, 0.8)))
@@ -193,3 +195,72 @@ def test_track_names_are_checked():
     with pytest.raises(ConfigError, match="track must name trackers among mlflow, tensorboard, got 'wandb' instead"):
         _config(track=("wandb",))
     assert _config(track="mlflow").track == ("mlflow",)  # a TOML string works as a one-element list
+
+
+def test_a_sweep_logs_one_parent_run_and_a_child_run_per_grid_point(ray_instance, tmp_path):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from typer.testing import CliRunner
+
+    from activecrl.cli.app import app
+
+    (tmp_path / "sweep.toml").write_text(SWEEP_TOML)
+    out = tmp_path / "sweeps" / "s"
+    result = CliRunner().invoke(app, ["sweep", "--config", str(tmp_path / "sweep.toml"), "--out", str(out),
+                                      "--track", "mlflow,tensorboard"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    saved = json.loads((out / "sweep.json").read_text())["tracking"]["mlflow"]
+    client = MlflowClient(saved["tracking_uri"])
+    assert saved["tracking_uri"] == f"sqlite:///{(tmp_path / 'sweeps' / 'mlflow.db').as_posix()}"
+    assert client.get_run(saved["run_id"]).data.params["grid.strategy"] == '["random", "least_conf"]'
+    points = _trial_runs(client, saved["run_id"])
+    assert sorted(points) == sorted(p.name for p in out.iterdir() if (p / "config.json").is_file())
+    for name, point in points.items():
+        records = read_records(out / name)
+        assert point.info.status == "FINISHED" and point.data.params["strategy"] in name
+        trials = _trial_runs(client, point.info.run_id)
+        for trial in (0, 1):
+            assert _same(_mlflow_stage_values(client, trials[f"trial{trial}"], "accuracy"),
+                         _expected(records, trial, "accuracy"))
+            events = EventAccumulator(str(out / "tensorboard" / name / f"trial{trial}")).Reload()
+            assert _same([(e.step, e.value) for e in events.Scalars("aurc")], _expected(records, trial, "aurc"),
+                         rel=1e-6)
+    # a rerun continues the same parent run and logs nothing twice
+    result = CliRunner().invoke(app, ["sweep", "--config", str(tmp_path / "sweep.toml"), "--out", str(out),
+                                      "--track", "mlflow"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads((out / "sweep.json").read_text())["tracking"]["mlflow"]["run_id"] == saved["run_id"]
+    for name, point in _trial_runs(client, saved["run_id"]).items():
+        trial0 = _trial_runs(client, point.info.run_id)["trial0"]
+        assert len(client.get_metric_history(trial0.info.run_id, "accuracy")) == 2  # 2 stages, once each
+
+
+def test_track_is_the_sweeps_not_a_grid_points(tmp_path):
+    with pytest.raises(ConfigError, match="grid key 'track' applies to the whole sweep"):
+        expand_grid({"dataset": "digits"}, {"track": [["mlflow"], ["tensorboard"]]})
+
+
+def test_the_run_and_train_commands_track_with_a_flag(tmp_path):
+    pytest.importorskip("mlflow")
+    from typer.testing import CliRunner
+
+    from activecrl.cli.app import app
+
+    out = tmp_path / "runs" / "demo"
+    result = CliRunner().invoke(app, ["run", "--out", str(out), "--initial", "20", "--budget", "10", "--stages", "2",
+                                      "--trials", "1", "--epochs", "2", "--device", "cpu", "--track", "mlflow"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    client, run_id = _mlflow_client(out)
+    assert {f.path for f in client.list_artifacts(run_id)} == {"config.json", "results.jsonl", "curves.png"}
+    trained = tmp_path / "runs" / "trained"
+    result = CliRunner().invoke(app, ["train", "--out", str(trained), "--epochs", "2", "--device", "cpu",
+                                      "--track", "mlflow", "--tracking-uri", client.tracking_uri])
+    assert result.exit_code == 0, (result.output, result.exception)
+    metrics = json.loads((trained / "metrics.json").read_text())["metrics"]
+    run = client.search_runs([client.get_run(run_id).info.experiment_id],
+                             filter_string="tags.`activecrl.kind` = 'train'")[0]
+    assert run.data.metrics["accuracy"] == metrics["accuracy"] and run.data.params["train.epochs"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["metrics.json"]
