@@ -7,6 +7,7 @@ cleanly without it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
@@ -20,6 +21,11 @@ from activecrl.tracking import check_tracking, stage_metrics
 from activecrl.training.config import TrainConfig
 from tests.conftest import make_blobs_dataset
 from tests.test_sweep import SWEEP_TOML, ray_instance  # noqa: F401 (a fixture: one local Ray instance)
+
+# the optional trackers: a test needing one is skipped without it, before any fixture starts (Ray)
+needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason='pip install -e ".[tracking]"')
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                                       reason='pip install -e ".[tracking]"')
 
 TINY = dict(dataset="blobs", initial=20, budget=15, stages=3, trials=2, seed=3, device="cpu",
             train=TrainConfig(epochs=2, batch_size=16, milestones=(0.6, 0.8)))
@@ -60,8 +66,8 @@ def _expected(records, trial, name):
     return [(r.n_labeled, stage_metrics(r)[name]) for r in records if r.trial == trial and name in stage_metrics(r)]
 
 
+@needs_mlflow
 def test_mlflow_holds_the_config_records_epochs_and_files(tmp_path):
-    pytest.importorskip("mlflow")
     out = tmp_path / "runs" / "demo"
     config = _config(track=("mlflow",))
     records = run_active_learning(config, out, dataset=_dataset())
@@ -87,8 +93,8 @@ def test_mlflow_holds_the_config_records_epochs_and_files(tmp_path):
     assert not (tmp_path / "mlruns").exists()  # artifacts beside the database, not in the working directory
 
 
+@needs_tensorboard
 def test_tensorboard_event_files_hold_the_records(tmp_path):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
@@ -113,9 +119,9 @@ class _Crash(LoopCallbacks):
             raise KeyboardInterrupt
 
 
+@needs_mlflow
+@needs_tensorboard
 def test_resume_continues_the_same_tracked_run(tmp_path):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, ds = tmp_path / "run", _dataset()
@@ -137,8 +143,8 @@ def test_resume_continues_the_same_tracked_run(tmp_path):
                      rel=1e-6)
 
 
+@needs_mlflow
 def test_tracking_added_on_resume_logs_the_stages_before_it(tmp_path):
-    pytest.importorskip("mlflow")
     out, ds = tmp_path / "run", _dataset()
     with pytest.raises(KeyboardInterrupt):
         run_active_learning(_config(), out, dataset=ds, callbacks=_Crash(after=2))
@@ -149,8 +155,8 @@ def test_tracking_added_on_resume_logs_the_stages_before_it(tmp_path):
         assert _same(_mlflow_stage_values(client, trials[f"trial{trial}"], "aurc"), _expected(records, trial, "aurc"))
 
 
+@needs_mlflow
 def test_a_tracker_failing_mid_run_is_a_warning_and_the_records_are_complete(tmp_path, monkeypatch, caplog):
-    pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     log_batch = MlflowClient.log_batch
@@ -168,8 +174,8 @@ def test_a_tracker_failing_mid_run_is_a_warning_and_the_records_are_complete(tmp
     assert len(warnings) == 1 and "the run goes on" in warnings[0].getMessage()  # once: then it is off
 
 
+@needs_mlflow
 def test_an_unreachable_server_fails_before_anything_is_written(tmp_path):
-    pytest.importorskip("mlflow")
     with pytest.raises(ConfigError, match="cannot reach the MLflow tracking server at --tracking-uri http://127.0.0.1:9"):
         run_active_learning(_config(track=("mlflow",), tracking_uri="http://127.0.0.1:9"), tmp_path / "run",
                             dataset=_dataset())
@@ -197,9 +203,9 @@ def test_track_names_are_checked():
     assert _config(track="mlflow").track == ("mlflow",)  # a TOML string works as a one-element list
 
 
+@needs_mlflow
+@needs_tensorboard
 def test_a_sweep_logs_one_parent_run_and_a_child_run_per_grid_point(ray_instance, tmp_path):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("tensorboard")
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from typer.testing import CliRunner
@@ -242,8 +248,8 @@ def test_track_is_the_sweeps_not_a_grid_points(tmp_path):
         expand_grid({"dataset": "digits"}, {"track": [["mlflow"], ["tensorboard"]]})
 
 
+@needs_mlflow
 def test_the_run_and_train_commands_track_with_a_flag(tmp_path):
-    pytest.importorskip("mlflow")
     from typer.testing import CliRunner
 
     from activecrl.cli.app import app
