@@ -296,8 +296,8 @@ class Tracked:
         for tracker in track:
             if tracker == "mlflow":
                 uri = tracking_uri or saved.get("mlflow", {}).get("tracking_uri") or default_tracking_uri(folder)
-                tags = {"activecrl.folder": str(folder.resolve()), **(tags or {})}
-                runs.append(_MLflowRun.open(uri, saved.get("mlflow"), name, tags))
+                runs.append(_MLflowRun.open(uri, saved.get("mlflow"), name,
+                                            {"activecrl.folder": str(folder.resolve()), **(tags or {})}))
             else:
                 runs.append(_TensorBoardRun.open(folder, saved.get("tensorboard")))
         tracked = cls(runs)
