@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from activecrl.data import DeviceData, channel_stats, load_dataset  # noqa: E402
 
-DEFAULT_ARCHIVE = Path("/work/shared/data/cifar10.tar.gz")
+DEFAULT_ARCHIVE = Path("data/cifar10.tar.gz")
 
 
 def get_data(args):

@@ -15,8 +15,12 @@ telemetry, an admin user and a legacy API token, then through the REST API:
 4. exports JSON, JSON_MIN and CSV through ``/api/projects/{id}/export`` (all tasks) and through the
    export snapshot API (also JSON with annotators and predictions in full), checks each against
    the scenarios, and writes them to ``--out``;
-5. imports the JSON export into an activecrl labeling project (``import_into_activecrl``), when
-   ``activecrl.label`` is installed; without it the script says so and stops after the export.
+5. runs rounds of activecrl labeling through it (``activecrl_round_trip``): ``activecrl label init`` on
+   noisy generated photos, ``activecrl label next --format labelstudio`` (a cold start, then a model
+   round with suggestions and audit images), a Label Studio project from the written labeling
+   config, the tasks imported (their suggestions shown, their images served), labeled there,
+   exported as JSON and read back with ``activecrl label import``; the project's status and
+   ``activecrl label export`` must hold exactly those labels.
 
 The server is stopped at the end, also on error. Every request goes to 127.0.0.1, with a time limit
 each and a bounded count. Not part of the test suite (installing Label Studio takes minutes).
@@ -458,23 +462,80 @@ def summarize_exports(files: dict) -> str:
 
 # --- activecrl side ------------------------------------------------------------------------------------
 
+ACTIVECRL_COLORS = {"cat": 0, "dog": 1, "sea lion": 2}  # the channel each class's noisy images light up
+ROUNDS = ((6, 0), (4, 2))  # (budget, audit) of each activecrl round
 
-def import_into_activecrl(export_file: Path, images_dir: Path, classes: list[str], project_path: Path) -> None:
-    """Reads the Label Studio export into a new activecrl labeling project at ``project_path``.
 
-    The project is made on the same images (``activecrl_image`` is the path relative to
-    ``images_dir``), issues one batch of them all and imports the export. Without
-    ``activecrl.label`` this says so and returns: the export above is still checked and written.
-    """
-    try:
-        from activecrl.label import Project
-    except ImportError as exc:
-        print(f"activecrl.label is not available ({exc}); stopping after the export")
-        return
-    project = Project.init(project_path, images=images_dir, classes=classes)
-    project.issue_batch(len(SCENARIOS))
-    result = project.import_labels(export_file)
-    print(f"activecrl import: {result}")
+def activecrl(*args) -> str:
+    """One ``activecrl`` command (the package of this interpreter); its output, or an error with it."""
+    done = subprocess.run([sys.executable, "-m", "activecrl", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "160"})
+    if done.returncode != 0:
+        raise RuntimeError(f"activecrl {' '.join(map(str, args))} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def make_photos(folder: Path, n: int = 18) -> dict[str, str]:
+    """Noisy 24x24 images whose class shows in one colour channel; returns each image's class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    truth = {}
+    for i in range(n):
+        name = CLASSES[i % len(CLASSES)]
+        pixels = rng.integers(0, 90, (24, 24, 3))
+        pixels[:, :, ACTIVECRL_COLORS[name]] += 150
+        key = f"photo {i:02d}.png" if i % 5 else f"sub/photo_{i:02d}.png"  # spaces and a subfolder
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / key)
+        truth[key] = name
+    return truth
+
+
+def annotate_truth(client: Client, ls_tasks: list[dict], truth: dict[str, str]) -> None:
+    """The admin labels every task with its image's class, as a labeler would."""
+    for task in ls_tasks:
+        client.call("POST", f"/api/tasks/{task['id']}/annotations/", {
+            "result": choice_result(truth[task["data"][IMAGE_KEY]]), "lead_time": 2.0})
+
+
+def activecrl_round_trip(client: Client, workdir: Path, out: Path) -> str:
+    """Step 5: rounds of ``activecrl label next --format labelstudio`` imported into Label Studio,
+    labeled there, exported as JSON and read back with ``activecrl label import``; returns the
+    project's final status line."""
+    document_root = workdir / "root"
+    photos = document_root / "photos"
+    truth = make_photos(photos)
+    (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    project = workdir / "activecrl-project"
+    activecrl("label", "init", project, "--images", photos, "--classes-file", out / "classes.txt")
+    for r, (budget, audit) in enumerate(ROUNDS, 1):
+        tasks_file = out / f"activecrl_round{r}.json"
+        shown = activecrl("label", "next", project, "--budget", budget, "--audit", audit, "--format", "labelstudio",
+                          "--document-root", document_root, "-o", tasks_file)
+        print(shown.splitlines()[0])
+        tasks = json.loads(tasks_file.read_text())
+        config = (out / "labeling-config.xml").read_text()
+        ls_project = create_project(client, config, photos)
+        ls_tasks = import_tasks(client, ls_project, tasks)  # checks that activecrl's suggestions show
+        check_served(client, tasks)
+        annotate_truth(client, ls_tasks, truth)
+        export = out / f"activecrl_export_round{r}.json"
+        export.write_bytes(export_direct(client, ls_project, "JSON"))
+        print("activecrl label import:", " ".join(activecrl("label", "import", project, export).split()))
+    status = json.loads(activecrl("label", "status", project, "--json"))
+    expected = sum(budget + audit for budget, audit in ROUNDS)
+    if status["n_labeled"] != expected or status["n_audit_labels"] != ROUNDS[-1][1]:
+        raise AssertionError(f"the activecrl project holds {status['n_labeled']} labels ({status['n_audit_labels']} "
+                             f"audit), expected {expected} ({ROUNDS[-1][1]} audit)")
+    exported = out / "activecrl_labels.csv"
+    activecrl("label", "export", project, "-o", exported)
+    with open(exported, newline="") as f:
+        wrong = [row for row in csv.DictReader(f) if truth[row["image"]] != row["label"]]
+    if wrong:
+        raise AssertionError(f"activecrl exported labels that differ from Label Studio's: {wrong}")
+    return f"activecrl project: {status['n_labeled']} labels over {len(ROUNDS)} rounds, all as labeled in Label Studio"
 
 
 def main() -> None:
@@ -501,13 +562,13 @@ def main() -> None:
             up = time.perf_counter() - start
             client = Client(url, token)
             project, users, files = run_round_trip(client, workdir, args.out)
-        print(f"label-studio {version} at {url} (up in {up:.0f} s), project {project}, users {users}, "
-              f"{client.sent} requests; every export holds what the scenarios expect")
-        print(summarize_exports(files))
-        print(f"files in {args.out}: {', '.join(sorted(files))}")
-        if not args.skip_activecrl:
-            import_into_activecrl(files["export.json"], workdir / "root" / "images", CLASSES,
-                                  workdir / "activecrl-project")
+            print(f"label-studio {version} at {url} (up in {up:.0f} s), project {project}, users {users}, "
+                  f"{client.sent} requests; every export holds what the scenarios expect")
+            print(summarize_exports(files))
+            print(f"files in {args.out}: {', '.join(sorted(files))}")
+            if not args.skip_activecrl:
+                print(activecrl_round_trip(client, workdir, args.out))
+                print(f"{client.sent} requests in all")
     finally:
         if args.keep_workdir:
             print(f"work folder kept: {workdir}")

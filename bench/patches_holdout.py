@@ -11,7 +11,7 @@ embedding, both learnt on the references only:
 * ``final``: what `pretrain` does (``activecrl.embeddings.patches.fit_projection``): square root first,
   PCA whitened with regularised eigenvalues.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/patches_holdout.py --dataset ../shared/data/cifar10.tar.gz
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/patches_holdout.py --dataset data/cifar10.tar.gz
     # --configs K:stride,... (default the scan in bench/README.md) --kmeans-patches --kmeans-iters
 """
 

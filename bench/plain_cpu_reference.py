@@ -73,7 +73,7 @@ def run(ds, n_labels, epochs, seed, lr=0.1, batch=128):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="/work/shared/data/cifar10.tar.gz")
+    ap.add_argument("--dataset", default="data/cifar10.tar.gz")
     ap.add_argument("--labels", type=int, nargs="+", default=[1000, 2000, 3000])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)

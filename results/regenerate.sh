@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every committed result under results/ with the exact commands that made it
-# (README.md "Results", results/ood/COMMANDS.md). Model weights (model.pt, members.pt) and
+# (results/README.md, results/ood/COMMANDS.md). Model weights (model.pt, members.pt) and
 # arrays (predictions.npz, scores.npz) are not committed: this script recreates them too.
 #
 #   results/regenerate.sh [train] [al] [ood] [recipes] [cold_start]     # default: all five, in this order
@@ -9,14 +9,13 @@
 # command reruns it. `ood` needs the models of `train` (results/cifar10_train/{baseline,crl}).
 # Times on one CPU core: train ~15 min per model (12 models incl. the 3 ensemble members, ~3 h),
 # al ~3 min per trial (18 trials, ~1 h), ood ~1 min per detector (12 runs).
-# Data: CIFAR10 and TIN default to the shared copies the committed results used; set them to
-# other copies of the same archives if yours live elsewhere. Add new results' commands here.
+# Data: CIFAR10 is the JPEG CIFAR-10 archive (python results/make_cifar10_archive.py data/cifar10.tar.gz
+# builds it), TIN the TinyImageNet (resize) archive; see results/README.md. Add new results' commands here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CIFAR10=${CIFAR10:-../shared/data/cifar10.tar.gz}                  # JPEG CIFAR-10, ImageFolder tar
-TIN=${TIN:-/work/shared/data/tinyimagenet-resize.tar.gz}            # TinyImageNet (resize), 10,000 images
-export ACTIVECRL_DATA=${ACTIVECRL_DATA:-/work/data_cache}           # where the decoded uint8 cache goes
+CIFAR10=${CIFAR10:-data/cifar10.tar.gz}                          # JPEG CIFAR-10, ImageFolder tar
+TIN=${TIN:-data/tinyimagenet-resize.tar.gz}                      # TinyImageNet (resize), 10,000 images
 export OMP_NUM_THREADS=1                                            # the committed runs used one thread
 export COLUMNS=${COLUMNS:-320}                                      # tables written to files are not cut
 ACTIVECRL=${ACTIVECRL:-activecrl}

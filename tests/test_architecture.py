@@ -35,3 +35,16 @@ def test_every_module_is_on_the_map():
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
     missing = [m for m in _modules() if m.rsplit(".", 1)[-1] not in words]
     assert missing == [], f"ARCHITECTURE.md does not mention these modules: {missing}"
+
+
+def test_every_package_is_installed():
+    # setuptools installs exactly the listed packages: a subpackage left out works in a checkout
+    # and is missing from the wheel
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for package, folder in FOLDERS.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            found.add(".".join([package, *parts]))
+    found.add("activecrl.configs")
+    assert found == set(config["packages"])

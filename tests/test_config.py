@@ -199,7 +199,7 @@ def test_help_shows_defaults_and_no_bool_placeholders():
 
 def _readme_commands():
     """Every `activecrl train|run|ood` command line in README.md and results/*/COMMANDS.md, variables filled."""
-    for doc in [ROOT / "README.md", *sorted(ROOT.glob("results/*/COMMANDS.md"))]:
+    for doc in [ROOT / "README.md", ROOT / "results" / "README.md", *sorted(ROOT.glob("results/*/COMMANDS.md"))]:
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
             env = {}
             for line in block.replace("\\\n", " ").splitlines():

@@ -263,11 +263,26 @@ def test_bad_layouts(tmp_path):
     (tmp_path / "a/test/dog").rmdir()
     with pytest.raises(DataError, match="same class folders.*only in train: \\['dog'\\]"):
         load_dataset(tmp_path / "a", data_dir=tmp_path / "d")
+    nested = tmp_path / "nested"
+    (nested / "cats").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(nested / "cats" / "x.png")
+    with pytest.raises(DataError, match="train/ and test/"):
+        load_dataset(nested, data_dir=tmp_path / "d")
+
+
+def test_a_flat_folder_is_an_unlabeled_dataset(tmp_path):
+    """Images without class folders: every image in the training split, one class, no test split
+    (what `activecrl pretrain` embeds); their files in path order."""
+    from activecrl.data import dataset_train_files
+
     flat = tmp_path / "flat"
     flat.mkdir()
-    Image.fromarray(np.zeros((4, 4), np.uint8)).save(flat / "x.png")
-    with pytest.raises(DataError, match="train/ and test/"):
-        load_dataset(flat, data_dir=tmp_path / "d")
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), 60 * i, np.uint8)).save(flat / f"{2 - i}.png")
+    ds = load_dataset(flat, data_dir=tmp_path / "d")
+    assert (ds.n_train, ds.n_test, ds.classes) == (3, 0, ["unlabeled"])
+    assert [int(x) for x in ds.train_images[:, 0, 0, 0]] == [120, 60, 0]  # 0.png, 1.png, 2.png
+    assert dataset_train_files(flat) == ["0.png", "1.png", "2.png"]
 
 
 def test_load_image_folder_flat_nested_resize(tmp_path):

@@ -97,3 +97,24 @@ def test_readme_arrays_example_runs():
     for name in ("picks", "far", "typical", "covered"):
         picks = namespace[name]
         assert len(set(picks.tolist())) == 100 and not labeled & set(picks.tolist())
+
+
+def test_readme_sweep_toml_is_the_shipped_file():
+    import tomllib
+
+    shipped = (README.parent / "configs" / "sweeps" / "digits.toml").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S) if "[grid]" in b)
+    assert tomllib.loads(block) == tomllib.loads(shipped)
+
+
+def test_readme_names_every_preset():
+    from activecrl.core.config import preset_names
+
+    text = README.read_text()
+    assert [name for name in preset_names() if f"`{name}`" not in text] == []
+
+
+def test_readme_speaks_of_the_tool_only():
+    text = README.read_text()
+    for phrase in ("issue #", "issue-", "issues #", "../shared", "/work/", "design card", "load average"):
+        assert phrase not in text, phrase

@@ -32,7 +32,7 @@ from activecrl.strategies import QueryContext, get_strategy
 
 from activecrl import __version__
 from activecrl.core.config import config_options, flatten, load_toml, merge
-from activecrl.data import FeatureData, device_splits, load_dataset
+from activecrl.data import FeatureData, dataset_train_files, device_splits, load_dataset
 from activecrl.embeddings.load import load_embeddings, load_test_embeddings
 from activecrl.core.errors import ConfigError
 from activecrl.inference.predict import predict
@@ -132,6 +132,11 @@ def check_run(config: ALConfig, *, dataset=None, names=None) -> CheckedRun:
     strategy, trainer, dropout = names or check_run_config(config)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    if dataset.num_classes < 2:
+        raise ConfigError(f"--dataset must have at least 2 classes to train a classifier, got {dataset.num_classes} "
+                          f"({', '.join(dataset.classes)}) in {config.dataset}; an image folder needs train/ and test/ "
+                          f"with a subfolder per class (a flat folder of unlabeled images suits `activecrl pretrain` "
+                          f"and `activecrl label init`)")
     if config.initial > dataset.n_train:
         raise ConfigError(f"initial must be at most the training split size {dataset.n_train}, "
                           f"got {config.initial} instead")
@@ -213,7 +218,8 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
         _check_same_embeddings(out, checked.embeddings_info)
     check_label_budget(config, checked.dataset.n_train, stages=not resume)  # a resumed run was accepted when it started
     train_data, test_data = run_data(config, checked, device)
-    runner = TrialRunner(config, out, checked, device, train_data, test_data, callbacks or LoopCallbacks())
+    runner = TrialRunner(config, out, checked, device, train_data, test_data, callbacks or LoopCallbacks(),
+                         train_files=None if dataset is not None else dataset_train_files(config.dataset))
     if checked.seed_strategy is not None and not resume:
         runner.seed_set(0)  # a seed set the strategy cannot choose (too few clusters) fails before anything is written
     threads = run_threads(config, checked)
@@ -269,6 +275,7 @@ class TrialRunner:
     train_data: Any  # DeviceData of the training split (the pool)
     test_data: Any
     callbacks: LoopCallbacks = field(default_factory=LoopCallbacks)
+    train_files: list[str] | None = None  # a folder dataset's files by training index: records name them
     _seed_sets: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -311,19 +318,21 @@ class TrialRunner:
             model, fit = self.train(trial, stage, labeled, previous_state)
         metrics = self.evaluate(model)
         query_peak = PeakMemory(self.device)  # stays unmeasured (NaN) after the last stage: no query
-        if stage < self.config.stages - 1:
-            with query_peak:
-                queried, query_seconds = self.query(model, trial, stage, labeled)
-        else:
-            queried, query_seconds = np.empty(0, dtype=np.int64), 0.0
+        with query_peak if stage < self.config.stages - 1 else contextlib.nullcontext():
+            queried, query_seconds = self.query(model, trial, stage, labeled)
         record = StageRecord(trial=trial, seed=self.config.seed + trial, stage=stage, n_labeled=int(len(labeled)),
                              metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
                              final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
                              initial=labeled.tolist() if stage == 0 else None,
+                             extra=self.queried_files(queried),
                              train_peak_rss_mib=train_peak.rss_mib, train_peak_cuda_mib=train_peak.cuda_mib,
                              query_peak_rss_mib=query_peak.rss_mib, query_peak_cuda_mib=query_peak.cuda_mib)
         self.record(model, record)
         return record
+
+    def queried_files(self, queried: np.ndarray) -> dict:
+        """``{"queried_files": [...]}`` beside the indices when the pool is a folder of files."""
+        return {} if self.train_files is None else {"queried_files": [self.train_files[i] for i in queried]}
 
     def train(self, trial: int, stage: int, labeled: np.ndarray, previous_state: dict | None):
         """A model trained on ``labeled`` from the stage's seed (from ``previous_state`` with --warm-start)."""
@@ -342,12 +351,19 @@ class TrialRunner:
         probs = torch.softmax(test_out.logits.double(), dim=1).numpy()
         return classification_metrics(probs, self.checked.dataset.test_labels.numpy()[test_out.indices.numpy()])
 
-    def query(self, model, trial: int, stage: int, labeled: np.ndarray) -> tuple[np.ndarray, float]:
-        """(the pool indices the strategy picks, seconds it took); ``run_stage`` queries before the last stage only."""
+    def query(self, model, trial: int, stage: int, labeled: np.ndarray,
+              pool: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """(the pool indices the strategy picks, seconds it took); nothing after the last stage.
+
+        ``pool``: the indices to choose from (default: all but ``labeled``; a labeling project also
+        leaves out its audit images)."""
         config = self.config
+        if stage == config.stages - 1:
+            return np.empty(0, dtype=np.int64), 0.0
         rng = stage_rng(config.seed, trial, stage)
         start = time.perf_counter()
-        pool = np.setdiff1d(np.arange(self.n_train), labeled)  # computed, never stored
+        if pool is None:
+            pool = np.setdiff1d(np.arange(self.n_train), labeled)  # computed, never stored
         if config.pool_subset is not None and config.pool_subset < len(pool):
             pool = np.sort(rng.choice(pool, config.pool_subset, replace=False))
         self.callbacks.query_start(trial, stage, len(pool))
@@ -419,13 +435,17 @@ def _seed_set(config: ALConfig, trial: int, n_train: int, strategy=None, embeddi
 
     Both draw from ``stage_rng(seed, trial, -1)``, so a resumed run rebuilds the same set.
     """
-    rng = stage_rng(config.seed, trial, -1)
+    return initial_query(strategy, np.arange(n_train), config.initial, stage_rng(config.seed, trial, -1), embeddings)
+
+
+def initial_query(strategy, pool: np.ndarray, count: int, rng: np.random.Generator, embeddings=None) -> np.ndarray:
+    """``count`` of the ``pool`` indices chosen before any label exists: uniformly at random
+    (``strategy`` None) or by a strategy that needs no model, on the ``embeddings``."""
+    pool = np.asarray(pool, dtype=np.int64)
     if strategy is None:
-        return np.sort(rng.choice(n_train, config.initial, replace=False)).astype(np.int64)
-    everything = np.arange(n_train)
-    context = QueryContext(pool=_indices_only(everything), embeddings=embeddings)  # no labels, no model yet
-    picked = strategy.query(context, config.initial, rng)
-    return _checked(strategy, picked, everything, config.initial)
+        return pool[np.sort(rng.choice(len(pool), count, replace=False))]
+    context = QueryContext(pool=_indices_only(pool), embeddings=embeddings)  # no labels, no model yet
+    return _checked(strategy, strategy.query(context, count, rng), pool, count)
 
 
 def _labeled_after(records: list[StageRecord], trial: int, config: ALConfig, n_train: int,

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from activecrl import __version__
 from activecrl.al.config import ALConfig
+from activecrl.cli.label import label_app
 from activecrl.cli.options import Command, Group, build_config, config_command
 from activecrl.core.config import preset_names
 from activecrl.core.errors import ActiveCRLError
@@ -33,6 +34,7 @@ from activecrl.ood.config import OODConfig
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep active learning with confidence-aware training (CRL, Moon et al. 2020).")
 console = Console()
+app.add_typer(label_app, name="label")
 
 
 def _print_version(value: bool) -> None:

@@ -30,7 +30,8 @@ Imports only go down this list (``builtin`` -> ``folders`` -> ``cache`` -> ``dat
 ``device`` -> ``dataset``; ``features`` -> ``device``; ``stream`` -> ``folders``), so there are no cycles.
 """
 
-from activecrl.data.builtin import DATASETS, cifar10, cifar100, digits, load_dataset, register_dataset, svhn
+from activecrl.data.builtin import (DATASETS, cifar10, cifar100, dataset_train_files, digits, load_dataset,
+                                    register_dataset, svhn)
 from activecrl.data.cache import default_data_dir
 from activecrl.data.dataset import MIN_AUGMENT_SIZE, ImageDataset, channel_stats
 from activecrl.data.device import DeviceData, device_split, device_splits, train_steps
@@ -49,6 +50,7 @@ __all__ = [
     "device_splits",
     "train_steps",
     "load_dataset",
+    "dataset_train_files",
     "load_image_folder",
     "IMAGE_EXTENSIONS",
     "channel_stats",

@@ -27,7 +27,8 @@ from activecrl.core.registry import Registry
 from activecrl.data.cache import (_CACHE_FORMAT, _dataset_to_dict, _fingerprint, _read_dataset_cache, _safe, _write_cache,
                     decode_lock, default_data_dir)
 from activecrl.data.dataset import ImageDataset
-from activecrl.data.folders import ARCHIVE_SUFFIXES, _dataset_name_from_path, _load_image_folder_dataset
+from activecrl.data.folders import (ARCHIVE_SUFFIXES, _dataset_name_from_path, _load_image_folder_dataset,
+                                    image_folder_train_files)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ def _decode_and_cache(name_or_path, decode, cache_file: Path | None) -> ImageDat
     if cache_file is not None:
         _write_cache(cache_file, _dataset_to_dict(dataset))
     return dataset
+
+
+def dataset_train_files(name_or_path) -> list[str] | None:
+    """The files of the training split of a folder dataset (relative paths, in row order); None for a
+    registered name, whose images have no files."""
+    path = _as_path_if_path(name_or_path)
+    return None if path is None else image_folder_train_files(path)
 
 
 def _as_path_if_path(name_or_path) -> Path | None:

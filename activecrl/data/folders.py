@@ -257,29 +257,69 @@ def _split_files(files: Sequence[str], prefix: str, split: str, where: Path) -> 
     return by_class
 
 
+#: The one class of an unlabeled image folder loaded as a dataset (label-free uses: ``pretrain``).
+UNLABELED_CLASS = "unlabeled"
+
+
+def _is_flat(files: Sequence[str]) -> bool:
+    """Images directly in the folder and no subfolders of images: a pool without labels."""
+    return bool(files) and all("/" not in f for f in files)
+
+
+def _unlabeled_dataset(source: _Source, name: str) -> ImageDataset:
+    """A flat folder as a dataset whose training split is every image (one class, no test split)."""
+    images = _decode_many(source, source.files)
+    empty = torch.empty((0, *images.shape[1:]), dtype=torch.uint8)
+    return ImageDataset(name=name, train_images=images, train_labels=torch.zeros(len(images), dtype=torch.int64),
+                        test_images=empty, test_labels=torch.empty(0, dtype=torch.int64), classes=[UNLABELED_CLASS],
+                        augment=min(images.shape[2:]) >= MIN_AUGMENT_SIZE)
+
+
+def _train_order(files: Sequence[str], path: Path) -> tuple[list[str], list[str], list[int], int]:
+    """(classes, files in row order: train then test, their labels, the training split's size)."""
+    prefix = _find_split_root(files, path)
+    train = _split_files(files, prefix, "train", path)
+    test = _split_files(files, prefix, "test", path)
+    classes = sorted(train)
+    if not classes:
+        raise DataError(f"{path}: {prefix}train/ holds no class folders with images")
+    if sorted(test) != classes:
+        only_train = sorted(set(classes) - set(test))
+        only_test = sorted(set(test) - set(classes))
+        raise DataError(
+            f"{path}: train/ and test/ must have the same class folders; only in train: "
+            f"{only_train or 'none'}, only in test: {only_test or 'none'}"
+        )
+    ordered, labels, n_train = [], [], 0
+    for split in (train, test):
+        for k, cls in enumerate(classes):
+            ordered.extend(split[cls])
+            labels.extend([k] * len(split[cls]))
+        if split is train:
+            n_train = len(ordered)
+    return classes, ordered, labels, n_train
+
+
+def image_folder_train_files(path: str | os.PathLike) -> list[str]:
+    """The training images of an ImageFolder directory or archive, as paths relative to it, in the row
+    order of ``load_dataset`` (so run records can name the files they queried). Nothing is decoded."""
+    path = Path(path).expanduser().resolve()
+    source = _Source(path)
+    try:
+        if _is_flat(source.files):
+            return list(source.files)
+        _, ordered, _, n_train = _train_order(source.files, path)
+    finally:
+        source.release()
+    return ordered[:n_train]
+
+
 def _load_image_folder_dataset(path: Path, name: str) -> ImageDataset:
     source = _Source(path)
     try:
-        prefix = _find_split_root(source.files, path)
-        train = _split_files(source.files, prefix, "train", path)
-        test = _split_files(source.files, prefix, "test", path)
-        classes = sorted(train)
-        if not classes:
-            raise DataError(f"{path}: {prefix}train/ holds no class folders with images")
-        if sorted(test) != classes:
-            only_train = sorted(set(classes) - set(test))
-            only_test = sorted(set(test) - set(classes))
-            raise DataError(
-                f"{path}: train/ and test/ must have the same class folders; only in train: "
-                f"{only_train or 'none'}, only in test: {only_test or 'none'}"
-            )
-        ordered, labels, n_train = [], [], 0
-        for split in (train, test):
-            for k, cls in enumerate(classes):
-                ordered.extend(split[cls])
-                labels.extend([k] * len(split[cls]))
-            if split is train:
-                n_train = len(ordered)
+        if _is_flat(source.files):
+            return _unlabeled_dataset(source, name)
+        classes, ordered, labels, n_train = _train_order(source.files, path)
         images = _decode_many(source, ordered)
     finally:
         source.release()

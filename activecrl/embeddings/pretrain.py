@@ -196,6 +196,8 @@ def embed(encoder: nn.Module, data, batch_size: int = 1024) -> np.ndarray:
         parts = [F.normalize(encoder.forward_features(x).float(), dim=1) for x, _, _ in data.eval_batches(None, batch_size)]
     finally:
         encoder.train(was_training)
+    if not parts:  # an empty split (an unlabeled folder has no test images)
+        return np.empty((0, encoder.feature_dim), dtype=np.float32)
     return torch.cat(parts).cpu().numpy().astype(np.float32)
 
 
@@ -225,6 +227,11 @@ def knn_accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.n
     return correct / len(test_emb)
 
 
+def _knn_check(config: PretrainConfig, dataset) -> bool:
+    """The kNN accuracy check needs labeled test images: an unlabeled folder has none."""
+    return bool(config.knn_k) and dataset.n_test > 0
+
+
 def simclr_fit(config: PretrainConfig, dataset, *, progress: Callable[[EpochInfo], None] | None = None
                ) -> tuple[SimCLRModel, PretrainResult]:
     """Train the encoder on ``dataset`` (an ``ImageDataset``) and embed both splits."""
@@ -233,14 +240,15 @@ def simclr_fit(config: PretrainConfig, dataset, *, progress: Callable[[EpochInfo
 
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    encoder = build_model(config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+    # the classifier is never used; an unlabeled folder has one class, a model needs two
+    encoder = build_model(config.model, num_classes=max(2, dataset.num_classes), in_channels=dataset.in_channels,
                           image_size=dataset.image_size)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = SimCLRModel(encoder, config.projection_dim).to(device, memory_format=memory_format)
     train, test = device_splits(dataset, device, channels_last=config.channels_last)
     train_labels, test_labels = dataset.train_labels.numpy(), dataset.test_labels.numpy()
     knn_init = None
-    if config.knn_k:
+    if _knn_check(config, dataset):
         knn_init = knn_accuracy(embed(encoder, train, config.eval_batch_size), train_labels,
                                 embed(encoder, test, config.eval_batch_size), test_labels, config.knn_k)
     augment = SimCLRAugment(config.crop_scale, config.jitter, config.jitter_p, config.grayscale_p)
@@ -285,7 +293,7 @@ def simclr_fit(config: PretrainConfig, dataset, *, progress: Callable[[EpochInfo
     seconds = time.perf_counter() - start
     emb = embed(encoder, train, config.eval_batch_size)
     test_emb = embed(encoder, test, config.eval_batch_size)
-    knn = knn_accuracy(emb, train_labels, test_emb, test_labels, config.knn_k) if config.knn_k else None
+    knn = knn_accuracy(emb, train_labels, test_emb, test_labels, config.knn_k) if _knn_check(config, dataset) else None
     return model, PretrainResult(emb, test_emb, losses, seconds, knn, knn_init)
 
 
@@ -300,7 +308,7 @@ def patches_fit(config: PretrainConfig, dataset) -> tuple[PatchEncoder, Pretrain
     test_emb = encoder.embed(dataset.test_images, device, config.eval_batch_size)
     total = time.perf_counter() - start
     knn = knn_pixels = None
-    if config.knn_k:
+    if _knn_check(config, dataset):
         train_labels, test_labels = dataset.train_labels.numpy(), dataset.test_labels.numpy()
         knn = knn_accuracy(emb, train_labels, test_emb, test_labels, config.knn_k)
         knn_pixels = knn_accuracy(pixel_embeddings(dataset.train_images, dataset.mean, dataset.std), train_labels,

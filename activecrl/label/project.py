@@ -25,7 +25,7 @@ from activecrl.label.status import Status, project_status
 __all__ = ["Project", "ImageCheck", "read_import_file"]
 
 logger = logging.getLogger(__name__)
-DEFAULT_KEYS = ("image_size", "model", "trainer", "strategy")
+DEFAULT_KEYS = ("image_size", "model", "trainer", "strategy", "pretrained", "weights")
 
 
 @dataclass(frozen=True)
