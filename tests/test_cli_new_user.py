@@ -69,7 +69,8 @@ def test_the_printed_resume_command_works_from_another_folder(work, tmp_path):
     ok(activecrl("run", "--resume", "--out", "r", "--dataset", "mycifar", *QUICK, cwd=work))
 
     # one rule for what may change, the same in both refusals
-    rule = "only where the run executes may change: --device and --data-dir, and --threads on a GPU"
+    rule = ("only where the run executes or is tracked may change: --device, --data-dir, --track and --tracking-uri, "
+            "and --threads on a GPU")
     changed = activecrl("run", "--resume", "--out", out, "--stages", "3", cwd=tmp_path)
     threads = activecrl("run", "--resume", "--out", out, "--threads", "2", "--device", "cpu", cwd=tmp_path)
     for refused in (changed, threads):

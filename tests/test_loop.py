@@ -87,7 +87,7 @@ def test_resume_equals_uninterrupted(tmp_path, warm_start):
     resumed = run_active_learning(ALConfig(device="cpu"), tmp_path / "cut", dataset=ds, resume=True)
 
     def strip(rs):
-        return [{k: v for k, v in r.to_json().items() if not k.endswith("_seconds")} for r in rs]
+        return [{k: v for k, v in r.to_json().items() if not k.endswith(("_seconds", "_mib"))} for r in rs]
 
     assert strip(resumed) == strip(full)
 
@@ -294,3 +294,31 @@ def test_model_without_dropout_support_is_refused_for_mc_dropout(tmp_path):
         assert not (tmp_path / "r").exists()
     finally:
         MODELS.unregister("no_dropout_cnn_test")
+
+
+def test_each_stage_records_its_peak_memory(tmp_path):
+    import mmap
+
+    from activecrl.core.runtime import PeakMemory
+
+    records = run_active_learning(_config(trials=1), tmp_path / "run", dataset=make_blobs_dataset(n_train=150, n_test=40))
+    for r in records:
+        assert r.train_peak_rss_mib > 10  # a torch process holds far more than 10 MiB
+        assert np.isnan(r.train_peak_cuda_mib) and np.isnan(r.query_peak_cuda_mib)  # run on the CPU
+    assert [np.isnan(r.query_peak_rss_mib) for r in records] == [False, False, True]  # no query after the last stage
+    with PeakMemory("cpu") as before:
+        pass
+    with PeakMemory("cpu") as peak:
+        # 64 MiB of fresh pages touched inside the step (an anonymous mapping: never heap memory
+        # that is already resident), unmapped after it
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+    block.close()
+    with PeakMemory("cpu") as after:
+        pass
+    if peak.resettable:  # Linux: each step's peak starts from the resident memory at its start
+        assert peak.rss_mib >= before.rss_mib + 60, (before.rss_mib, peak.rss_mib)
+        assert after.rss_mib < peak.rss_mib - 60, (peak.rss_mib, after.rss_mib)  # the block is gone again
+    else:  # elsewhere: the process's peak, which the block raised at most to this
+        assert after.rss_mib >= peak.rss_mib >= before.rss_mib

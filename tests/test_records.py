@@ -96,3 +96,13 @@ def test_committed_runs_still_load(run):
         assert record.to_json() == line  # an exact round trip of what an earlier version wrote
     summary = load_run(run)
     assert np.all(np.isfinite(summary.mean["accuracy"])) and summary.n_labeled[0] == records[0].n_labeled
+
+
+def test_memory_fields_round_trip_and_are_absent_where_not_measured():
+    line = _line(stage=1, train_peak_rss_mib=512.5, query_peak_rss_mib=400.0)
+    line["queried"] = line.pop("queried")  # the layout: memory fields before queried
+    record = StageRecord.from_json(line)
+    assert record.train_peak_rss_mib == 512.5 and "train_peak_rss_mib" not in record.metrics
+    assert math.isnan(record.train_peak_cuda_mib)  # a CPU run: no CUDA peak, and no key for it
+    assert json.dumps(record.to_json()) == json.dumps(line)
+    assert "train_peak_rss_mib" not in StageRecord.from_json(_line()).to_json()  # an older record stays as it was

@@ -46,7 +46,7 @@ strategy = ["random", "least_conf"]
 
 
 def _strip(records):
-    return [{k: v for k, v in r.to_json().items() if not k.endswith("_seconds")} for r in records]
+    return [{k: v for k, v in r.to_json().items() if not k.endswith(("_seconds", "_mib"))} for r in records]
 
 
 def _record(trial, stage, **extra):

@@ -12,7 +12,7 @@ from activecrl.core.errors import ConfigError
 from activecrl.core.registry import did_you_mean
 from activecrl.core.io import to_jsonable
 from activecrl.model_options import backbone_options, check_backbone_options
-from activecrl.core.validate import SEED_LIMIT, check_int, check_threads_option
+from activecrl.core.validate import SEED_LIMIT, check_int, check_threads_option, check_track
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
 
 #: the dropout rate of strategies that sample it when --dropout is not set
@@ -82,6 +82,12 @@ class ALConfig:
     threads: int | None = field(default=None, metadata={"help": (
         "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
         "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
+    track: tuple[str, ...] = field(default=(), metadata={"help": (
+        "also log the run to these experiment trackers: mlflow | tensorboard (repeat for both; "
+        "pip install -e '.[tracking]'); the run folder stays the record")})
+    tracking_uri: str | None = field(default=None, metadata={"help": (
+        "--track mlflow: the tracking server or store (e.g. http://host:5000; default: a SQLite file "
+        "mlflow.db beside the run folder)")})
     train: TrainConfig = field(default_factory=_al_train_config, metadata={
         "help": "training of each stage (the [train] table)"})
 
@@ -110,6 +116,7 @@ class ALConfig:
         if self.embeddings is not None and not isinstance(self.embeddings, str):
             self.embeddings = str(self.embeddings)
         check_threads_option(self.threads)
+        self.track = check_track(self.track)
         check_backbone_options(self.model, backbone_options(self))
 
     def to_dict(self) -> dict:

@@ -16,6 +16,7 @@ Records go through ``records.append_trial_record``: one file per trial, merged i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,8 +43,10 @@ from activecrl.backbones import backbone_options, with_backbone_stats
 from activecrl.models import build_model, model_factory
 from activecrl.inference.outputs import PoolOutputs
 from activecrl.al.records import RESULTS_FILE, StageRecord, append_trial_record, read_records  # noqa: F401 (re-exported)
-from activecrl.core.runtime import configure_backends, resolve_device, resolve_threads, seed_everything, torch_threads
+from activecrl.core.runtime import (PeakMemory, configure_backends, resolve_device, resolve_threads, seed_everything,
+                                    torch_threads)
 from activecrl.al.config import ALConfig
+from activecrl.tracking import TRACKING_KEY, LoopTracking, check_tracking
 from activecrl.training.trainers import EpochInfo, build_trainer
 
 logger = logging.getLogger(__name__)
@@ -208,6 +211,7 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
         raise ConfigError(f"trials must be indices in [0, {config.trials}), got {trial_ids} instead")
     # fail on a bad name or option before anything else, and on the dataset before creating ``out``
     names = check_run_config(config)
+    check_tracking(config.track, config.tracking_uri, out)
     device = resolve_device(config.device)
     configure_backends(device, config.deterministic)
     if not resume:
@@ -227,9 +231,26 @@ def run_active_learning(config: ALConfig, out_dir: Path | str, *, resume: bool =
     if not resume:
         prepare_out_dir(out, marker=CONFIG_FILE, remedy=_resume_remedy(out))
         write_run_config(out, with_absolute_paths(config), checked, threads)
-    with torch_threads(threads):
+    if config.track:  # after config.json: the tracked runs' ids are kept in it
+        runner.callbacks = LoopTracking.start(config, out, inner=runner.callbacks)
+    with torch_threads(threads), _tracking_ends(runner.callbacks):
         runner.run(trial_ids)
     return read_records(out)
+
+
+@contextlib.contextmanager
+def _tracking_ends(callbacks):
+    """End the tracked runs of ``callbacks`` (a ``LoopTracking``) with the run's outcome."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if isinstance(callbacks, LoopTracking):
+            callbacks.finish(status)
 
 
 def run_data(config: ALConfig, checked: CheckedRun, device: torch.device):
@@ -296,14 +317,19 @@ class TrialRunner:
     def run_stage(self, trial: int, stage: int, labeled: np.ndarray) -> StageRecord:
         previous_state = _load_warm_state(self.out, trial, stage - 1) if self.config.warm_start and stage > 0 else None
         self.callbacks.stage_start(trial, stage, len(labeled))
-        model, fit = self.train(trial, stage, labeled, previous_state)
+        with PeakMemory(self.device) as train_peak:
+            model, fit = self.train(trial, stage, labeled, previous_state)
         metrics = self.evaluate(model)
-        queried, query_seconds = self.query(model, trial, stage, labeled)
+        query_peak = PeakMemory(self.device)  # stays unmeasured (NaN) after the last stage: no query
+        with query_peak if stage < self.config.stages - 1 else contextlib.nullcontext():
+            queried, query_seconds = self.query(model, trial, stage, labeled)
         record = StageRecord(trial=trial, seed=self.config.seed + trial, stage=stage, n_labeled=int(len(labeled)),
                              metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
                              final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
                              initial=labeled.tolist() if stage == 0 else None,
-                             extra=self.queried_files(queried))
+                             extra=self.queried_files(queried),
+                             train_peak_rss_mib=train_peak.rss_mib, train_peak_cuda_mib=train_peak.cuda_mib,
+                             query_peak_rss_mib=query_peak.rss_mib, query_peak_cuda_mib=query_peak.cuda_mib)
         self.record(model, record)
         return record
 
@@ -486,12 +512,13 @@ def completed_stages(out: Path | str) -> int:
 
 
 _SAVED_EXTRAS = ("activecrl_version", "dropout_used", "n_train", "threads_used", "sweep", "embeddings_fingerprint",
-                 "skipped_images")
-# where a run executes, not what it computes: these may change on --resume (threads: on a GPU only,
+                 "skipped_images", TRACKING_KEY)
+# where a run executes or is tracked, not what it computes: these may change on --resume (threads: on a GPU only,
 # checked once the device is known, as results on the CPU depend on the thread count)
-RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads")
-RESUME_RULE = ("only where the run executes may change: --device and --data-dir, and --threads on a GPU; a CPU "
-               "run keeps its saved thread count, as its results depend on it")
+RESUME_MAY_CHANGE = ("device", "data_dir", "download", "threads", "track", "tracking_uri")
+RESUME_RULE = ("only where the run executes or is tracked may change: --device, --data-dir, --track and "
+               "--tracking-uri, and --threads on a GPU; a CPU run keeps its saved thread count, as its results "
+               "depend on it")
 _PATH_OPTIONS = ("dataset", "embeddings")  # saved resolved, so --resume works from any folder
 
 
@@ -575,7 +602,8 @@ def default_out_dir(config: ALConfig, when: float | None = None) -> Path:
 
 
 def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
-    """Resume uses the saved experiment; only where it runs may change (``RESUME_RULE``).
+    """Resume uses the saved experiment; only where it runs and where it is tracked may change
+    (``RESUME_RULE``; ``config``'s track and tracking_uri: ``resume_config`` keeps the saved ones).
 
     Returns that config and the thread count the saved stages were computed with (None: an older run
     that did not record it); without ``--threads`` the run continues with that count."""
@@ -583,7 +611,7 @@ def _check_resume(config: ALConfig, out: Path) -> tuple[ALConfig, int | None]:
     saved_config = load_saved_config(out)
     threads = next((t for t in (config.threads, saved_threads, saved_config.threads) if t is not None), None)
     resumed = dataclasses.replace(saved_config, device=config.device, data_dir=config.data_dir or saved_config.data_dir,
-                                  threads=threads)
+                                  threads=threads, track=config.track, tracking_uri=config.tracking_uri)
     return resumed, saved_threads
 
 

@@ -3,8 +3,9 @@
 The loop writes them (``append_record``), ``activecrl.al.runs`` reads them (``read_records``) for
 summaries, plots and the CLI tables. The line layout is flat JSON, as written since the first
 version: ``trial, seed, stage, n_labeled``, the test metrics (``metrics.METRIC_NAMES``),
-``train_seconds, query_seconds, final_train_loss, queried`` and, on stage 0, ``initial`` (the seed
-set). Reading is tolerant both ways: any other numeric key is a metric (a newer version's, e.g.
+``train_seconds, query_seconds, final_train_loss``, the peak memory of the stage's training and
+query (``MEMORY_FIELDS``: MiB, absent where not measured), ``queried`` and, on stage 0, ``initial``
+(the seed set). Reading is tolerant both ways: any other numeric key is a metric (a newer version's, e.g.
 ``augrc``), a metric an older version did not compute is simply absent, and other unknown keys are
 kept in ``extra``; writing a record read this way gives back the same keys.
 
@@ -34,14 +35,19 @@ from activecrl.core.io import atomic_write_text, to_jsonable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StageRecord", "RESULTS_FILE", "TRIALS_DIR", "read_records", "append_record", "append_trial_record",
-           "merge_records"]
+__all__ = ["StageRecord", "MEMORY_FIELDS", "RESULTS_FILE", "TRIALS_DIR", "read_records", "append_record",
+           "append_trial_record", "merge_records"]
 
 RESULTS_FILE = "results.jsonl"
 TRIALS_DIR = "trials"  # trials/trial<t>.jsonl: the records of trial t, written by that trial only
 
 _REQUIRED = ("trial", "seed", "stage", "n_labeled", "queried")
-_TIMINGS = ("train_seconds", "query_seconds", "final_train_loss")
+#: the peak memory of a stage's training and of its query, in MiB (``activecrl.core.runtime.PeakMemory``):
+#: the resident high-water mark of the process, reset when the step starts where Linux allows it (else the
+#: process's peak since it started), and on CUDA ``torch.cuda.max_memory_allocated`` since the step started
+#: (NaN, absent from the file, on other devices and in records older than these fields)
+MEMORY_FIELDS = ("train_peak_rss_mib", "query_peak_rss_mib", "train_peak_cuda_mib", "query_peak_cuda_mib")
+_TIMINGS = ("train_seconds", "query_seconds", "final_train_loss", *MEMORY_FIELDS)
 
 
 @dataclass
@@ -54,6 +60,10 @@ class StageRecord:
     train_seconds: float = math.nan
     query_seconds: float = math.nan
     final_train_loss: float = math.nan
+    train_peak_rss_mib: float = math.nan  # MEMORY_FIELDS: the peak memory of the stage's training and query
+    query_peak_rss_mib: float = math.nan
+    train_peak_cuda_mib: float = math.nan
+    query_peak_cuda_mib: float = math.nan
     queried: list[int] = field(default_factory=list)  # training-split indices labeled after this stage
     initial: list[int] | None = None  # the seed set (stage 0 only)
     extra: dict = field(default_factory=dict)  # unknown non-numeric keys of a newer version, kept as read
@@ -64,11 +74,15 @@ class StageRecord:
             return getattr(self, name)
         return self.metrics.get(name)
 
+    def memory(self) -> dict[str, float]:
+        """The measured ``MEMORY_FIELDS`` (an older record, or CUDA's on another device, has none)."""
+        return {k: getattr(self, k) for k in MEMORY_FIELDS if not math.isnan(getattr(self, k))}
+
     def to_json(self) -> dict:
         """The flat ``results.jsonl`` layout (JSON-safe: NaN/inf become null)."""
         out = {"trial": self.trial, "seed": self.seed, "stage": self.stage, "n_labeled": self.n_labeled,
                **self.metrics, "train_seconds": self.train_seconds, "query_seconds": self.query_seconds,
-               "final_train_loss": self.final_train_loss, "queried": list(self.queried)}
+               "final_train_loss": self.final_train_loss, **self.memory(), "queried": list(self.queried)}
         if self.initial is not None:
             out["initial"] = list(self.initial)
         out.update(self.extra)

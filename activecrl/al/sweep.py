@@ -12,6 +12,10 @@ dataset from its machine's cache (``load_dataset``: decoded at most once per mac
 folders must therefore be visible to every machine at the same path (one machine, or a shared
 filesystem such as NFS); see ``loop.py`` for how parallel trials write one folder safely.
 
+With ``track`` (``--track``), the driver logs the sweep to the trackers (``activecrl.tracking.SweepTracking``):
+one parent run, one child run per grid point, each point's stages as its tasks record them; the tasks
+themselves log nothing, so no task needs to reach the tracking server.
+
 Ray is an optional dependency (``pip install "activecrl[distributed]"``), imported only here.
 """
 
@@ -38,6 +42,7 @@ from activecrl.core.io import atomic_write_json, to_jsonable
 from activecrl.al.loop import (CONFIG_FILE, CheckedRun, LoopCallbacks, check_run, load_saved_config, run_active_learning,
                                 run_threads, write_run_config)
 from activecrl.al.records import merge_records, read_records
+from activecrl.tracking import SweepTracking, check_tracking
 from activecrl.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ INSTALL_HINT = 'pip install "activecrl[distributed]" (or pip install "ray[defaul
 MAX_RETRIES = 3  # Ray reruns a task whose worker process died (killed, out of memory) this often
 # tests only: a task that can delete this file kills its own worker after its first recorded stage
 KILL_ONCE_ENV = "ACTIVECRL_SWEEP_TEST_KILL_ONCE"
+SWEEP_WIDE = ("track", "tracking_uri")  # run options that are the sweep's, never a grid point's
 _NESTED = {"train": {f.name for f in dataclasses.fields(TrainConfig)}, "strategy_params": None}  # None: any key
 
 
@@ -94,10 +100,12 @@ class SweepCallbacks:
 # ----------------------------------------------------------------------------------------------
 # the grid
 # ----------------------------------------------------------------------------------------------
-def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """A sweep TOML: what a run's TOML holds, plus a ``[grid]`` table of lists."""
+def load_sweep(path: str | os.PathLike, options: dict[str, Any] | None = None) -> SweepSpec:
+    """A sweep TOML: what a run's TOML holds, plus a ``[grid]`` table of lists; ``options`` (e.g. the
+    command line's ``track``) override its run options."""
     values = load_toml(path)
-    return expand_grid(values, values.pop("grid", None), source=str(path))
+    grid = values.pop("grid", None)
+    return expand_grid(merge(values, options or {}), grid, source=str(path))
 
 
 def expand_grid(base: dict[str, Any], grid: Any, source: str = "the sweep") -> SweepSpec:
@@ -109,6 +117,9 @@ def expand_grid(base: dict[str, Any], grid: Any, source: str = "the sweep") -> S
     flat = flatten(grid, depth=1)  # [grid.train] or train.lr = [...]; deeper tables are values
     for key, values in flat.items():
         _check_grid_key(key)
+        if key in SWEEP_WIDE:
+            raise ConfigError(f"grid key {key!r} applies to the whole sweep (one tracked sweep run); set it "
+                              f"outside [grid] or with --{key.replace('_', '-')}")
         if not isinstance(values, list):
             raise ConfigError(f"grid key {key!r} must be a list of values, got {values!r} instead; "
                               f"write {key} = [{_toml(values)}]")
@@ -190,13 +201,28 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, address: str | None = 
     out = Path(out)
     _check_resource_options(cpus_per_trial, gpus_per_trial)
     _check_devices(spec, gpus_per_trial)
+    first = spec.points[0].config  # track and tracking_uri are the same for every point (SWEEP_WIDE)
+    check_tracking(first.track, first.tracking_uri, out)
     checked = _check_points(spec, _task_cpus(cpus_per_trial))
     _check_out(spec, out)
     started_ray = connect_ray(ray, address)
     try:
         _check_cluster(ray, cpus_per_trial, gpus_per_trial)
         _write_folders(spec, out, checked)
-        return _schedule(ray, spec, out, cpus_per_trial, gpus_per_trial, callbacks or SweepCallbacks(), poll_seconds)
+        callbacks = callbacks or SweepCallbacks()
+        if not first.track:
+            return _schedule(ray, spec, out, cpus_per_trial, gpus_per_trial, callbacks, poll_seconds)
+        tracking = SweepTracking(spec, out, inner=callbacks)  # the driver logs the points' records as they come
+        status = "FAILED"
+        try:
+            statuses = _schedule(ray, spec, out, cpus_per_trial, gpus_per_trial, tracking, poll_seconds)
+            status = "FINISHED" if all(s.state == "finished" for s in statuses) else "FAILED"
+            return statuses
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracking.finish(status)
     finally:
         if started_ray:
             ray.shutdown()
@@ -249,8 +275,8 @@ def _check_points(spec: SweepSpec, task_cpus: int) -> dict[int, tuple[CheckedRun
 
 
 def _comparable(config: ALConfig) -> ALConfig:
-    # where a run executes may change between reruns, as with `activecrl run --resume`
-    return dataclasses.replace(config, device="auto", data_dir=None)
+    # where a run executes or is tracked may change between reruns, as with `activecrl run --resume`
+    return dataclasses.replace(config, device="auto", data_dir=None, track=(), tracking_uri=None)
 
 
 def _check_out(spec: SweepSpec, out: Path) -> None:

@@ -126,6 +126,7 @@ def train(
     """Train one model (or a comparison method's models) and report the confidence metrics on its test split."""
     from activecrl.core.io import prepare_out_dir
     from activecrl.methods.run import planned_epochs, run_label, save_train_run, train_and_evaluate
+    from activecrl.tracking import open_tracking
 
     _setup_logging(verbose)
     config = build_config(TrainRunConfig, _with_global_threads(overrides), config, train.config_options)
@@ -134,9 +135,12 @@ def train(
     prepare_out_dir(out, marker="metrics.json", overwrite=overwrite, create=False)  # fail before training
     label = run_label(config)
     try:
-        with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
-            result = train_and_evaluate(config, progress=on_epoch)
-        save_train_run(result, out, overwrite=True)
+        with open_tracking(config, out, "train") as tracked:  # --track: checked before training
+            with _epoch_progress(f"{config.model} / {label}", total) as on_epoch:
+                result = train_and_evaluate(config, progress=tracked.epoch_logger(on_epoch))
+            save_train_run(result, out, overwrite=True)
+            tracked.log_metrics({**result.metrics, "train_seconds": result.train_seconds}, step=0)
+            tracked.log_artifacts([out / "metrics.json"])
     except KeyboardInterrupt:
         # a train run is saved whole at the end (metrics.json last): no partial run to continue
         console.print(f"[yellow]interrupted[/]: nothing was saved to {escape(str(out))} (train writes its run only "
@@ -207,6 +211,10 @@ def run(
     summary = load_run(out)
     _print_table(_summary_table(summary))
     plot = plot_curves([summary], out / "curves.png")
+    if al_config.track:
+        from activecrl.tracking import log_artifacts
+
+        log_artifacts(out, [plot])
     console.print(f"results: [bold]{out / 'results.jsonl'}[/]   plot: [bold]{plot}[/]")
 
 
@@ -530,6 +538,11 @@ def compare(runs: list[Path] = typer.Argument(..., help="folders of `activecrl r
     console.print("wrote " + ", ".join(f"[bold]{p}[/]" for p in written.values()))
 
 
+def _run_help(name: str) -> str:
+    """The help of a run option (an ``ALConfig`` field), for a command that takes it without the rest."""
+    return ALConfig.__dataclass_fields__[name].metadata["help"]
+
+
 @app.command(cls=Command)
 def sweep(
     config: str = typer.Option(..., help="sweep TOML file (e.g. configs/sweeps/digits.toml): a run's options plus a [grid] "
@@ -539,13 +552,18 @@ def sweep(
                                                      "default: a local Ray instance on this machine"),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial (its torch threads)"),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; 0.25 lets 4 trials share one GPU"),
+    track: Optional[list[str]] = typer.Option(None, metavar="STR,...", help=escape(
+        _run_help("track") + "; one parent run, a child run per grid point (overrides the TOML's track)")),
+    tracking_uri: Optional[str] = typer.Option(None, help=escape(_run_help("tracking_uri"))),
     verbose: bool = typer.Option(False, "--verbose", "-v", metavar=""),
 ):
     """Run every combination of a grid of run options on Ray: one task per (grid point, trial)."""
     from activecrl.al.sweep import load_sweep, run_sweep
 
     _setup_logging(verbose)
-    spec = load_sweep(config)
+    tracking = {"track": [n for text in track or () for n in text.split(",") if n.strip()] or None,
+                "tracking_uri": tracking_uri}  # over the sweep TOML's track and tracking_uri
+    spec = load_sweep(config, tracking)
     try:
         with _SweepView(out) as view:
             statuses = run_sweep(spec, out, address=address, cpus_per_trial=cpus_per_trial,

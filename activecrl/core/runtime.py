@@ -121,3 +121,71 @@ class torch_threads:
     def __exit__(self, *exc) -> None:
         torch.set_num_threads(self.before)
 
+
+
+# ============================================================================ peak memory of a step
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+class PeakMemory:
+    """The peak memory of one step (a stage's training, its query): ``with PeakMemory(device) as peak:``
+    then ``peak.rss_mib`` and ``peak.cuda_mib``.
+
+    ``rss_mib``: the process's resident high-water mark (MiB). On Linux the mark is reset when the
+    step starts (``5`` written to ``/proc/self/clear_refs``, then ``VmHWM`` read from
+    ``/proc/self/status``), so it is this step's peak; where that is not allowed (another OS, a
+    locked-down ``/proc``) it is the process's peak since it started (``ru_maxrss``), which
+    ``resettable`` says. ``cuda_mib``: ``torch.cuda.max_memory_allocated`` on ``device`` since the
+    step started (MiB), NaN on other devices.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.rss_mib = float("nan")
+        self.cuda_mib = float("nan")
+        self.resettable = False
+
+    def __enter__(self) -> "PeakMemory":
+        self.resettable = _reset_rss_peak()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.rss_mib = _rss_peak_mib()
+        if self.device.type == "cuda":
+            self.cuda_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's resident high-water mark of this process; False where it cannot be."""
+    try:
+        with open(_CLEAR_REFS, "w") as handle:
+            handle.write("5")
+        return _vm_hwm_kib() is not None
+    except OSError:
+        return False
+
+
+def _vm_hwm_kib() -> int | None:
+    try:
+        with open(_STATUS) as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _rss_peak_mib() -> float:
+    kib = _vm_hwm_kib()
+    if kib is not None:
+        return kib / 1024
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

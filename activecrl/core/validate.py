@@ -11,7 +11,7 @@ import numbers
 
 from activecrl.core.errors import ConfigError
 
-__all__ = ["check_int", "check_threads_option", "SEED_LIMIT"]
+__all__ = ["check_int", "check_threads_option", "check_track", "SEED_LIMIT", "TRACKERS"]
 
 SEED_LIMIT = 2**63  # numpy SeedSequence / torch seeds: [0, 2**63)
 
@@ -41,3 +41,17 @@ def check_threads_option(value) -> None:
     """For the configs' ``__post_init__``: ``threads`` is None (automatic) or a positive integer."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ConfigError(f"threads must be an integer >= 1 or None (automatic), got {value!r} instead")
+
+
+#: the experiment trackers a run can log to (``activecrl.tracking``)
+TRACKERS = ("mlflow", "tensorboard")
+
+
+def check_track(track) -> tuple[str, ...]:
+    """``track`` (a tracker name or a sequence of them) as a tuple of distinct names from ``TRACKERS``."""
+    names = (track,) if isinstance(track, str) else tuple(track or ())
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"track must name trackers among {', '.join(TRACKERS)}, got {name!r} instead; "
+                              f"e.g. --track mlflow --track tensorboard")
+    return tuple(dict.fromkeys(names))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from activecrl.model_options import backbone_options, check_backbone_options
-from activecrl.core.validate import check_int, check_threads_option
+from activecrl.core.validate import check_int, check_threads_option, check_track
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
 
 
@@ -52,6 +52,12 @@ class TrainRunConfig:
     threads: int | None = field(default=None, metadata={"help": (
         "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
         "use); metrics.json records the count used")})
+    track: tuple[str, ...] = field(default=(), metadata={"help": (
+        "also log the run to these experiment trackers: mlflow | tensorboard (repeat for both; "
+        "pip install -e '.[tracking]'); the --out folder stays the record")})
+    tracking_uri: str | None = field(default=None, metadata={"help": (
+        "--track mlflow: the tracking server or store (e.g. http://host:5000; default: a SQLite file "
+        "mlflow.db beside the --out folder)")})
     # comparison methods and temperature scaling: see activecrl.methods
     method: str = field(default="plain", metadata={"help": "plain | mc_dropout | aleatoric | aes | ensemble"})
     mc_samples: int = field(default=50, metadata={"help": "MC-dropout passes at test time (mc_dropout, aleatoric)"})
@@ -77,4 +83,5 @@ class TrainRunConfig:
         check_int("bootstrap", self.bootstrap, 0, " (resamples of the test set; 0 = no intervals, e.g. 1000)")
         check_int("train_subset (--train-subset)", self.train_subset, 0, " (0 trains on every training image)")
         check_threads_option(self.threads)
+        self.track = check_track(self.track)
         check_backbone_options(self.model, backbone_options(self))
