@@ -22,6 +22,16 @@ def is_timm_name(name: object) -> bool:
 
 BACKBONE_FIELDS = ("pretrained", "weights", "freeze_backbone", "input_size")
 
+#: The help of the model fields of the ``run`` and ``train`` configs (one text for both commands).
+MODEL_HELP = {
+    "model": "registered model name (see `activecrl list`) or timm:NAME (any timm model; pip install -e '.[timm]')",
+    "pretrained": "timm:NAME models: start from timm's pretrained weights (downloaded once into timm's cache)",
+    "weights": "timm:NAME models: start from this local state dict (.safetensors or .pth/.pt), e.g. a timm checkpoint",
+    "freeze_backbone": "timm:NAME models: train the classifier head only (linear probing of a frozen backbone)",
+    "input_size": ("timm:NAME models: image side the backbone sees (images are resized on the device; default: its "
+                   "pretrained config's, e.g. 224)"),
+}
+
 
 def backbone_options(config) -> dict:
     """``build_model`` keyword arguments from a config's backbone fields (those that are set)."""

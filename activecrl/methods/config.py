@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from activecrl.model_options import backbone_options, check_backbone_options
+from activecrl.model_options import MODEL_HELP, backbone_options, check_backbone_options
 from activecrl.core.validate import check_int, check_threads_option, check_track
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
 
@@ -25,17 +25,11 @@ class TrainRunConfig:
     # Each field is a CLI flag of `activecrl train` (--mc-samples) and a TOML key; metadata["help"] is its help.
     dataset: str = field(default="digits", metadata={
         "help": "digits | cifar10 | cifar100 | svhn | an ImageFolder folder or archive"})
-    model: str = field(default="small_cnn", metadata={"help": (
-        "registered model name (see `activecrl list`) or timm:NAME (any timm model; pip install -e '.[timm]')")})
-    pretrained: bool = field(default=False, metadata={"help": (
-        "timm:NAME models: start from timm's pretrained weights (downloaded once into timm's cache)")})
-    weights: str | None = field(default=None, metadata={"help": (
-        "timm:NAME models: start from this local state dict (.safetensors or .pth/.pt), e.g. a timm checkpoint")})
-    freeze_backbone: bool = field(default=False, metadata={"help": (
-        "timm:NAME models: train the classifier head only (linear probing of a frozen backbone)")})
-    input_size: int | None = field(default=None, metadata={"help": (
-        "timm:NAME models: image side the backbone sees (images are resized on the device; default: its "
-        "pretrained config's, e.g. 224)")})
+    model: str = field(default="small_cnn", metadata={"help": MODEL_HELP["model"]})
+    pretrained: bool = field(default=False, metadata={"help": MODEL_HELP["pretrained"]})
+    weights: str | None = field(default=None, metadata={"help": MODEL_HELP["weights"]})
+    freeze_backbone: bool = field(default=False, metadata={"help": MODEL_HELP["freeze_backbone"]})
+    input_size: int | None = field(default=None, metadata={"help": MODEL_HELP["input_size"]})
     trainer: str = field(default="baseline", metadata={"help": "baseline | crl | sam | swa | fmfp | sure | a registered trainer (see `activecrl list`)"})
     dropout: float = field(default=0.0, metadata={
         "help": "dropout before the classifier (mc_dropout/aleatoric: 0 means 0.3)"})
