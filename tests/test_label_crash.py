@@ -36,6 +36,16 @@ Project.init(sys.argv[1], images=sys.argv[2], classes="cat,dog")
 print("done", flush=True)
 """
 
+ROUNDS = r"""
+import sys
+from activecrl.label import Project
+from activecrl.label.rounds import next_round
+p = Project.open(sys.argv[1])
+for k in range(50):  # round after round, each answered at once by the oracle, until killed
+    result = next_round(p, 3, audit=1, oracle=sys.argv[2])
+    print(result.batch.round, flush=True)
+"""
+
 
 def _invariants(path):
     con = sqlite3.connect(str(path / "project.db"))
@@ -104,3 +114,47 @@ def test_kill_during_init_leaves_no_half_project(tmp_path):
             p.close()
         else:
             assert printed == []
+
+
+def _round_invariants(path):
+    """A killed round leaves whole batches, labels only from answered batches and one model's predictions."""
+    con = sqlite3.connect(str(path / "project.db"))
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert con.execute("SELECT COUNT(*) FROM batches WHERE status = 'open'").fetchone()[0] <= 1
+    # every batch was written whole: its 3 picks and 1 audit image
+    sizes = con.execute("SELECT b.id, COUNT(i.image_id), SUM(i.audit) FROM batches b LEFT JOIN batch_items i "
+                        "ON i.batch_id = b.id GROUP BY b.id").fetchall()
+    assert all(n == 4 and audit == 1 for _, n, audit in sizes), sizes
+    # the oracle answers a batch in one import: the labels are exactly the answered batches' images
+    labeled = {r[0] for r in con.execute("SELECT image_id FROM labels")}
+    answered = {r[0] for r in con.execute("SELECT i.image_id FROM batch_items i JOIN batches b ON b.id = i.batch_id "
+                                          "WHERE b.status = 'imported'")}
+    assert labeled == answered
+    assert con.execute("SELECT COUNT(DISTINCT model_version) FROM predictions").fetchone()[0] <= 1
+    n_rounds = con.execute("SELECT COUNT(*) FROM batches WHERE status = 'imported'").fetchone()[0]
+    con.close()
+    return n_rounds, len(labeled)
+
+
+def test_kill_during_rounds_leaves_a_project_the_next_round_continues(tmp_path):
+    from tests.test_label_cli import CLASSES, make_images, write_labels
+
+    truth = make_images(tmp_path / "photos", n=240)
+    oracle = write_labels(tmp_path / "oracle.csv", truth, sorted(truth))
+    Project.init(tmp_path / "proj", images=tmp_path / "photos", classes=",".join(CLASSES)).close()
+    rng = np.random.default_rng(1)
+    done_before = 0
+    for _ in range(2):
+        # killed after its first round, somewhere in a later one: training, recording predictions, writing
+        printed = _kill_after([ROUNDS, str(tmp_path / "proj"), str(oracle)], rng.uniform(0, 2.5), tmp_path,
+                              wait_for_first=True)
+        n_rounds, n_labeled = _round_invariants(tmp_path / "proj")
+        assert n_rounds >= done_before + len(printed) and n_labeled == 4 * n_rounds
+        done_before = n_rounds
+    with Project.open(tmp_path / "proj") as p:  # and the project goes on where the kill left it
+        from activecrl.label.rounds import next_round
+
+        result = next_round(p, 3, audit=1, oracle=oracle)
+        assert result.imported is not None and p.status().n_labeled == 4 * (done_before + 1)
+    assert _round_invariants(tmp_path / "proj")[0] == done_before + 1
