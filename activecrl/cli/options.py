@@ -69,6 +69,19 @@ class _ReadableHelp:
         formatter.buffer.clear()
         typer.echo(text.rstrip("\n"))
 
+    def format_options(self, ctx, formatter):
+        """The plain help's options, in the panels the rich help groups them by ("Training options ...")."""
+        if isinstance(self, typer.core.TyperGroup):  # its options, then its commands (format_commands)
+            return super().format_options(ctx, formatter)
+        panels: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        for panel, rows in panels.items():
+            with formatter.section(panel):
+                formatter.write_dl(rows)
+
 
 class Command(_ReadableHelp, _FlagsWithoutType, typer.core.TyperCommand):
     """The command class of the ``activecrl`` commands (``@app.command(cls=Command)``)."""
