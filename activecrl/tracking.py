@@ -9,8 +9,8 @@ folder's files:
 - per trial (an MLflow child run, a TensorBoard subfolder ``trial<t>``): every stage's
   ``results.jsonl`` numbers (``accuracy``, ``aurc``, ..., ``train_seconds``, ``query_seconds``,
   ``final_train_loss`` and the peak memory ``*_peak_*_mib``) at step = labeled-set size, a NaN
-  (null) one left out, and the per-epoch training loss ``train_loss`` at step = the trial's epoch
-  count so far (stage x epochs + epoch - 1);
+  (null) one left out, and the per-epoch training loss ``train_loss`` (the record's ``epoch_losses``,
+  logged as its stage ends) at step = the trial's epoch count so far (stage x epochs + epoch - 1);
 - artifacts (MLflow): ``config.json``, ``results.jsonl`` and ``curves.png``; TensorBoard's event
   files lie in the run folder beside them (``tensorboard/``), the config as a text summary.
 
@@ -24,9 +24,11 @@ A missing package or an unreachable server is an error before any training start
 rest of the run, which goes on writing its folder as always. Each tracker is imported only when
 asked for. The loop uses ``LoopTracking`` (loop callbacks), ``activecrl sweep``'s driver
 ``SweepTracking`` (its progress callbacks: one parent run, one child run per grid point, logged
-from the points' records, so a sweep logs no per-epoch loss), and any other command one call,
+from the points' records as the driver reads them, per-epoch loss included, so no task contacts
+a tracker), and any other command one call,
 ``with open_tracking(config, folder, kind) as tracked: tracked.log_metrics(...)`` (``activecrl train``:
-its test metrics at step 0, ``train_loss`` per epoch, ``metrics.json``).
+its test metrics at step 0, ``train_loss`` per epoch, ``metrics.json``). ``activecrl label next``
+keeps one tracked run per labeling project, continued by every round (``activecrl.label.tracking``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from activecrl.core.validate import TRACKERS
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRACKERS", "TRACKING_KEY", "INSTALL_HINT", "LoopTracking", "SweepTracking", "Tracked", "check_tracking",
-           "config_params", "default_tracking_uri", "log_artifacts", "open_tracking", "stage_metrics"]
+           "config_params", "default_tracking_uri", "epoch_step", "log_artifacts", "log_record", "open_tracking",
+           "stage_metrics"]
 
 TRACKING_KEY = "tracking"  # config.json: what the trackers need to continue a run's tracked runs
 INSTALL_HINT = 'pip install -e ".[tracking]" (or pip install mlflow tensorboard)'
@@ -136,6 +139,19 @@ def stage_metrics(record: StageRecord) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
 
 
+def epoch_step(stage: int, epochs: int) -> int:
+    """The ``train_loss`` step of a stage's first epoch: the epochs trained before it (epochs per stage x stage)."""
+    return stage * epochs
+
+
+def log_record(tracked: "Tracked", record: StageRecord, epochs: int, only_new: bool = False) -> None:
+    """A ``results.jsonl`` line in its trial's tracked run: its numbers at step = labels, and its
+    ``epoch_losses`` as ``train_loss`` at step = the trial's epochs so far (``epoch_step``)."""
+    tracked.log_metrics(stage_metrics(record), record.n_labeled, only_new=only_new)
+    if record.epoch_losses:
+        tracked.log_series("train_loss", record.epoch_losses, epoch_step(record.stage, epochs), only_new=only_new)
+
+
 def open_tracking(config, folder: str | os.PathLike, kind: str) -> Tracked:
     """The one call that tracks a command's run: ``config`` (a config dataclass with ``track`` and
     ``tracking_uri``) checked and logged as params, the run named after ``folder`` and tagged ``kind``
@@ -197,7 +213,7 @@ class _MLflowRun:
                                      tags={"mlflow.parentRunId": self.run_id, "activecrl.key": key})
         return _MLflowRun(self.client, self.experiment_id, run.info.run_id, True, self.uri)
 
-    def log_params(self, params: dict[str, str]) -> None:
+    def log_params(self, params: dict[str, str], step: int | None = None) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
@@ -210,9 +226,17 @@ class _MLflowRun:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
-    def log_artifacts(self, paths: list[Path]) -> None:
+    def log_series(self, name: str, points: list[tuple[int, float]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(name, value, now, step) for step, value in points]
+        for start in range(0, len(items), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         for path in paths:
-            self.client.log_artifact(self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -257,16 +281,20 @@ class _TensorBoardRun:
     def child(self, name: str, key: str) -> "_TensorBoardRun":
         return _TensorBoardRun(self.logdir / key, new=not (self.logdir / key).is_dir())
 
-    def log_params(self, params: dict[str, str]) -> None:
+    def log_params(self, params: dict[str, str], step: int | None = None) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in params.items())
-        self.writer.add_text("config", f"| option | value |\n| --- | --- |\n{rows}")
+        self.writer.add_text("config", f"| option | value |\n| --- | --- |\n{rows}", global_step=step)
         self.writer.flush()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, global_step=step)
 
-    def log_artifacts(self, paths: list[Path]) -> None:
+    def log_series(self, name: str, points: list[tuple[int, float]]) -> None:
+        for step, value in points:
+            self.writer.add_scalar(name, value, global_step=step)
+
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         self.writer.flush()  # the files already lie in the run folder, beside the event files
 
     def end(self, status: str) -> None:
@@ -328,8 +356,9 @@ class Tracked:
         return Tracked([c for c in (self._call(run, "child", name, key) for run in self._live()) if c is not None],
                        self.failed)
 
-    def log_params(self, params: dict[str, str], only_new: bool = False) -> None:
-        self._each("log_params", params, only_new=only_new)
+    def log_params(self, params: dict[str, str], only_new: bool = False, step: int | None = None) -> None:
+        """``params`` (MLflow: a param may not change its value in a run; TensorBoard: a text summary at ``step``)."""
+        self._each("log_params", params, step, only_new=only_new)
 
     def log_metrics(self, metrics: dict[str, float], step: int, only_new: bool = False) -> None:
         """``metrics`` at ``step``, NaN and None ones left out; ``only_new``: in the trackers whose run is
@@ -337,6 +366,12 @@ class Tracked:
         finite = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
         if finite:
             self._each("log_metrics", finite, int(step), only_new=only_new)
+
+    def log_series(self, name: str, values: Iterable[float], first_step: int, only_new: bool = False) -> None:
+        """``values`` as metric ``name`` at steps ``first_step``, ``first_step + 1``, ... (NaN ones left out)."""
+        points = [(int(first_step) + i, float(v)) for i, v in enumerate(values) if not math.isnan(v)]
+        if points:
+            self._each("log_series", name, points, only_new=only_new)
 
     def epoch_logger(self, inner=None):
         """A trainer's ``progress`` callback that logs each epoch's loss as ``train_loss`` (step: the epochs
@@ -349,11 +384,11 @@ class Tracked:
                 inner(info)
         return on_epoch
 
-    def log_artifacts(self, paths: Iterable[str | os.PathLike]) -> None:
-        """The files of ``paths`` that exist (MLflow artifacts)."""
+    def log_artifacts(self, paths: Iterable[str | os.PathLike], folder: str | None = None) -> None:
+        """The files of ``paths`` that exist (MLflow artifacts, in the artifact folder ``folder``)."""
         existing = [Path(p) for p in paths if Path(p).is_file()]
         if existing:
-            self._each("log_artifacts", existing)
+            self._each("log_artifacts", existing, folder)
 
     def end(self, status: str = "FINISHED") -> None:
         """``status``: FINISHED | FAILED | KILLED."""
@@ -407,11 +442,11 @@ def open_folder(track, tracking_uri: str | None, folder: Path, config: dict, par
 
 
 class _Trials:
-    """The per-trial child runs of a run folder's tracked run; with ``catch_up``, a new one first logs the
-    records the folder already holds (tracking added on resume)."""
+    """The per-trial child runs of a run folder's tracked run (``epochs``: per stage); with ``catch_up``, a
+    new one first logs the records the folder already holds (tracking added on resume)."""
 
-    def __init__(self, tracked: Tracked, folder: Path, catch_up: bool = True):
-        self.tracked, self.folder, self.catch_up = tracked, folder, catch_up
+    def __init__(self, tracked: Tracked, folder: Path, epochs: int, catch_up: bool = True):
+        self.tracked, self.folder, self.epochs, self.catch_up = tracked, folder, epochs, catch_up
         self.children: dict[int, Tracked] = {}
 
     def get(self, trial: int) -> Tracked:
@@ -420,11 +455,11 @@ class _Trials:
             if child.new and self.catch_up:
                 for record in read_records(self.folder):
                     if record.trial == trial:
-                        child.log_metrics(stage_metrics(record), record.n_labeled, only_new=True)
+                        log_record(child, record, self.epochs, only_new=True)
         return self.children[trial]
 
     def log(self, record: StageRecord) -> None:
-        self.get(record.trial).log_metrics(stage_metrics(record), record.n_labeled)
+        log_record(self.get(record.trial), record, self.epochs)
 
     def end(self, status: str) -> None:
         for child in self.children.values():
@@ -432,13 +467,13 @@ class _Trials:
 
 
 class LoopTracking:
-    """Loop callbacks (``activecrl.al.loop.LoopCallbacks``) that log a run folder's stages and epochs to
-    its tracked run, and pass every call on to ``inner`` (e.g. the CLI's progress bars)."""
+    """Loop callbacks (``activecrl.al.loop.LoopCallbacks``) that log a run folder's records (each stage's
+    numbers and epoch losses, as it ends) to its tracked run, and pass every call on to ``inner`` (e.g.
+    the CLI's progress bars)."""
 
     def __init__(self, tracked: Tracked, folder: Path, epochs: int, inner=None):
-        self.tracked, self.folder, self.epochs, self.inner = tracked, Path(folder), epochs, inner
-        self.trials = _Trials(tracked, self.folder)
-        self._trial, self._stage = 0, 0
+        self.tracked, self.folder, self.inner = tracked, Path(folder), inner
+        self.trials = _Trials(tracked, self.folder, epochs)
 
     @classmethod
     def start(cls, config, folder: str | os.PathLike, inner=None) -> "LoopTracking":
@@ -453,12 +488,9 @@ class LoopTracking:
 
     def stage_start(self, trial: int, stage: int, n_labeled: int) -> None:
         self._pass("stage_start", trial, stage, n_labeled)
-        self._trial, self._stage = trial, stage
 
     def epoch(self, info) -> None:
         self._pass("epoch", info)
-        self.trials.get(self._trial).log_metrics({"train_loss": float(info.loss)},
-                                                 self._stage * self.epochs + info.epoch - 1)
 
     def query_start(self, trial: int, stage: int, n_pool: int) -> None:
         self._pass("query_start", trial, stage, n_pool)
@@ -528,7 +560,8 @@ class SweepTracking:
             tracked = open_folder((), None, folder, self.configs[status.name].to_dict(), parent=self.root)
             # a point whose tracked run is not new had its records logged by an earlier driver
             self.logged[status.name] = set() if tracked.new else {(r.trial, r.stage) for r in read_records(folder)}
-            self.points[status.name] = (tracked, _Trials(tracked, folder, catch_up=False))
+            epochs = self.configs[status.name].train.epochs
+            self.points[status.name] = (tracked, _Trials(tracked, folder, epochs, catch_up=False))
         tracked, trials = self.points[status.name]
         for record in read_records(folder):
             if (record.trial, record.stage) not in self.logged[status.name]:

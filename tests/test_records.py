@@ -29,6 +29,15 @@ def _line(trial=0, stage=0, **changes):
     return line
 
 
+def test_epoch_losses_round_trip_and_older_records_load_without_them():
+    line = _line(epoch_losses=[1.25, 0.5, None])
+    record = StageRecord.from_json(line)
+    assert record.epoch_losses[:2] == [1.25, 0.5] and math.isnan(record.epoch_losses[2])
+    assert record.to_json()["epoch_losses"] == [1.25, 0.5, None] and "epoch_losses" not in record.extra
+    older = StageRecord.from_json(_line())
+    assert older.epoch_losses is None and "epoch_losses" not in older.to_json()
+
+
 def test_round_trip_keeps_the_flat_layout():
     line = _line()
     record = StageRecord.from_json(line)

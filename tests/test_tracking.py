@@ -66,6 +66,11 @@ def _expected(records, trial, name):
     return [(r.n_labeled, stage_metrics(r)[name]) for r in records if r.trial == trial and name in stage_metrics(r)]
 
 
+def _expected_losses(records, trial, epochs):
+    """The records' epoch losses at step = the trial's epochs so far (stage x epochs + epoch - 1)."""
+    return [(r.stage * epochs + i, loss) for r in records if r.trial == trial for i, loss in enumerate(r.epoch_losses)]
+
+
 @needs_mlflow
 def test_mlflow_holds_the_config_records_epochs_and_files(tmp_path):
     out = tmp_path / "runs" / "demo"
@@ -86,6 +91,7 @@ def test_mlflow_holds_the_config_records_epochs_and_files(tmp_path):
             assert _same(_mlflow_stage_values(client, child, name), _expected(records, trial, name))
         losses = _mlflow_stage_values(client, child, "train_loss")
         assert [step for step, _ in losses] == list(range(3 * 2))  # stage x epochs + epoch - 1
+        assert _same(losses, _expected_losses(records, trial, epochs=2))
         assert [losses[1][1], losses[3][1], losses[5][1]] == pytest.approx(
             [r.final_train_loss for r in records if r.trial == trial])
     artifacts = {f.path for f in client.list_artifacts(run_id)}
@@ -104,7 +110,8 @@ def test_tensorboard_event_files_hold_the_records(tmp_path):
         for name in ("accuracy", "aurc", "ece", "train_seconds", "query_peak_rss_mib"):
             logged = [(e.step, e.value) for e in events.Scalars(name)]
             assert _same(logged, _expected(records, trial, name), rel=1e-6)  # float32 in the event file
-        assert len(events.Scalars("train_loss")) == 3 * 2
+        assert _same([(e.step, e.value) for e in events.Scalars("train_loss")], _expected_losses(records, trial, 2),
+                     rel=1e-6)
     config_text = EventAccumulator(str(out / "tensorboard")).Reload().Tensors("config/text_summary")
     assert "train.epochs" in config_text[0].tensor_proto.string_val[0].decode()
 
@@ -230,9 +237,14 @@ def test_a_sweep_logs_one_parent_run_and_a_child_run_per_grid_point(ray_instance
         for trial in (0, 1):
             assert _same(_mlflow_stage_values(client, trials[f"trial{trial}"], "accuracy"),
                          _expected(records, trial, "accuracy"))
+            # the per-epoch loss too, from the records the tasks wrote (no task contacts a tracker)
+            losses = _expected_losses(records, trial, epochs=2)
+            assert len(losses) == 2 * 2 and _same(_mlflow_stage_values(client, trials[f"trial{trial}"], "train_loss"),
+                                                  losses)
             events = EventAccumulator(str(out / "tensorboard" / name / f"trial{trial}")).Reload()
             assert _same([(e.step, e.value) for e in events.Scalars("aurc")], _expected(records, trial, "aurc"),
                          rel=1e-6)
+            assert _same([(e.step, e.value) for e in events.Scalars("train_loss")], losses, rel=1e-6)
     # a rerun continues the same parent run and logs nothing twice
     result = CliRunner().invoke(app, ["sweep", "--config", str(tmp_path / "sweep.toml"), "--out", str(out),
                                       "--track", "mlflow"])
@@ -241,6 +253,7 @@ def test_a_sweep_logs_one_parent_run_and_a_child_run_per_grid_point(ray_instance
     for name, point in _trial_runs(client, saved["run_id"]).items():
         trial0 = _trial_runs(client, point.info.run_id)["trial0"]
         assert len(client.get_metric_history(trial0.info.run_id, "accuracy")) == 2  # 2 stages, once each
+        assert len(client.get_metric_history(trial0.info.run_id, "train_loss")) == 2 * 2
 
 
 def test_track_is_the_sweeps_not_a_grid_points(tmp_path):

@@ -325,7 +325,8 @@ class TrialRunner:
             queried, query_seconds = self.query(model, trial, stage, labeled)
         record = StageRecord(trial=trial, seed=self.config.seed + trial, stage=stage, n_labeled=int(len(labeled)),
                              metrics=metrics, train_seconds=fit.train_seconds, query_seconds=query_seconds,
-                             final_train_loss=fit.epoch_losses[-1], queried=queried.tolist(),
+                             final_train_loss=fit.epoch_losses[-1], epoch_losses=list(fit.epoch_losses),
+                             queried=queried.tolist(),
                              initial=labeled.tolist() if stage == 0 else None,
                              extra=self.queried_files(queried),
                              train_peak_rss_mib=train_peak.rss_mib, train_peak_cuda_mib=train_peak.cuda_mib,

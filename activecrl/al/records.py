@@ -4,7 +4,8 @@ The loop writes them (``append_record``), ``activecrl.al.runs`` reads them (``re
 summaries, plots and the CLI tables. The line layout is flat JSON, as written since the first
 version: ``trial, seed, stage, n_labeled``, the test metrics (``metrics.METRIC_NAMES``),
 ``train_seconds, query_seconds, final_train_loss``, the peak memory of the stage's training and
-query (``MEMORY_FIELDS``: MiB, absent where not measured), ``queried`` and, on stage 0, ``initial``
+query (``MEMORY_FIELDS``: MiB, absent where not measured), ``epoch_losses`` (the mean training loss
+of each epoch; absent in records older than this field), ``queried`` and, on stage 0, ``initial``
 (the seed set). Reading is tolerant both ways: any other numeric key is a metric (a newer version's, e.g.
 ``augrc``), a metric an older version did not compute is simply absent, and other unknown keys are
 kept in ``extra``; writing a record read this way gives back the same keys.
@@ -65,6 +66,7 @@ class StageRecord:
     train_peak_cuda_mib: float = math.nan
     query_peak_cuda_mib: float = math.nan
     queried: list[int] = field(default_factory=list)  # training-split indices labeled after this stage
+    epoch_losses: list[float] | None = None  # the mean training loss per epoch (None: an older record)
     initial: list[int] | None = None  # the seed set (stage 0 only)
     extra: dict = field(default_factory=dict)  # unknown non-numeric keys of a newer version, kept as read
 
@@ -83,6 +85,8 @@ class StageRecord:
         out = {"trial": self.trial, "seed": self.seed, "stage": self.stage, "n_labeled": self.n_labeled,
                **self.metrics, "train_seconds": self.train_seconds, "query_seconds": self.query_seconds,
                "final_train_loss": self.final_train_loss, **self.memory(), "queried": list(self.queried)}
+        if self.epoch_losses is not None:
+            out["epoch_losses"] = list(self.epoch_losses)
         if self.initial is not None:
             out["initial"] = list(self.initial)
         out.update(self.extra)
@@ -98,7 +102,7 @@ class StageRecord:
             raise DataError(f"a results.jsonl line must have {', '.join(_REQUIRED)}, got one without "
                             f"{', '.join(missing)}")
         metrics, extra = {}, {}
-        known = {*_REQUIRED, *_TIMINGS, "initial"}
+        known = {*_REQUIRED, *_TIMINGS, "initial", "epoch_losses"}
         for key, value in values.items():
             if key in known:
                 continue
@@ -112,6 +116,8 @@ class StageRecord:
                        **{k: _float(values.get(k)) for k in _TIMINGS},
                        queried=[int(i) for i in values["queried"]],
                        initial=None if values.get("initial") is None else [int(i) for i in values["initial"]],
+                       epoch_losses=None if values.get("epoch_losses") is None else
+                       [_float(v) for v in values["epoch_losses"]],
                        extra=extra)
         except (TypeError, ValueError) as exc:
             raise DataError(f"a results.jsonl line has a malformed field ({exc}); the file was edited or "

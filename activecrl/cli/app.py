@@ -24,7 +24,7 @@ from rich.table import Table
 from activecrl import __version__
 from activecrl.al.config import ALConfig
 from activecrl.cli.label import label_app
-from activecrl.cli.options import Command, Group, build_config, config_command
+from activecrl.cli.options import Command, Group, build_config, config_command, split_list
 from activecrl.core.config import preset_names
 from activecrl.core.errors import ActiveCRLError
 from activecrl.embeddings.config import EmbedConfig, PretrainConfig
@@ -561,8 +561,7 @@ def sweep(
     from activecrl.al.sweep import load_sweep, run_sweep
 
     _setup_logging(verbose)
-    tracking = {"track": [n for text in track or () for n in text.split(",") if n.strip()] or None,
-                "tracking_uri": tracking_uri}  # over the sweep TOML's track and tracking_uri
+    tracking = {"track": split_list(track) or None, "tracking_uri": tracking_uri}  # over the sweep TOML's
     spec = load_sweep(config, tracking)
     try:
         with _SweepView(out) as view:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from activecrl.cli.options import Command, Group
+from activecrl.cli.options import Command, Group, split_list
 
 label_app = typer.Typer(cls=Group, no_args_is_help=True, add_completion=False,
                         help="Label your own images: the model picks which to label next (init, next, import, "
@@ -25,6 +25,10 @@ label_app = typer.Typer(cls=Group, no_args_is_help=True, add_completion=False,
 console = Console()
 
 PROJECT = typer.Argument(..., help="the project folder (created by `activecrl label init`)")
+TRACK_HELP = ("also log the round to these experiment trackers: mlflow | tensorboard (repeat for both; "
+              "pip install -e '.[tracking]'); one tracked run per project, continued by every round")
+TRACKING_URI_HELP = ("--track mlflow: the tracking server or store (e.g. http://host:5000; default: the project's "
+                     "saved one, else a SQLite file PROJECT/mlflow.db)")
 
 
 def _open(project: Path):
@@ -105,19 +109,26 @@ def next_batch(project: Path = PROJECT,
                                                                        "folder's parent)"),
                url_prefix: Optional[str] = typer.Option(None, help="labelstudio: image URLs as PREFIX/<image> "
                                                                    "(cloud storage) instead of local files"),
+               track: Optional[list[str]] = typer.Option(None, metavar="STR,...", help=escape(TRACK_HELP)),
+               tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_URI_HELP),
                verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the library does")):
     """Train on the labels so far and write the next batch to label (re-issues a batch not yet imported)."""
     from activecrl.label.rounds import next_round
+    from activecrl.label.tracking import ui_commands
 
     _logging(verbose)
+    track = split_list(track)
     with _open(project) as p:
         with console.status("picking the next batch"):
             result = next_round(p, budget, strategy=strategy, audit=audit, fmt=format, out=out, new=new,
                                 oracle=oracle, seed=seed, device=device, model=model, trainer=trainer,
-                                image_size=image_size, document_root=document_root, url_prefix=url_prefix)
+                                image_size=image_size, document_root=document_root, url_prefix=url_prefix,
+                                track=track, tracking_uri=tracking_uri)
         _print_round(result, format)
         if result.imported is not None:
             console.print(f"oracle: {_import_line(result.imported)}")
+        for command in () if result.reissued else ui_commands(p, track):
+            console.print(f"tracked, to look at it: {escape(command)}", soft_wrap=True)
 
 
 def _print_round(result, fmt: str) -> None:

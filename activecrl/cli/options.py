@@ -136,11 +136,16 @@ def _parse_literal(text: str) -> Any:
         return text
 
 
+def split_list(values) -> list[str]:
+    """The items of a list option: comma-separated, the option repeated, or both (``--track mlflow,tensorboard``)."""
+    return [v for text in values or () for v in re.split(r"[,\s]+", text.strip()) if v]
+
+
 def _convert(option: ConfigOption, value: Any) -> Any:
     kind, element = _kind(option)
     flag = option.dashed
     if kind == "sequence":
-        items = [v for text in value for v in re.split(r"[,\s]+", text.strip()) if v]
+        items = split_list(value)
         try:
             return tuple(element(v) for v in items)
         except ValueError:

@@ -44,6 +44,7 @@ from activecrl.label.images import first_of
 from activecrl.label.importing import ImportResult
 from activecrl.label.pool import DEFAULT_IMAGE_SIZE, is_feature_mode, pool_embeddings, pool_images
 from activecrl.label.project import Project, read_import_file
+from activecrl.label.tracking import RoundTracking
 from activecrl.strategies import get_strategy
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class RoundResult:
     seconds: float = 0.0
     imported: ImportResult | None = None  # the oracle's answers, when one was given
     picks: list[str] = field(default_factory=list)
+    train_seconds: float | None = None  # the model's training (None: no model this round)
+    query_seconds: float | None = None  # the pick (a cold start's includes computing its embeddings)
+    epoch_losses: list[float] = field(default_factory=list)  # the model's mean training loss per epoch
 
 
 def round_settings(project: Project, **overrides) -> RoundSettings:
@@ -221,11 +225,12 @@ def _model_round(project: Project, settings: RoundSettings, paths, hashes, sets,
     runner = TrialRunner(config, project.path, checked, device, data, None, train_files=paths)
     scored = np.sort(np.concatenate([pool, np.array([index[p] for p in sets.audit], dtype=np.int64)]))
     with torch_threads(run_threads(config, checked)):
-        model, _ = runner.train(0, stage, labeled, None)
-        picks, _ = runner.query(model, 0, stage, labeled, pool=pool)
+        model, fit = runner.train(0, stage, labeled, None)
+        picks, query_seconds = runner.query(model, 0, stage, labeled, pool=pool)
         out = predict(model, data, torch.from_numpy(scored), batch_size=config.eval_batch_size, features=False)
     probs = torch.softmax(out.logits.double(), dim=1).numpy()
-    return picks, stage, inputs, scored, probs
+    timings = dict(train_seconds=fit.train_seconds, query_seconds=query_seconds, epoch_losses=list(fit.epoch_losses))
+    return picks, stage, inputs, scored, probs, timings
 
 
 def _label_names(project: Project, probs: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -250,12 +255,15 @@ def next_round(project: Project, budget: int, *, strategy: str | None = None, au
                out=None, new: bool = False, oracle=None, seed: int = 0, device: str = "auto",
                model: str | None = None, trainer: str | None = None, image_size: int | None = None,
                pretrained: bool | None = None, weights: str | None = None,
-               document_root=None, url_prefix: str | None = None) -> RoundResult:
+               document_root=None, url_prefix: str | None = None, track: Sequence[str] | str = (),
+               tracking_uri: str | None = None) -> RoundResult:
     """Issue the next batch: re-issue the open one (unless ``new``), or train, pick and write a new one.
 
     ``oracle``: a CSV (``image,label`` for every image) that answers the batch at once (imported),
-    for simulated projects.
+    for simulated projects. ``track``: also log the round to these trackers (mlflow, tensorboard),
+    in the project's one tracked run (:mod:`activecrl.label.tracking`; ``tracking_uri``: MLflow's).
     """
+    tracking = RoundTracking.start(project, track, tracking_uri)  # a tracker that cannot work fails here, first
     settings = round_settings(project, model=model, trainer=trainer, strategy=strategy, image_size=image_size,
                               pretrained=pretrained, weights=weights)
     start = time.perf_counter()
@@ -270,6 +278,7 @@ def next_round(project: Project, budget: int, *, strategy: str | None = None, au
     if oracle is not None:
         result.imported = project.import_labels(_oracle_answers(project, result.batch, oracle))
     result.seconds = time.perf_counter() - start
+    tracking.log(project, result, budget=budget, audit=audit, seed=seed, device=device, format=fmt)
     return result
 
 
@@ -283,15 +292,17 @@ def _new_round(project: Project, settings: RoundSettings, budget: int, *, audit,
     pool = np.array([index[p] for p in sets.pool], dtype=np.int64)
     labeled = np.array([index[p] for p in sets.labeled], dtype=np.int64)
     if len(labeled) == 0:
+        start = time.perf_counter()
         picks, name, inputs = _cold_start(project, settings, paths, hashes, pool, budget, seed, device)
+        timings = dict(query_seconds=time.perf_counter() - start)
         suggested = confidences = None
         version, stage = COLD_VERSION, None
     else:
         if len(labeled) < 2:
             raise ConfigError(f"a round trains on at least 2 labeled images, got {len(labeled)}; label more (import "
                               "them with `activecrl label import`), or start with a cold start")
-        picks, stage, inputs, scored, probs = _model_round(project, settings, paths, hashes, sets, pool, labeled,
-                                                           budget, seed, device)
+        picks, stage, inputs, scored, probs, timings = _model_round(project, settings, paths, hashes, sets, pool,
+                                                                    labeled, budget, seed, device)
         names, conf = _label_names(project, probs)
         version = f"{_STAGE_PREFIX}{stage}"
         project.record_predictions([paths[i] for i in scored], names, conf, version)
@@ -305,7 +316,7 @@ def _new_round(project: Project, settings: RoundSettings, budget: int, *, audit,
                                 document_root=document_root, url_prefix=url_prefix)
     logger.info("round %d: %d images picked by %s (%s)", batch.round, len(picks), name, inputs)
     return RoundResult(batch, _batch_path(project, batch, fmt, out), settings, name, cold_start=stage is None,
-                       stage=stage, n_labeled=len(labeled), inputs=inputs, picks=[paths[i] for i in picks])
+                       stage=stage, n_labeled=len(labeled), inputs=inputs, picks=[paths[i] for i in picks], **timings)
 
 
 def simulate(project: Project, oracle, budgets: Sequence[int], **options) -> list[RoundResult]:
