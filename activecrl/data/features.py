@@ -45,6 +45,12 @@ def _squared(deviation: np.ndarray) -> np.ndarray:
     return np.multiply(deviation, deviation, out=deviation)  # as numpy's var squares
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    if x.device.type == "cpu":  # numpy's isfinite is one pass; torch's also builds abs(x), 10-20x slower
+        return bool(np.isfinite(x.numpy()).all())
+    return bool(torch.isfinite(x).all())
+
+
 def _row_sum(x: np.ndarray, term) -> np.ndarray:
     """``term(x as float64)`` summed over the rows in row order, ``_STATS_ROWS`` rows at a time."""
     total = np.zeros(x.shape[1])
@@ -72,7 +78,7 @@ class FeatureData:
             raise DataError(f"FeatureData features must be a real (N, d) array of embeddings, got dtype {x.dtype} "
                             f"and shape {tuple(x.shape)} instead")
         x = x.to(torch.float32)
-        if not bool(torch.isfinite(x).all()):
+        if not _all_finite(x):
             raise DataError("FeatureData features must be finite, got NaN or inf instead; recompute the embeddings")
         n = x.shape[0]
         mean, std = feature_stats(x.numpy() if x.device.type == "cpu" else x.cpu().numpy()) if stats is None else stats
