@@ -47,7 +47,7 @@ def _squared(deviation: np.ndarray) -> np.ndarray:
 
 def _all_finite(x: torch.Tensor) -> bool:
     if x.device.type == "cpu":  # numpy's isfinite is one pass; torch's also builds abs(x), 10-20x slower
-        return bool(np.isfinite(x.numpy()).all())
+        return bool(np.isfinite(x.detach().numpy()).all())
     return bool(torch.isfinite(x).all())
 
 
