@@ -76,3 +76,19 @@ def test_timm_backbone_in_the_loop(tmp_path):
                       model="timm:resnet18", input_size=32, freeze_backbone=True, strategy="entropy")
     records = run_active_learning(config, tmp_path / "run", dataset=ds)
     assert [r.n_labeled for r in records] == [10, 15]
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (5, 2), (4096, 7), (10_001, 33), (300, 1)])
+def test_feature_stats_are_numpys_float64_stats_bit_for_bit(monkeypatch, shape):
+    from activecrl.data import features
+
+    monkeypatch.setattr(features, "_STATS_ROWS", 64)  # many chunks, and a partial last one
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 10 ** rng.uniform(-3, 3, shape[1]) + rng.uniform(-50, 50, shape[1]))
+    x = x.astype(np.float32)
+    mean, std = features.feature_stats(x)
+    assert np.array_equal(mean, x.astype(np.float64).mean(axis=0))
+    assert np.array_equal(std, x.astype(np.float64).std(axis=0))
+    standardised = FeatureData(x).features
+    expected = (torch.from_numpy(x) - torch.from_numpy(mean).float()) / (torch.from_numpy(std).float() + 1e-6)
+    assert torch.equal(standardised, expected)

@@ -418,7 +418,7 @@ def _query(strategy, model, train_data, pool, labeled, config, rng, device, embe
     outputs = predict(model, train_data, torch.from_numpy(rows), batch_size=config.eval_batch_size,
                       features=True)
     n = len(pool)
-    pool_out = outputs.subset(torch.arange(n))
+    pool_out = outputs.subset(torch.arange(n)) if strategy.needs_features else outputs  # no copy of the pool's rows
     labeled_out = outputs.subset(torch.arange(n, len(rows))) if strategy.needs_features else None
     context = QueryContext(pool=pool_out, labeled=labeled_out, model=model, data=train_data, device=device,
                            batch_size=config.eval_batch_size, embeddings=embeddings)

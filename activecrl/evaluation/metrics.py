@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from activecrl.core.errors import ConfigError
 from activecrl.core.validate import check_int
@@ -253,6 +252,8 @@ def aupr_error(confidence, correct) -> float:
     Uses ``sklearn.metrics.average_precision_score``. With no errors there is nothing to
     detect and AP is undefined; we return 0.0 (a JSON-safe number) rather than NaN.
     """
+    from sklearn.metrics import average_precision_score  # seconds to import: only where it is used
+
     conf, corr = _confidence_correct(confidence, correct)
     if corr.all():
         return 0.0
@@ -346,6 +347,8 @@ def ood_metrics(score_in, score_out) -> dict[str, float]:
     ``auroc``; ``aupr_in``: average precision with in-distribution positive, score as is;
     ``aupr_out``: average precision with OOD positive and score negated.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     s_in = _real_1d(score_in, "score_in")
     s_out = _real_1d(score_out, "score_out")
     score = np.concatenate([s_in, s_out])

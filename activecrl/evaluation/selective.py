@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaincinv  # the Beta quantile; lighter to import than scipy.stats
 
 from activecrl.core.errors import ConfigError
 
@@ -64,6 +63,8 @@ def binomial_upper_bound(errors: int, n: int, delta: float) -> float:
     The exact inversion of the binomial CDF: ``P(Bin(n, b) <= k) = I_{1-b}(n - k, k + 1)``, so the
     solution is the ``1 - delta`` quantile of ``Beta(k + 1, n - k)`` (1 when every point erred).
     """
+    from scipy.special import betaincinv  # the Beta quantile; imported here: scipy costs ~1 s at start-up
+
     if n <= 0:
         raise ConfigError(f"the bound needs at least one point, got n={n} instead")
     if not 0 <= errors <= n:

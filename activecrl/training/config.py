@@ -113,6 +113,8 @@ class TrainConfig:
         check_int("batch_size", self.batch_size, 2, "; BatchNorm needs two samples per batch")
         need(self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number", self.lr)
         need(0 <= self.momentum < 1, "momentum must be in [0, 1)", self.momentum)
+        need(self.momentum > 0 or not self.nesterov, "momentum must be > 0 with nesterov (or turn nesterov off)",
+             self.momentum)
         need(self.weight_decay >= 0, "weight_decay must be >= 0", self.weight_decay)
         need(all(0 < m <= 1 for m in self.milestones),
              "milestones must be fractions of the epochs in (0, 1], e.g. (0.5, 0.8333)", self.milestones)

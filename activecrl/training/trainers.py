@@ -39,6 +39,7 @@ from activecrl.training.regmixup import draw_mixup, regmixup_term
 from activecrl.core.registry import Registry
 from activecrl.training.sam import sam_ascend, sam_restore
 from activecrl.training.schedules import lr_at, swa_start_epoch
+from activecrl.training.sgd import CPUSGD, make_sgd
 from activecrl.core.validate import check_int
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Trainer:
             loss = loss + self.config.mixup_weight * regmixup_term(forward, x, y, *mixup)
         return loss, logits
 
-    def train_step(self, forward, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    def train_step(self, forward, optimizer: CPUSGD | torch.optim.SGD, x: torch.Tensor, y: torch.Tensor,
                    indices: torch.Tensor) -> torch.Tensor:
         """One optimiser step on a batch; returns the detached loss (still on the device).
 
@@ -140,13 +141,12 @@ class Trainer:
         self.after_step(logits.detach().float(), y, indices)
         return loss.detach()
 
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: nn.Module) -> CPUSGD | torch.optim.SGD:
         c = self.config
         self.params_ = [p for p in model.parameters() if p.requires_grad]  # SAM perturbs these
         if c.mixup_weight > 0 and not hasattr(self, "mix_rng_"):  # fit seeds these; set for direct use too
             self._seed_mixup(next(model.parameters()).device)
-        return torch.optim.SGD(self.params_, lr=c.lr, momentum=c.momentum,
-                               weight_decay=c.weight_decay, nesterov=c.nesterov)
+        return make_sgd(self.params_, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
 
     def _seed_mixup(self, device) -> None:
         seed = self.config.seed
