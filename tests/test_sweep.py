@@ -115,6 +115,21 @@ def test_point_config_is_written_as_a_run_writes_it(tmp_path):
     assert config["embeddings_fingerprint"] == json.loads(json.dumps(load_embeddings(tmp_path / "emb.npy", 1347)[1]))
 
 
+def test_relative_paths_are_saved_absolute_and_an_old_relative_folder_still_matches(tmp_path, monkeypatch):
+    from activecrl.al import sweep
+
+    np.save(tmp_path / "emb.npy", np.zeros((1347, 4), dtype=np.float32))
+    monkeypatch.chdir(tmp_path)
+    spec = expand_grid({"dataset": "digits", "device": "cpu", "embeddings": "emb.npy"}, {"strategy": ["random"]})
+    assert spec.points[0].config.embeddings == str(tmp_path / "emb.npy")  # the Ray tasks run elsewhere
+    sweep._write_folders(spec, tmp_path / "out", sweep._check_points(spec, task_cpus=1))
+    saved = tmp_path / "out" / spec.points[0].name / "config.json"
+    assert json.loads(saved.read_text())["embeddings"] == str(tmp_path / "emb.npy")
+    # a folder an earlier version wrote with the path as typed is the same point
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "embeddings": "emb.npy"}))
+    sweep._check_out(spec, tmp_path / "out")
+
+
 def test_an_unreachable_address_is_refused_before_ray_tries_to_connect(tmp_path, monkeypatch):
     from activecrl.al import sweep
 

@@ -40,7 +40,7 @@ from activecrl.core.config import flatten, load_toml, merge
 from activecrl.core.errors import ActiveCRLError, ConfigError
 from activecrl.core.io import atomic_write_json, to_jsonable
 from activecrl.al.loop import (CONFIG_FILE, CheckedRun, LoopCallbacks, check_run, load_saved_config, run_active_learning,
-                                run_threads, write_run_config)
+                                run_threads, with_absolute_paths, write_run_config)
 from activecrl.al.records import merge_records, read_records
 from activecrl.tracking import SweepTracking, check_tracking
 from activecrl.training.config import TrainConfig
@@ -132,7 +132,9 @@ def expand_grid(base: dict[str, Any], grid: Any, source: str = "the sweep") -> S
         values = dict(zip(flat, combo))
         label = ", ".join(f"{k}={v!r}" for k, v in values.items())
         try:
-            config = ALConfig.from_dict(merge(base, _nest(values)))
+            # a relative --dataset / --embeddings is the working folder's, made absolute as `run` saves it,
+            # so the Ray tasks (another working folder) and a later `activecrl run --resume` find it
+            config = with_absolute_paths(ALConfig.from_dict(merge(base, _nest(values))))
         except ActiveCRLError as exc:
             raise type(exc)(f"grid point {index} ({label}) of {source}: {exc}") from None
         name = _folder_name(index, values, width)
@@ -276,7 +278,8 @@ def _check_points(spec: SweepSpec, task_cpus: int) -> dict[int, tuple[CheckedRun
 
 def _comparable(config: ALConfig) -> ALConfig:
     # where a run executes or is tracked may change between reruns, as with `activecrl run --resume`
-    return dataclasses.replace(config, device="auto", data_dir=None, track=(), tracking_uri=None)
+    # (a folder written before paths were saved absolute compares equal to its absolute spelling)
+    return dataclasses.replace(with_absolute_paths(config), device="auto", data_dir=None, track=(), tracking_uri=None)
 
 
 def _check_out(spec: SweepSpec, out: Path) -> None:
