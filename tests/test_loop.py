@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from activecrl.core.errors import ConfigError, RegistryError
@@ -322,3 +323,18 @@ def test_each_stage_records_its_peak_memory(tmp_path):
         assert after.rss_mib < peak.rss_mib - 60, (peak.rss_mib, after.rss_mib)  # the block is gone again
     else:  # elsewhere: the process's peak, which the block raised at most to this
         assert after.rss_mib >= peak.rss_mib >= before.rss_mib
+
+
+def test_peak_memory_on_cuda_resets_and_reads_the_allocator_peak(monkeypatch):
+    """The CUDA half without a GPU: reset when the step starts, the allocator's peak read when it ends."""
+    from activecrl.core.runtime import PeakMemory
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: calls.append(("read", device)) or 3 * 2**20)
+    with PeakMemory("cuda:1") as peak:
+        assert calls == [("reset", torch.device("cuda:1"))] and np.isnan(peak.cuda_mib)
+    assert calls[1] == ("read", torch.device("cuda:1")) and peak.cuda_mib == 3.0
+    with PeakMemory("cpu") as cpu:
+        pass
+    assert len(calls) == 2 and np.isnan(cpu.cuda_mib)  # the allocator is not touched on other devices
