@@ -57,7 +57,11 @@ def _mlflow_stage_values(client, child, name):
 
 
 def _same(logged, expected, rel=1e-12):
-    """(step, value) pairs: the same steps, values equal (to float32 precision for TensorBoard's ``rel``)."""
+    """(step, value) pairs: the same steps, values equal (to float32 precision for TensorBoard's ``rel``).
+
+    Compared in step order: a resumed run's steps lie in two event files (one per writer), which
+    TensorBoard's reader returns in file-name order, a name that holds the writer's start second only."""
+    logged = sorted(logged, key=lambda pair: pair[0])
     return [step for step, _ in logged] == [step for step, _ in expected] and \
         [value for _, value in logged] == pytest.approx([value for _, value in expected], rel=rel)
 
