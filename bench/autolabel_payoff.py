@@ -256,21 +256,30 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+ARM_ORDER = [f"{mode}-{t}" for mode in ("scratch", "features") for t in TRAINERS]
+
+
+def _risk_cells(row: dict, risk: float) -> list[str]:
+    e, d = row[f"export_R{round(risk * 100)}"], row[f"draws_R{round(risk * 100)}"]
+    lo, hi = d["violation_ci95"]
+    return [f"{_pct(e['coverage'])} / {_pct(e.get('realized_error'))}",
+            f"{_pct(d['certified'])} / {_pct(d['mean_coverage'])} / {_pct(d['mean_realized_error'])}",
+            f"{d['violations']}/{d['draws']} [{100 * lo:.1f}, {100 * hi:.1f}]"]
+
+
 def table(rows: list[dict]) -> str:
+    """One line per arm and round: accuracy and AURC on the unlabeled pool, then per risk R the
+    project's export (coverage / realized error) and the draws (share certified / mean coverage /
+    mean realized error of the certified ones, draws with realized error above R)."""
     head = ["arm", "train labels", "pool acc. %", "AURC ×10³"]
     for risk in RISKS:
-        r = f"R={round(risk * 100)}%"
-        head += [f"export cov. % {r}", f"export err. % {r}", f"draws certified % {r}", f"draws cov. % {r}",
-                 f"draws err. % {r}", f"viol. {r} [95% CI]"]
+        r = f"R={round(risk * 100)} %"
+        head += [f"export {r}: cov. / err. %", f"draws {r}: certified / cov. / err. %", f"err. > R, {r} [95 % CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["arm"], f"{row['train_labels']:,}", _pct(row["pool_accuracy"]), f"{1000 * row['pool_aurc']:.0f}"]
         for risk in RISKS:
-            e, d = row[f"export_R{round(risk * 100)}"], row[f"draws_R{round(risk * 100)}"]
-            lo, hi = d["violation_ci95"]
-            cells += [_pct(e["coverage"]), _pct(e.get("realized_error")), _pct(d["certified"]), _pct(d["mean_coverage"]),
-                      _pct(d["mean_realized_error"]),
-                      f"{d['violations']}/{d['draws']} [{100 * lo:.1f}, {100 * hi:.1f}]"]
+            cells += _risk_cells(row, risk)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -301,7 +310,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def report(out: Path) -> None:
-    rows = sorted(load_rows(out), key=lambda r: (r["arm"], r["train_labels"]))
+    rows = sorted(load_rows(out), key=lambda r: (ARM_ORDER.index(r["arm"]), r["train_labels"]))
     if not rows:
         raise SystemExit(f"no results under {out}; run the arms first")
     (out / "table.md").write_text(table(rows))
