@@ -137,12 +137,13 @@ cold_start() {  # README: "Low budgets and label-free embeddings"; ~1 min per tr
   al_report $R $runs
 }
 
-autolabel() {  # README: "Auto-labels at a guaranteed error"; ~3 min per feature-mode arm (+ ~10 min for the patch features, once), ~15 min per scratch arm
+autolabel() {  # README: "Auto-labels at a guaranteed error"; ~11 min for the shared cold start (patch features), ~3 min per feature-mode arm, ~20 min per scratch arm
   R=results/autolabel
   fresh $R
   A="bench/autolabel_payoff.py --archive $CIFAR10 --work ${AUTOLABEL_WORK:-/tmp/autolabel_payoff} --out $R"
   $PYTHON $A --rounds 8 --arms features-baseline features-crl features-sure
-  $PYTHON $A --rounds 5 --arms scratch-baseline scratch-crl     # writes $R/table.md and $R/coverage.png
+  $PYTHON $A --rounds 8 --arms scratch-baseline scratch-crl
+  $PYTHON $A --rounds 5 --arms scratch-sure     # writes $R/table.md and $R/coverage.png
 }
 
 steps=("$@")
