@@ -3,7 +3,7 @@
 # (results/README.md, results/ood/COMMANDS.md). Model weights (model.pt, members.pt) and
 # arrays (predictions.npz, scores.npz) are not committed: this script recreates them too.
 #
-#   results/regenerate.sh [train] [al] [ood] [recipes] [cold_start]     # default: all five, in this order
+#   results/regenerate.sh [train] [al] [ood] [recipes] [cold_start] [autolabel]   # default: all six, in this order
 #
 # Run from anywhere; it works in the repository root. DRY=1 prints the commands and runs nothing. Each result folder is deleted before its
 # command reruns it. `ood` needs the models of `train` (results/cifar10_train/{baseline,crl}).
@@ -137,11 +137,20 @@ cold_start() {  # README: "Low budgets and label-free embeddings"; ~1 min per tr
   al_report $R $runs
 }
 
+autolabel() {  # README: "Auto-labels at a guaranteed error"; ~11 min for the shared cold start (patch features), ~3 min per feature-mode arm, ~20 min per scratch arm
+  R=results/autolabel
+  fresh $R
+  A="bench/autolabel_payoff.py --archive $CIFAR10 --work ${AUTOLABEL_WORK:-/tmp/autolabel_payoff} --out $R"
+  $PYTHON $A --rounds 8 --arms features-baseline features-crl features-sure
+  $PYTHON $A --rounds 8 --arms scratch-baseline scratch-crl
+  $PYTHON $A --rounds 5 --arms scratch-sure     # writes $R/table.md and $R/coverage.png
+}
+
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(train al ood recipes cold_start)
+[ ${#steps[@]} -gt 0 ] || steps=(train al ood recipes cold_start autolabel)
 for step in "${steps[@]}"; do
   case $step in
-    train | al | ood | recipes | cold_start) echo "== $step"; $step ;;
-    *) echo "unknown step '$step': expected train, al, ood, recipes or cold_start" >&2; exit 2 ;;
+    train | al | ood | recipes | cold_start | autolabel) echo "== $step"; $step ;;
+    *) echo "unknown step '$step': expected train, al, ood, recipes, cold_start or autolabel" >&2; exit 2 ;;
   esac
 done
