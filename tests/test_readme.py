@@ -118,3 +118,52 @@ def test_readme_speaks_of_the_tool_only():
     text = README.read_text()
     for phrase in ("issue #", "issue-", "issues #", "../shared", "/work/", "design card", "load average"):
         assert phrase not in text, phrase
+
+
+def _label_block() -> list[list[str]]:
+    """The commands of the README's labeling loop (its first bash block under "Label your own images")."""
+    section = README.read_text().split("### Label your own images", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split("#")[0].split() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def test_readme_labeling_loop_runs_as_written(tmp_path):
+    """Every command of the README's labeling loop, through the console script, in a folder holding
+    ``photos/``; the labeler fills in the batch between ``next`` and ``import``."""
+    from PIL import Image
+
+    classes = ("cat", "dog", "bird")
+    rng = np.random.default_rng(0)
+    truth = {}
+
+    def make_images(folder, n):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            pixels = rng.integers(0, 80, (16, 16, 3))
+            pixels[:, :, i % 3] += 170  # a class per colour channel
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / folder / f"{i:03d}.png")
+            truth[str(Path(folder, f"{i:03d}.png").relative_to("photos"))] = classes[i % 3]
+
+    make_images("photos", 200)
+    commands = _label_block()
+    assert [c[:3] for c in commands] == [["activecrl", "label", verb] for verb in
+                                         ("init", "next", "import", "next", "status", "export", "export", "add")]
+    outputs = []
+    for command in commands:
+        if command[2] == "add":  # images copied into the folder later
+            make_images("photos/new", 3)
+        if command[2] == "import":  # the labeler: the batch's images with their labels, as the README says
+            batch = (tmp_path / "proj" / "batches" / "round-1.csv").read_text().splitlines()[1:]
+            (tmp_path / command[-1]).write_text(
+                "image,label\n" + "".join(f"{row.split(',')[0]},{truth[row.split(',')[0]]}\n" for row in batch))
+        result = subprocess.run(_console_script() + command[1:], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=600, env={**os.environ, "COLUMNS": "200"})
+        outputs.append(result)
+        if "--auto-label" in command:  # 20 audit labels cannot certify 5 % at delta 5 %: it says how many
+            assert result.returncode == 2 and "needs at least 97 audit labels" in " ".join(result.stdout.split()), \
+                result.stdout + result.stderr
+        else:
+            assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    assert rows[0] == "image,label,source,confidence" and len(rows) == 1 + 50 + 20  # the labeled batch, its audit
+    assert "added 3 images" in outputs[-1].stdout
