@@ -23,6 +23,7 @@ from activecrl.label.db import get_meta
 from activecrl.label.project import Project
 from activecrl.label.tracking import META_KEY, project_tracking_uri
 from tests.test_label_cli import CLASSES, make_images, write_labels
+from tests.test_tracking import break_mlflow_metrics
 
 needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason='pip install -e ".[tracking]"')
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
@@ -171,16 +172,7 @@ def test_a_tracker_that_cannot_work_fails_before_any_round_work(project, monkeyp
 
 @needs_mlflow
 def test_a_tracker_failing_after_the_round_is_a_warning_and_the_round_is_saved(project, monkeypatch, caplog):
-    from mlflow.tracking import MlflowClient
-
-    log_batch = MlflowClient.log_batch
-
-    def broken(self, run_id, metrics=(), **kwargs):  # the params go in; then the server goes away
-        if metrics:
-            raise ConnectionError("the tracking server went away")
-        return log_batch(self, run_id, metrics=metrics, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "log_batch", broken)
+    break_mlflow_metrics(monkeypatch)
     proj, oracle = project
     with Project.open(proj) as p, caplog.at_level(logging.WARNING):
         result = rounds.next_round(p, 6, strategy="random", oracle=oracle, device="cpu", track=["mlflow"])

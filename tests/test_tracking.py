@@ -56,6 +56,20 @@ def _mlflow_stage_values(client, child, name):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(child.info.run_id, name), key=lambda m: m.step)]
 
 
+def break_mlflow_metrics(monkeypatch) -> None:
+    """MLflow's server goes away after taking the params: every later metric write raises."""
+    from mlflow.tracking import MlflowClient
+
+    log_batch = MlflowClient.log_batch
+
+    def broken(self, run_id, metrics=(), **kwargs):
+        if metrics:
+            raise ConnectionError("the tracking server went away")
+        return log_batch(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", broken)
+
+
 def _same(logged, expected, rel=1e-12):
     """(step, value) pairs: the same steps, values equal (to float32 precision for TensorBoard's ``rel``).
 
@@ -168,16 +182,7 @@ def test_tracking_added_on_resume_logs_the_stages_before_it(tmp_path):
 
 @needs_mlflow
 def test_a_tracker_failing_mid_run_is_a_warning_and_the_records_are_complete(tmp_path, monkeypatch, caplog):
-    from mlflow.tracking import MlflowClient
-
-    log_batch = MlflowClient.log_batch
-
-    def broken(self, run_id, metrics=(), **kwargs):  # the params go in; then the server goes away
-        if metrics:
-            raise ConnectionError("the tracking server went away")
-        return log_batch(self, run_id, metrics=metrics, **kwargs)
-
-    monkeypatch.setattr(MlflowClient, "log_batch", broken)
+    break_mlflow_metrics(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="activecrl.tracking"):
         records = run_active_learning(_config(track=("mlflow",)), tmp_path / "run", dataset=_dataset())
     assert len(records) == 6 and len(read_records(tmp_path / "run")) == 6
