@@ -94,7 +94,9 @@ def test_the_labeling_loop(tmp_path):
     status = json.loads(cli("label", "status", proj, "--json", cwd=work).stdout)
     assert status["n_labeled"] == 13 and status["n_audit_labels"] == 3 and status["rounds"] == 2
     assert sum(status["labels_per_class"].values()) == 13
-    assert "labels per class" in cli("label", "status", proj, cwd=work).stdout
+    shown = cli("label", "status", proj, cwd=work).stdout
+    assert "labels per class" in shown and "needs 39 audit labels, has 3" in shown  # the auto-label preview
+    assert [a["n_audit"] for a in status["auto_label"]] == [3, 3]
 
     # Label Studio tasks, config and the printed setup steps
     shown = cli("label", "next", proj, "--budget", "3", "--format", "labelstudio", "-o", tmp_path / "tasks.json",

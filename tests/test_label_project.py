@@ -192,6 +192,9 @@ def test_status_and_auto_label_export(tmp_path):
     # ln(0.05 / 7) / ln(0.95) = 96.3, and ceil(log2(97 + 1)) = 7 steps
     with pytest.raises(ConfigError, match=r"needs at least 97 audit labels .*delta/7 .* got 20 instead"):
         p.export(tmp_path / "out.csv", auto_label=True, risk=0.05, delta=0.05)
+    # status previews the export at R = 5 % and 10 % (D = 10 %): here, how many audit labels it lacks
+    assert [(a.risk, a.n_audit, a.needed, a.n_auto) for a in p.status().auto_label] == [(0.05, 20, 83, 0),
+                                                                                      (0.10, 20, 39, 0)]
     p.import_labels(write(tmp_path / "all.csv", "image,label\n" + "".join(f"{k},{truth[k]}\n" for k in audit)))
     s = p.status()
     hits = sum(truth[k] == "cat" for k in audit)
@@ -204,6 +207,10 @@ def test_status_and_auto_label_export(tmp_path):
     auto = [line.split(",") for line in lines[1:] if ",auto," in line]
     assert len(auto) == res.n_auto > 0 and all(float(c) >= res.sgr.threshold for *_, c in auto)
     assert len(lines) - 1 == res.n_human + res.n_auto
+    for preview in p.status().auto_label:  # what the export would write, without writing it
+        res = p.export(tmp_path / "out.csv", auto_label=True, risk=preview.risk, delta=preview.delta)
+        assert (preview.n_auto, preview.bound, preview.n_unlabeled) == (res.n_auto, res.sgr.bound, res.n_unlabeled)
+        assert preview.n_auto > 0
 
 
 def test_changed_missing_and_added_images(project, tmp_path):

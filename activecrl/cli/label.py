@@ -185,7 +185,8 @@ def import_(project: Path = PROJECT,
 @label_app.command(cls=Command)
 def status(project: Path = PROJECT,
            json_: bool = typer.Option(False, "--json", help="print machine-readable JSON")):
-    """Labels per class, rounds, the open batch, the model's audited accuracy and the labelers' pace."""
+    """Labels per class, rounds, the open batch, the model's audited accuracy, the labelers' pace and what
+    export --auto-label would certify now (at --risk 0.05 and 0.1, --delta 0.1)."""
     with _open(project) as p:
         s = p.status()
     if json_:
@@ -203,6 +204,12 @@ def status(project: Path = PROJECT,
                       f"{s.audit_accuracy:.1%} [{lo:.1%}, {hi:.1%}]")
     if s.seconds_per_label is not None:
         table.add_row("seconds per label (median)", f"{s.seconds_per_label:.1f}")
+    if s.next_batch_seconds is not None:
+        from activecrl.label.status import format_seconds
+
+        table.add_row("the next batch will take about", format_seconds(s.next_batch_seconds))
+    for a in s.auto_label:
+        table.add_row(f"export --auto-label --risk {a.risk:g} --delta {a.delta:g} now", _preview(a))
     if s.conflicts:
         table.add_row("conflicting labels", str(len(s.conflicts)))
     console.print(table)
@@ -212,6 +219,14 @@ def status(project: Path = PROJECT,
     for name, n in s.labels_per_class.items():
         per_class.add_row(escape(name), str(n))
     console.print(per_class)
+
+
+def _preview(a) -> str:
+    if a.n_audit < a.needed:
+        return f"needs {a.needed} audit labels, has {a.n_audit}"
+    if a.bound is None:
+        return f"nothing certified yet ({a.n_audit} audit labels)"
+    return f"{a.n_auto} images ({a.n_auto / max(a.n_unlabeled, 1):.1%} of unlabeled), error ≤ {a.bound:.1%}"
 
 
 @label_app.command(cls=Command)

@@ -10,6 +10,7 @@ record new predictions after retraining, and draw audit images from the pool bei
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ from activecrl.evaluation.selective import SGRResult, audit_size_needed, search_
 from activecrl.label.db import AUDIT_IMAGE_IDS
 from activecrl.label.formats import EXPORT_COLUMNS, write_csv
 
-__all__ = ["ExportResult", "export_labels"]
+__all__ = ["ExportResult", "AutoLabelPreview", "PREVIEW_RISKS", "auto_label_preview", "export_labels"]
+
+#: the (risk, delta) pairs ``label status`` previews
+PREVIEW_RISKS = ((0.05, 0.10), (0.10, 0.10))
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,51 @@ class ExportResult:
         return self.n_auto / self.n_unlabeled if self.n_unlabeled else 0.0
 
 
-def _certify(con: sqlite3.Connection, risk: float, delta: float) -> SGRResult:
-    rows = con.execute(
+@dataclass(frozen=True)
+class AutoLabelPreview:
+    """What ``export --auto-label --risk R --delta D`` would do now: ``n_auto`` of the ``n_unlabeled``
+    images at the certified ``bound``, or ``needed`` audit labels (with predictions) it lacks."""
+
+    risk: float
+    delta: float
+    n_audit: int  # audit labels with the current model's predictions
+    needed: int  # the fewest audit labels that can certify this risk (audit_size_needed)
+    n_auto: int = 0
+    n_unlabeled: int = 0
+    bound: float | None = None  # None: nothing certified
+
+
+def _audit_rows(con: sqlite3.Connection) -> list:
+    return con.execute(
         f"SELECT p.confidence, p.class_id != l.class_id FROM labels l JOIN predictions p ON p.image_id = l.image_id "
         f"WHERE l.image_id IN ({AUDIT_IMAGE_IDS})").fetchall()
+
+
+def _sgr_on(rows: list, risk: float, delta: float) -> SGRResult:
+    conf, err = np.array(rows, dtype=np.float64).T
+    return sgr(conf, err.astype(bool), risk, delta)
+
+
+def _n_unlabeled_above(con: sqlite3.Connection, threshold: float) -> int:
+    return con.execute("SELECT COUNT(*) FROM predictions WHERE image_id NOT IN (SELECT image_id FROM labels) "
+                       "AND confidence >= ?", (threshold,)).fetchone()[0]
+
+
+def auto_label_preview(con: sqlite3.Connection, risk: float, delta: float) -> AutoLabelPreview:
+    """``export --auto-label``'s certificate without writing anything (``label status`` shows it)."""
+    rows, needed = _audit_rows(con), audit_size_needed(risk, delta)
+    n_unlabeled = con.execute("SELECT COUNT(*) FROM images WHERE id NOT IN (SELECT image_id FROM labels)").fetchone()[0]
+    preview = AutoLabelPreview(risk, delta, len(rows), needed, n_unlabeled=n_unlabeled)
+    if len(rows) < needed:
+        return preview
+    result = _sgr_on(rows, risk, delta)
+    if not result.certified:
+        return preview
+    return dataclasses.replace(preview, n_auto=_n_unlabeled_above(con, result.threshold), bound=result.bound)
+
+
+def _certify(con: sqlite3.Connection, risk: float, delta: float) -> SGRResult:
+    rows = _audit_rows(con)
     needed = audit_size_needed(risk, delta)
     if len(rows) < needed:
         raise ConfigError(
@@ -49,8 +94,7 @@ def _certify(con: sqlite3.Connection, risk: float, delta: float) -> SGRResult:
             f"predictions (even with no errors, fewer cannot certify the risk at delta/{search_steps(needed)} per "
             f"threshold), got {len(rows)} instead; issue batches with --audit K, import their labels and record the "
             "model's predictions, or raise --risk/--delta")
-    conf, err = np.array(rows, dtype=np.float64).T if rows else (np.zeros(0), np.zeros(0))
-    return sgr(conf, err.astype(bool), risk, delta)
+    return _sgr_on(rows, risk, delta)
 
 
 def export_labels(con: sqlite3.Connection, out: Path, *, auto_label: bool = False, risk: float | None = None,

@@ -35,6 +35,8 @@ class Status:
     interval_method: str = "Clopper-Pearson (exact binomial), 95 %"
     seconds_per_label: float | None = None
     next_batch_seconds: float | None = None
+    # what `export --auto-label` would certify now (AutoLabelPreview per previewed risk), once predictions exist
+    auto_label: list = field(default_factory=list)
 
     @property
     def n_unlabeled(self) -> int:
