@@ -201,3 +201,20 @@ def test_label_next_help_shows_the_tracking_flags():
     result = CliRunner().invoke(app, ["label", "next", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--track" in result.output and "--tracking-uri" in result.output
     assert "[tracking]" in result.output and "PROJECT/mlflow.db" in result.output
+
+
+def test_a_round_logs_the_auto_label_share_status_previews(project, monkeypatch):
+    """The share of the pool `export --auto-label` would label now, per previewed risk; none while it
+    lacks audit labels (then there is nothing to certify, not a share of 0)."""
+    from activecrl.label import tracking
+    from activecrl.label.autolabel import AutoLabelPreview
+
+    proj, oracle = project
+    with Project.open(proj) as p:
+        result = rounds.next_round(p, 6, strategy="random", oracle=oracle, device="cpu")
+        status = p.status()
+        status.auto_label = [AutoLabelPreview(0.05, 0.1, n_audit=40, needed=83, n_unlabeled=18),
+                             AutoLabelPreview(0.1, 0.1, n_audit=40, needed=39, n_auto=9, n_unlabeled=18, bound=0.09)]
+        monkeypatch.setattr(Project, "status", lambda self: status)
+        metrics = tracking._round_metrics(p, result)
+    assert metrics["auto_label_share_risk0.05"] is None and metrics["auto_label_share_risk0.1"] == 0.5

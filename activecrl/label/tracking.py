@@ -14,7 +14,10 @@ A round logs, at step = the human (training) labels its model was trained on (0 
   changes its value);
 - metrics: ``round``, ``n_images``, ``n_labeled``, ``n_audit_labeled``, ``round_seconds``,
   ``train_seconds``, ``query_seconds``, ``audit_accuracy`` (the round's model on the audit labels:
-  the number ``label status`` shows) and the per-epoch ``train_loss`` at step = the epochs of the
+  the number ``label status`` shows), ``auto_label_share_risk0.05`` and ``auto_label_share_risk0.1``
+  (the share of the unlabeled images ``export --auto-label --delta 0.1`` would label at that risk,
+  as ``label status`` previews it; left out while the audit labels are too few) and the per-epoch
+  ``train_loss`` at step = the epochs of the
   project's model rounds so far (round stage x epochs + epoch - 1, as ``activecrl run`` counts a
   trial's epochs);
 - the batch file (MLflow artifact ``batches/<name>``).
@@ -114,10 +117,14 @@ def _round_params(project, result, options: dict) -> dict[str, str]:
 
 def _round_metrics(project, result) -> dict[str, float | None]:
     status = project.status()  # after the round (and the oracle's answers): what `label status` shows
-    return {"round": result.batch.round, "n_images": status.n_images, "n_labeled": result.n_labeled,
-            "n_audit_labeled": status.n_audit_labels, "round_seconds": result.seconds,
-            "train_seconds": result.train_seconds, "query_seconds": result.query_seconds,
-            "audit_accuracy": None if result.cold_start else status.audit_accuracy}
+    metrics = {"round": result.batch.round, "n_images": status.n_images, "n_labeled": result.n_labeled,
+               "n_audit_labeled": status.n_audit_labels, "round_seconds": result.seconds,
+               "train_seconds": result.train_seconds, "query_seconds": result.query_seconds,
+               "audit_accuracy": None if result.cold_start else status.audit_accuracy}
+    for a in status.auto_label:  # what export --auto-label would label now; left out while audit labels lack
+        certifiable = a.n_audit >= a.needed and a.n_unlabeled > 0
+        metrics[f"auto_label_share_risk{a.risk:g}"] = a.n_auto / a.n_unlabeled if certifiable else None
+    return metrics
 
 
 def ui_commands(project, track: Iterable[str]) -> list[str]:
