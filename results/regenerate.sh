@@ -143,7 +143,7 @@ autolabel() {  # README: "Auto-labels at a guaranteed error"; ~11 min for the sh
   A="bench/autolabel_payoff.py --archive $CIFAR10 --work ${AUTOLABEL_WORK:-/tmp/autolabel_payoff} --out $R"
   $PYTHON $A --rounds 8 --arms features-baseline features-crl features-sure
   $PYTHON $A --rounds 8 --arms scratch-baseline scratch-crl
-  $PYTHON $A --rounds 5 --arms scratch-sure     # writes $R/table.md and $R/coverage.png
+  $PYTHON $A --rounds 8 --arms scratch-sure     # writes $R/table.md and $R/coverage.png
 }
 
 steps=("$@")
