@@ -23,7 +23,7 @@ from activecrl.label.db import get_meta
 from activecrl.label.project import Project
 from activecrl.label.tracking import META_KEY, project_tracking_uri
 from tests.test_label_cli import CLASSES, make_images, write_labels
-from tests.test_tracking import break_mlflow_metrics
+from tests.test_tracking import _same, break_mlflow_metrics
 
 needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason='pip install -e ".[tracking]"')
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
@@ -78,11 +78,6 @@ def _expected(done: list, status: dict) -> dict[str, list[tuple[int, float]]]:
             "train_loss": [(model.stage * epochs + i, loss) for i, loss in enumerate(model.epoch_losses)]}
 
 
-def _same(logged, expected, rel=1e-12) -> bool:
-    return [s for s, _ in logged] == [s for s, _ in expected] and \
-        [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=rel)
-
-
 @needs_mlflow
 @needs_tensorboard
 def test_rounds_are_one_tracked_run_holding_what_each_round_did(project, rounds_done):
@@ -117,7 +112,7 @@ def test_rounds_are_one_tracked_run_holding_what_each_round_did(project, rounds_
     assert artifacts == {"batches/round-1.csv", "batches/round-2.csv"}
     assert not (proj.parent / "mlruns").exists() and (proj / "mlartifacts").is_dir()  # artifacts in the project
 
-    events = EventAccumulator(str(proj / "tensorboard")).Reload()  # both rounds' event files, in order
+    events = EventAccumulator(str(proj / "tensorboard")).Reload()  # both rounds' event files
     for name, values in expected.items():
         assert _same([(e.step, e.value) for e in events.Scalars(name)], values, rel=1e-6), name  # float32
 
