@@ -22,7 +22,7 @@ from activecrl.evaluation.selective import SGRResult, audit_size_needed, search_
 from activecrl.label.db import AUDIT_IMAGE_IDS
 from activecrl.label.formats import EXPORT_COLUMNS, write_csv
 
-__all__ = ["ExportResult", "AutoLabelPreview", "PREVIEW_RISKS", "auto_label_preview", "export_labels"]
+__all__ = ["ExportResult", "AutoLabelPreview", "PREVIEW_RISKS", "auto_label_previews", "export_labels"]
 
 #: the (risk, delta) pairs ``label status`` previews
 PREVIEW_RISKS = ((0.05, 0.10), (0.10, 0.10))
@@ -55,6 +55,11 @@ class AutoLabelPreview:
     n_unlabeled: int = 0
     bound: float | None = None  # None: nothing certified
 
+    @property
+    def share(self) -> float | None:
+        """The share of the unlabeled images it would label; None while the audit labels are too few."""
+        return self.n_auto / self.n_unlabeled if self.n_audit >= self.needed and self.n_unlabeled else None
+
 
 def _audit_rows(con: sqlite3.Connection) -> list:
     return con.execute(
@@ -67,15 +72,24 @@ def _sgr_on(rows: list, risk: float, delta: float) -> SGRResult:
     return sgr(conf, err.astype(bool), risk, delta)
 
 
+def _n_unlabeled(con: sqlite3.Connection) -> int:
+    return con.execute("SELECT COUNT(*) FROM images WHERE id NOT IN (SELECT image_id FROM labels)").fetchone()[0]
+
+
 def _n_unlabeled_above(con: sqlite3.Connection, threshold: float) -> int:
     return con.execute("SELECT COUNT(*) FROM predictions WHERE image_id NOT IN (SELECT image_id FROM labels) "
                        "AND confidence >= ?", (threshold,)).fetchone()[0]
 
 
-def auto_label_preview(con: sqlite3.Connection, risk: float, delta: float) -> AutoLabelPreview:
-    """``export --auto-label``'s certificate without writing anything (``label status`` shows it)."""
-    rows, needed = _audit_rows(con), audit_size_needed(risk, delta)
-    n_unlabeled = con.execute("SELECT COUNT(*) FROM images WHERE id NOT IN (SELECT image_id FROM labels)").fetchone()[0]
+def auto_label_previews(con: sqlite3.Connection, pairs=PREVIEW_RISKS) -> list[AutoLabelPreview]:
+    """``export --auto-label``'s certificate per (risk, delta) of ``pairs``, without writing anything
+    (``label status`` shows them); the audit labels are read once for all."""
+    rows, n_unlabeled = _audit_rows(con), _n_unlabeled(con)
+    return [_preview(con, rows, n_unlabeled, risk, delta) for risk, delta in pairs]
+
+
+def _preview(con: sqlite3.Connection, rows: list, n_unlabeled: int, risk: float, delta: float) -> AutoLabelPreview:
+    needed = audit_size_needed(risk, delta)
     preview = AutoLabelPreview(risk, delta, len(rows), needed, n_unlabeled=n_unlabeled)
     if len(rows) < needed:
         return preview
@@ -103,7 +117,7 @@ def export_labels(con: sqlite3.Connection, out: Path, *, auto_label: bool = Fals
     human = con.execute("SELECT i.path, c.name FROM labels l JOIN images i ON i.id = l.image_id "
                         "JOIN classes c ON c.id = l.class_id ORDER BY i.path").fetchall()
     rows = [(p, c, "human", "") for p, c in human]
-    n_unlabeled = con.execute("SELECT COUNT(*) FROM images WHERE id NOT IN (SELECT image_id FROM labels)").fetchone()[0]
+    n_unlabeled = _n_unlabeled(con)
     result = None
     if auto_label:
         if risk is None or delta is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from activecrl.core.errors import ConfigError, DataError
 from activecrl.label import batches, db, labelstudio
-from activecrl.label.autolabel import PREVIEW_RISKS, ExportResult, auto_label_preview, export_labels
+from activecrl.label.autolabel import ExportResult, auto_label_previews, export_labels
 from activecrl.label.formats import BATCH_COLUMNS, parse_classes, read_classes_file, read_label_csv, write_csv
 from activecrl.label.images import ImageInfo, find_images, first_of, scan_images
 from activecrl.label.importing import ImportResult, apply_import, file_hash
@@ -251,7 +251,7 @@ class Project:
     def status(self) -> Status:
         status = project_status(self.con)
         if self.con.execute("SELECT 1 FROM predictions LIMIT 1").fetchone() is not None:
-            status.auto_label = [auto_label_preview(self.con, r, d) for r, d in PREVIEW_RISKS]
+            status.auto_label = auto_label_previews(self.con)
         return status
 
     def export(self, out, *, auto_label: bool = False, risk: float | None = None,

@@ -122,8 +122,7 @@ def _round_metrics(project, result) -> dict[str, float | None]:
                "train_seconds": result.train_seconds, "query_seconds": result.query_seconds,
                "audit_accuracy": None if result.cold_start else status.audit_accuracy}
     for a in status.auto_label:  # what export --auto-label would label now; left out while audit labels lack
-        certifiable = a.n_audit >= a.needed and a.n_unlabeled > 0
-        metrics[f"auto_label_share_risk{a.risk:g}"] = a.n_auto / a.n_unlabeled if certifiable else None
+        metrics[f"auto_label_share_risk{a.risk:g}"] = a.share
     return metrics
 
 
