@@ -12,8 +12,10 @@ from activecrl.core.errors import ConfigError
 from activecrl.core.registry import did_you_mean
 from activecrl.core.io import to_jsonable
 from activecrl.model_options import MODEL_HELP, backbone_options, check_backbone_options
-from activecrl.core.validate import SEED_LIMIT, check_int, check_threads_option, check_track
+from activecrl.core.validate import SEED_LIMIT, check_int, check_threads_option, check_track, tracking_help
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
+
+TRACKING_HELP = tracking_help("the run folder")
 
 #: the dropout rate of strategies that sample it when --dropout is not set
 #: (``activecrl.inference.mc_dropout.DEFAULT_MC_DROPOUT``; a test checks the two agree)
@@ -76,12 +78,8 @@ class ALConfig:
     threads: int | None = field(default=None, metadata={"help": (
         "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
         "use); CPU results depend on it, so config.json records the count and --resume keeps it")})
-    track: tuple[str, ...] = field(default=(), metadata={"help": (
-        "also log the run to these experiment trackers: mlflow | tensorboard (repeat for both; "
-        "pip install -e '.[tracking]'); the run folder stays the record")})
-    tracking_uri: str | None = field(default=None, metadata={"help": (
-        "--track mlflow: the tracking server or store (e.g. http://host:5000; default: a SQLite file "
-        "mlflow.db beside the run folder)")})
+    track: tuple[str, ...] = field(default=(), metadata={"help": TRACKING_HELP["track"]})
+    tracking_uri: str | None = field(default=None, metadata={"help": TRACKING_HELP["tracking_uri"]})
     train: TrainConfig = field(default_factory=_al_train_config, metadata={
         "help": "training of each stage (the [train] table)"})
 

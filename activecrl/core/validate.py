@@ -11,7 +11,7 @@ import numbers
 
 from activecrl.core.errors import ConfigError
 
-__all__ = ["check_int", "check_threads_option", "check_track", "SEED_LIMIT", "TRACKERS"]
+__all__ = ["check_int", "check_threads_option", "check_track", "tracking_help", "SEED_LIMIT", "TRACKERS"]
 
 SEED_LIMIT = 2**63  # numpy SeedSequence / torch seeds: [0, 2**63)
 
@@ -45,6 +45,15 @@ def check_threads_option(value) -> None:
 
 #: the experiment trackers a run can log to (``activecrl.tracking``)
 TRACKERS = ("mlflow", "tensorboard")
+
+
+def tracking_help(record: str) -> dict[str, str]:
+    """The help of the ``track`` and ``tracking_uri`` config fields; ``record``: the folder a command
+    writes ("the run folder", "the --out folder"), which the trackers copy and MLflow's store sits beside."""
+    return {"track": (f"also log the run to these experiment trackers: {' | '.join(TRACKERS)} (repeat for both; "
+                      f"pip install -e '.[tracking]'); {record} stays the record"),
+            "tracking_uri": ("--track mlflow: the tracking server or store (e.g. http://host:5000; default: a SQLite "
+                             f"file mlflow.db beside {record})")}
 
 
 def check_track(track) -> tuple[str, ...]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from activecrl.model_options import MODEL_HELP, backbone_options, check_backbone_options
-from activecrl.core.validate import check_int, check_threads_option, check_track
+from activecrl.core.validate import check_int, check_threads_option, check_track, tracking_help
 from activecrl.training.config import SHORT_RUN_RECIPE, TrainConfig
+
+TRACKING_HELP = tracking_help("the --out folder")
 
 
 def quick_train_config() -> TrainConfig:
@@ -46,12 +48,8 @@ class TrainRunConfig:
     threads: int | None = field(default=None, metadata={"help": (
         "CPU threads for torch (default: 1 per million model parameters, at most the CPUs this process may "
         "use); metrics.json records the count used")})
-    track: tuple[str, ...] = field(default=(), metadata={"help": (
-        "also log the run to these experiment trackers: mlflow | tensorboard (repeat for both; "
-        "pip install -e '.[tracking]'); the --out folder stays the record")})
-    tracking_uri: str | None = field(default=None, metadata={"help": (
-        "--track mlflow: the tracking server or store (e.g. http://host:5000; default: a SQLite file "
-        "mlflow.db beside the --out folder)")})
+    track: tuple[str, ...] = field(default=(), metadata={"help": TRACKING_HELP["track"]})
+    tracking_uri: str | None = field(default=None, metadata={"help": TRACKING_HELP["tracking_uri"]})
     # comparison methods and temperature scaling: see activecrl.methods
     method: str = field(default="plain", metadata={"help": "plain | mc_dropout | aleatoric | aes | ensemble"})
     mc_samples: int = field(default=50, metadata={"help": "MC-dropout passes at test time (mc_dropout, aleatoric)"})
